@@ -1,0 +1,152 @@
+"""TrainMetricsCallback: one JSON line per training iteration, for scripts/train_report.py.
+
+Register in an experiment (or on the command line, as train.sh does):
+    trainer.callbacks.train_metrics=L(TrainMetricsCallback)()
+    ++trainer.callbacks.train_metrics={_target_:cosmos_predict2.portable.metrics.TrainMetricsCallback}
+
+Rank 0 appends to `path` (constructor), else $COSMOS_TRAIN_METRICS, else `<job.path_local>/metrics.jsonl`:
+    {"iteration", "time", "step_time_s", "loss", "loss_rank0", "samples_per_step", "local_batch",
+     "grad_accum", "world_size", "dp_size", "cp_size", "device",
+     "peak_mem_bytes", "peak_mem_bytes_per_rank", "max_rss_bytes", "max_rss_bytes_per_rank"}
+`step_time_s` is wall time from the previous step's end (or from training start) to this step's end, after one
+device synchronize, so it covers data loading, forward, backward, optimizer and any checkpoint save of that step.
+Loss and memory are gathered from every rank with one small all_gather per logged step (all ranks call this hook).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from imaginaire.utils.callback import Callback
+
+try:  # the device layer (same package); guarded so the callback still logs on trees that lack it
+    from cosmos_predict2.portable import device as _device
+except ImportError:  # pragma: no cover - only on trees without the portable device layer
+    _device = None
+
+ENV_PATH = "COSMOS_TRAIN_METRICS"
+
+
+def _max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB, macOS bytes
+
+
+def _device_kind() -> str:
+    return _device.device_type() if _device is not None else "cpu"
+
+
+def _sync() -> None:
+    if _device is not None:
+        _device.synchronize()
+
+
+def _peak_device_bytes() -> int:
+    return int(_device.memory_stats()["peak"]) if _device is not None else 0
+
+
+def _local_batch(config, data_batch) -> int:
+    bs = None
+    try:
+        bs = int(config.dataloader_train.batch_size)
+    except (AttributeError, TypeError, ValueError):
+        pass
+    if bs:
+        return bs
+    for v in (data_batch or {}).values():  # e.g. a loader built without batch_size in the config
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return int(v.shape[0])
+    return 1
+
+
+def _parallel_sizes(config) -> tuple[int, int, int]:
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    try:
+        from megatron.core import parallel_state
+
+        if parallel_state.model_parallel_is_initialized():
+            return world, parallel_state.get_data_parallel_world_size(), parallel_state.get_context_parallel_world_size()
+    except ImportError:
+        pass
+    cp = 1
+    try:
+        cp = int(config.model_parallel.context_parallel_size) or 1
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return world, max(world // cp, 1), cp
+
+
+class TrainMetricsCallback(Callback):
+    def __init__(self, path: str | None = None, every_n: int = 1, gather: bool = True):
+        super().__init__()
+        self.path = path
+        self.every_n = max(int(every_n), 1)
+        self.gather = gather
+        self._last = None
+
+    def _resolve_path(self) -> str:
+        if self.path:
+            return self.path
+        if os.environ.get(ENV_PATH):
+            return os.environ[ENV_PATH]
+        return os.path.join(self.config.job.path_local, "metrics.jsonl")
+
+    def on_train_start(self, model, iteration: int = 0) -> None:
+        _sync()
+        self._last = time.perf_counter()
+
+    def _gather(self, loss: float, peak: int, rss: int) -> tuple[list[float], list[int], list[int]]:
+        if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return [loss], [peak], [rss]
+        dev = _device.get_device() if _device is not None else torch.device("cpu")
+        mine = torch.tensor([loss, float(peak), float(rss)], dtype=torch.float64, device=dev)
+        parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, mine)
+        rows = torch.stack(parts).cpu().tolist()
+        return [r[0] for r in rows], [int(r[1]) for r in rows], [int(r[2]) for r in rows]
+
+    def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
+        if iteration % self.every_n:
+            return
+        _sync()  # once per logged step: the clock must see the device work of this step
+        now = time.perf_counter()
+        step_time = now - self._last if self._last is not None else float("nan")
+        loss_val = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
+        losses, peaks, rsses = self._gather(loss_val, _peak_device_bytes(), _max_rss_bytes())
+        world, dp, cp = _parallel_sizes(self.config)
+        local_bs = _local_batch(self.config, data_batch)
+        accum = int(getattr(self.config.trainer, "grad_accum_iter", 1) or 1)
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if rank == 0:
+            rec = {
+                "iteration": int(iteration),
+                "time": time.time(),
+                "step_time_s": step_time / self.every_n if self.every_n > 1 else step_time,
+                "loss": sum(losses) / len(losses),
+                "loss_rank0": loss_val,
+                "samples_per_step": local_bs * accum * dp,
+                "local_batch": local_bs,
+                "grad_accum": accum,
+                "world_size": world,
+                "dp_size": dp,
+                "cp_size": cp,
+                "device": _device_kind(),
+                "peak_mem_bytes": peaks[0],
+                "peak_mem_bytes_per_rank": peaks,
+                "max_rss_bytes": rsses[0],
+                "max_rss_bytes_per_rank": rsses,
+            }
+            path = self._resolve_path()
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        # the clock restarts at `now`, so the gather and the write above are billed to the next step: the sum of
+        # step times stays the true wall time of training
+        self._last = now

@@ -1,0 +1,494 @@
+"""Validation and environment for train.sh: everything that must be right before torchrun starts.
+
+    python scripts/train_preflight.py --plan-file=PLAN [train.sh flags] [-- key=value ...]
+
+train.sh stays thin: it calls this, sources PLAN (bash assignments, every value shlex-quoted) and runs the
+command it names. Every failure here is ONE line `error: <what> (<where>). <what to do>.` on stderr and exit 2,
+so nothing is started, no output directory is created.
+
+EXPERIMENTS is the single table of what the launcher needs to know about each experiment; tests/launcher checks
+it against upstream's own config objects in an applied tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import importlib.util
+import ipaddress
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+
+CONFIG_FILE = "cosmos_predict2/configs/base/config.py"
+METRICS_CALLBACK = "cosmos_predict2.portable.metrics.TrainMetricsCallback"
+
+# Wan2.1 VAE: 4x temporal compression with the first frame kept, so N frames -> (N - 1) / 4 + 1 latent frames.
+VAE_TEMPORAL_COMPRESSION = 4
+
+DOWNLOAD_VIDEO = "python -m installer download --dataset cosmos-nemo-assets"
+T5_VIDEO = "python -m scripts.get_t5_embeddings_from_cosmos_nemo_assets --dataset_path datasets/cosmos_nemo_assets"
+EXTRACT_IMAGES = (
+    "python -m scripts.extract_images_from_videos --input_dataset_dir datasets/cosmos_nemo_assets "
+    "--output_dataset_dir datasets/cosmos_nemo_assets_images --stride 30"
+)
+T5_IMAGES = (
+    "python -m scripts.get_t5_embeddings_from_cosmos_nemo_assets --dataset_path datasets/cosmos_nemo_assets_images "
+    "--is_image"
+)
+MAKE_SMOKE = "python -m scripts.make_smoke_dataset"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    task: str  # "video2world" | "text2image"
+    size: str  # "2B" | "14B" (the seed model family; smoke nets are tiny but keep the family's code path)
+    cp: int  # model_parallel.context_parallel_size
+    num_heads: int  # model.config.pipe_config.net.num_heads
+    num_frames: int | None  # dataloader_train.dataset.num_frames (video only)
+    fsdp_shard_size: int  # model.config.fsdp_shard_size
+    batch_size: int  # dataloader_train.batch_size (per data-parallel rank)
+    dataset_dir: str
+    dit_path: str  # "" = random init (smoke)
+    vae_path: str
+    job: tuple[str, str, str]  # project, group, name
+
+    @property
+    def smoke(self) -> bool:
+        return self.dit_path == ""
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.size}-{'Video2World' if self.task == 'video2world' else 'Text2Image'}"
+
+
+def _seed(task: str, size: str, cp: int) -> Experiment:
+    video = task == "video2world"
+    model_dir = f"checkpoints/nvidia/Cosmos-Predict2-{size}-{'Video2World' if video else 'Text2Image'}"
+    shard = {("video2world", "2B"): 8, ("video2world", "14B"): 32, ("text2image", "2B"): 1, ("text2image", "14B"): 8}
+    return Experiment(
+        task=task,
+        size=size,
+        cp=cp,
+        num_heads={"2B": 16, "14B": 40}[size],
+        num_frames=93 if video else None,
+        fsdp_shard_size=shard[(task, size)],
+        batch_size=1,
+        dataset_dir="datasets/cosmos_nemo_assets" if video else "datasets/cosmos_nemo_assets_images",
+        dit_path=f"{model_dir}/{'model-720p-16fps.pt' if video else 'model.pt'}",
+        vae_path=f"{model_dir}/tokenizer/tokenizer.pth",
+        job=("posttraining", task, f"{size.lower()}_cosmos_nemo_assets"),
+    )
+
+
+def _smoke(seed: Experiment) -> Experiment:
+    video = seed.task == "video2world"
+    return Experiment(
+        task=seed.task,
+        size=seed.size,
+        cp=1,
+        num_heads=4,
+        num_frames=13 if video else None,
+        fsdp_shard_size=seed.fsdp_shard_size,
+        batch_size=1,
+        dataset_dir="datasets/smoke/cosmos_nemo_assets" if video else "datasets/smoke/cosmos_nemo_assets_images",
+        dit_path="",
+        vae_path="checkpoints/smoke/tokenizer.pth",
+        job=(seed.job[0], f"{seed.task}_smoke", f"{seed.job[2]}_smoke"),
+    )
+
+
+_SEEDS = {
+    "predict2_text2image_training_2b_cosmos_nemo_assets": _seed("text2image", "2B", 1),
+    "predict2_text2image_training_14b_cosmos_nemo_assets": _seed("text2image", "14B", 1),
+    "predict2_video2world_training_2b_cosmos_nemo_assets": _seed("video2world", "2B", 2),
+    "predict2_video2world_training_14b_cosmos_nemo_assets": _seed("video2world", "14B", 8),
+}
+EXPERIMENTS: dict[str, Experiment] = {**_SEEDS, **{f"{k}_smoke": _smoke(v) for k, v in _SEEDS.items()}}
+
+# Override keys the checks below understand (anything else passes through to upstream's config system untouched).
+K_CP = "model_parallel.context_parallel_size"
+K_HEADS = "model.config.pipe_config.net.num_heads"
+K_FRAMES = "dataloader_train.dataset.num_frames"
+K_SHARD = "model.config.fsdp_shard_size"
+K_BATCH = "dataloader_train.batch_size"
+K_DATASET = "dataloader_train.dataset.dataset_dir"
+K_DIT = "model.config.model_manager_config.dit_path"
+K_VAE = "model.config.pipe_config.tokenizer.vae_pth"
+K_JOB = ("job.project", "job.group", "job.name")
+
+NPU_ENV_DEFAULTS = {
+    "TASK_QUEUE_ENABLE": "2",  # level-2 task queue: operator dispatch pipelined with the host
+    "CPU_AFFINITY_CONF": "2",  # 2 = fine-grained core binding (CANN docs; 1 is coarse)
+    "HCCL_WHITELIST_DISABLE": "1",
+    "HCCL_CONNECT_TIMEOUT": "1200",  # model load on 8 ranks can exceed the 120 s default
+    "HCCL_DETERMINISTIC": "false",
+    "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
+}
+
+
+class PreflightError(Exception):
+    """One user-facing line; main() prints it and exits 2."""
+
+
+def _fail(what: str, where: str, todo: str) -> PreflightError:
+    return PreflightError(f"error: {what} ({where}). {todo}.")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default prints usage + message over several lines
+        raise _fail(message, "train.sh arguments", "Run `bash train.sh --help` for the flags")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="train.sh",
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Validate, set up the device environment and run torchrun -m scripts.train for one experiment.",
+        epilog="Config overrides go after `--`, e.g. `bash train.sh --EXP=... -- trainer.max_iter=100`.\n"
+        "Experiments:\n  " + "\n  ".join(EXPERIMENTS),
+    )
+    p.add_argument("--EXP", help="experiment name (see below)")
+    p.add_argument("--nproc_per_node", default="1", help="processes (devices) per node, >= 1 (default 1)")
+    p.add_argument("--nnodes", default="1", help="number of nodes, >= 1 (default 1)")
+    p.add_argument("--node_rank", default="0", help="this node's rank, 0 <= node_rank < nnodes (default 0)")
+    p.add_argument("--master_addr", default=None, help="rendezvous host (default 127.0.0.1; required if nnodes > 1)")
+    p.add_argument("--master_port", default="29500", help="rendezvous port 1..65535 (default 29500)")
+    p.add_argument("--hccl_if_ip", default=None, help="IPv4 address for HCCL_IF_IP (NPU only)")
+    p.add_argument("--tree", default=None, help="patched cosmos-predict2 tree (default: train.sh's directory)")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="validate, print command and env, exit")
+    p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _int(name: str, raw: str, lo: int, hi: int | None = None) -> int:
+    if raw is None or not re.fullmatch(r"\d+", raw.strip()):
+        raise _fail(f"--{name}={raw} is not a non-negative integer", f"--{name}", f"Pass an integer >= {lo}")
+    v = int(raw)
+    if v < lo or (hi is not None and v > hi):
+        rng = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
+        raise _fail(f"--{name}={v} is out of range", f"--{name}", f"Pass a value with {rng}")
+    return v
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """key -> value of the `key=value` overrides (hydra's +/++ prefixes stripped); rejects malformed ones early."""
+    out: dict[str, str] = {}
+    for tok in tokens:
+        if tok.startswith("~"):  # hydra deletion, no value
+            continue
+        if "=" not in tok or tok.startswith("="):
+            raise _fail(f"override {tok!r} is not key=value", "arguments after --", "Write overrides as key=value")
+        key, val = tok.split("=", 1)
+        key = key.lstrip("+")
+        if key == "experiment":
+            raise _fail("experiment= given as an override", "arguments after --", "Choose the experiment with --EXP=")
+        out[key] = val
+    return out
+
+
+def _ov_int(ov: dict[str, str], key: str, default: int) -> int:
+    if key not in ov:
+        return default
+    raw = ov[key].strip()
+    if not re.fullmatch(r"\d+", raw) or int(raw) < 1:
+        raise _fail(f"{key}={raw} is not a positive integer", "override after --", f"Pass {key}=N with N >= 1")
+    return int(raw)
+
+
+def _ov_str(ov: dict[str, str], key: str, default: str) -> str:
+    return ov[key].strip().strip("'\"") if key in ov else default
+
+
+def latent_frames(exp: Experiment, num_frames: int | None) -> int:
+    """Latent T the DiT sees: (N-1)/4+1 for video; 1 for images (text2image never splits time)."""
+    if exp.task != "video2world":
+        return 1
+    return (num_frames - 1) // VAE_TEMPORAL_COMPRESSION + 1
+
+
+def check_parallel(exp_name: str, exp: Experiment, world: int, ov: dict[str, str]) -> int:
+    cp = _ov_int(ov, K_CP, exp.cp)
+    heads = _ov_int(ov, K_HEADS, exp.num_heads)
+    frames = _ov_int(ov, K_FRAMES, exp.num_frames) if exp.num_frames is not None else None
+    if frames is not None and (frames - 1) % VAE_TEMPORAL_COMPRESSION:
+        raise _fail(f"num_frames={frames} is not 4k+1", f"{exp_name}, {K_FRAMES}",
+                    "The Wan VAE compresses time by 4 after the first frame: use 4k+1 frames, e.g. 93")
+    lat = latent_frames(exp, frames)
+    ok = [d for d in range(1, world + 1) if world % d == 0 and heads % d == 0 and lat % d == 0]
+    fix = f"override {K_CP}=N with N in {{{', '.join(map(str, ok))}}}"
+    where = f"{exp_name}, context_parallel_size={cp}" + ("" if K_CP in ov else " from the experiment")
+    if world % cp:
+        raise _fail(f"world size {world} (nproc_per_node x nnodes) is not divisible by context parallel size {cp}",
+                    where, f"Use a multiple of {cp} processes, or {fix}")
+    if heads % cp:
+        raise _fail(f"{heads} attention heads are not divisible by context parallel size {cp}", where,
+                    fix[0].upper() + fix[1:])
+    if lat % cp:
+        what = (f"{lat} latent frames ({frames} frames -> (N-1)/4+1) are not divisible by context parallel size {cp}"
+                if exp.task == "video2world" else
+                f"text2image trains on single images (1 latent frame), so context parallel size {cp} cannot split it")
+        raise _fail(what, where, fix[0].upper() + fix[1:])
+    shard = _ov_int(ov, K_SHARD, exp.fsdp_shard_size)
+    if world > shard and world % shard:
+        # upstream builds a (world // shard, shard) device mesh from min(shard, world): it must tile the world
+        raise _fail(f"world size {world} is not a multiple of the FSDP shard size {shard}", f"{exp_name}, {K_SHARD}",
+                    f"Use a multiple of {shard} processes, or override {K_SHARD}=N with N dividing {world}")
+    return cp
+
+
+def _nonempty(pattern_dir: str, pattern: str) -> bool:
+    return bool(glob.glob(os.path.join(pattern_dir, pattern)))
+
+
+def check_data(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) -> None:
+    rel = _ov_str(ov, K_DATASET, exp.dataset_dir)
+    path = rel if os.path.isabs(rel) else os.path.join(tree, rel)
+    if exp.smoke:
+        todo = f"Run `{MAKE_SMOKE}` in {tree}"
+    elif exp.task == "video2world":
+        todo = f"Run `{DOWNLOAD_VIDEO}` then `{T5_VIDEO}` in {tree}"
+    else:
+        todo = f"Run `{DOWNLOAD_VIDEO}`, `{EXTRACT_IMAGES}` then `{T5_IMAGES}` in {tree}"
+    media = ("videos", "*.mp4") if exp.task == "video2world" else ("images", "*.jpg")
+    if not os.path.isdir(path):
+        raise _fail(f"dataset directory {path} does not exist", exp_name, todo)
+    if not _nonempty(os.path.join(path, media[0]), media[1]):
+        raise _fail(f"dataset directory {path} has no {media[0]}/{media[1]}", exp_name, todo)
+    if not _nonempty(os.path.join(path, "t5_xxl"), "*.pickle"):
+        raise _fail(f"dataset directory {path} has no t5_xxl/*.pickle (T5 embeddings)", exp_name, todo)
+
+
+def _checkpoints_root() -> str | None:
+    """upstream's --checkpoints from COSMOS_PREDICT2_ARGS (imaginaire/constants.py), if the user moved them."""
+    args = shlex.split(os.environ.get("COSMOS_PREDICT2_ARGS", ""))
+    for i, a in enumerate(args):
+        if a.startswith("--checkpoints="):
+            return a.split("=", 1)[1]
+        if a == "--checkpoints" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def check_checkpoints(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) -> None:
+    root = _checkpoints_root()
+    todo = (f"Run `{MAKE_SMOKE}` in {tree}" if exp.smoke else
+            f"Run `python -m installer download --model {exp.model_id}` in {tree}")
+    for key, default in ((K_DIT, exp.dit_path), (K_VAE, exp.vae_path)):
+        rel = _ov_str(ov, key, default)
+        if not rel:
+            continue  # dit_path="" = random init
+        if root and not exp.smoke and key not in ov and rel.startswith("checkpoints/"):
+            rel = os.path.join(root, rel[len("checkpoints/"):])
+        path = rel if os.path.isabs(rel) else os.path.join(tree, rel)
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise _fail(f"checkpoint {path} is missing", f"{exp_name}, {key}", todo)
+
+
+def _load_device_layer(tree: str):
+    """The tree's cosmos_predict2/portable/device.py, loaded by file (no package __init__, which imports models)."""
+    path = os.path.join(tree, "cosmos_predict2", "portable", "device.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_cosmos_device_layer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # raises RuntimeError (one line) when COSMOS_DEVICE forces an absent device
+    return mod
+
+
+def _detect_fallback() -> str:
+    """The device layer's rule, for trees without it: COSMOS_DEVICE forces; else NPU (torch_npu + device), CUDA, CPU."""
+    forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
+    if forced:
+        return forced
+    import torch
+
+    try:
+        import torch_npu  # noqa: F401  (Ascend hosts only)
+
+        if torch.npu.is_available():
+            return "npu"
+    except (ImportError, OSError):
+        pass
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
+    """(kind, device count or None, note). A forced device that is absent fails, except in --dry-run."""
+    forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
+    if forced and forced not in ("cpu", "cuda", "npu"):
+        raise _fail(f"COSMOS_DEVICE={forced} is not a device kind", "environment", "Use cpu, cuda or npu, or unset it")
+    try:
+        mod = _load_device_layer(tree)
+    except RuntimeError as e:
+        if dry_run:
+            return forced, None, f"not verified on this host: {e}"
+        raise PreflightError(str(e).splitlines()[0]) from None
+    kind = mod.device_type() if mod is not None else _detect_fallback()
+    count = None
+    if kind in ("cuda", "npu"):
+        import torch
+
+        try:
+            count = int((torch.npu if kind == "npu" else torch.cuda).device_count())
+        except Exception:  # a count we cannot read is not a reason to refuse to launch
+            count = None
+    return kind, count, "" if mod is not None else "device layer absent in tree; same rule applied here"
+
+
+def npu_env(environ: dict[str, str], hccl_if_ip: str | None) -> tuple[dict[str, str], list[str]]:
+    """Variables to export on NPU (only those the user has not set) and notes about the ones kept."""
+    want = dict(NPU_ENV_DEFAULTS)
+    if hccl_if_ip:
+        want["HCCL_IF_IP"] = hccl_if_ip
+    out, notes = {}, []
+    for k, v in want.items():
+        if k in environ:
+            if environ[k] != v:
+                notes.append(f"{k}={environ[k]} kept from your environment (launcher default {v})")
+            continue
+        out[k] = v
+    return out, notes
+
+
+@dataclass
+class Plan:
+    cmd: list[str]
+    env: dict[str, str]  # to export (user-set variables are never in here)
+    log: str
+    metrics: str
+    report: str
+    tree: str
+    device: str
+    notes: list[str]
+    dry_run: bool
+    plan_file: str | None
+
+
+def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
+    environ = dict(os.environ if environ is None else environ)
+    if "--" in argv:
+        i = argv.index("--")
+        flags, overrides = argv[:i], argv[i + 1:]
+    else:
+        flags, overrides = argv, []
+    a = _parser().parse_args(flags)
+    if not a.EXP:
+        raise _fail("no experiment given", "--EXP", "Pass --EXP=<name>; one of " + ", ".join(EXPERIMENTS))
+    if a.EXP not in EXPERIMENTS:
+        raise _fail(f"unknown experiment {a.EXP!r}", "--EXP", "Use one of " + ", ".join(EXPERIMENTS))
+    exp = EXPERIMENTS[a.EXP]
+    nproc = _int("nproc_per_node", a.nproc_per_node, 1)
+    nnodes = _int("nnodes", a.nnodes, 1)
+    node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
+    port = _int("master_port", a.master_port, 1, 65535)
+    if a.master_addr is None or not a.master_addr.strip():
+        if nnodes > 1:
+            raise _fail(f"--nnodes={nnodes} needs the rendezvous host", "--master_addr",
+                        "Pass --master_addr=<IP of node 0> on every node")
+        master_addr = "127.0.0.1"
+    else:
+        master_addr = a.master_addr.strip()
+        if not re.fullmatch(r"[A-Za-z0-9.\-:\[\]_]+", master_addr):
+            raise _fail(f"--master_addr={master_addr!r} is not a host name or IP", "--master_addr",
+                        "Pass the IP or host name of node 0")
+    if a.hccl_if_ip is not None:
+        try:
+            ipaddress.IPv4Address(a.hccl_if_ip.strip())
+        except ValueError:
+            raise _fail(f"--hccl_if_ip={a.hccl_if_ip!r} is not an IPv4 address", "--hccl_if_ip",
+                        "Pass this host's IPv4 address, e.g. 192.168.1.10") from None
+    tree = os.path.abspath(a.tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.isfile(os.path.join(tree, CONFIG_FILE)):
+        raise _fail(f"{tree} is not a cosmos-predict2 tree (no {CONFIG_FILE})", "--tree",
+                    "Pass --tree=<patched tree> or run the train.sh installed in it")
+    ov = parse_overrides(overrides)
+    world = nproc * nnodes
+    cp = check_parallel(a.EXP, exp, world, ov)
+    check_data(a.EXP, exp, tree, ov)
+    check_checkpoints(a.EXP, exp, tree, ov)
+
+    kind, count, note = detect_device(tree, a.dry_run)
+    notes = [f"device {kind}" + (f" ({note})" if note else "")]
+    if count is not None and nproc > count:
+        raise _fail(f"--nproc_per_node={nproc} but this node has {count} {kind} device(s)", "--nproc_per_node",
+                    f"Pass --nproc_per_node <= {count}")
+    env: dict[str, str] = {}
+    if kind == "npu":
+        env, kept = npu_env(environ, a.hccl_if_ip.strip() if a.hccl_if_ip else None)
+        notes += kept
+    elif a.hccl_if_ip:
+        notes.append(f"--hccl_if_ip ignored: device is {kind}, not npu")
+    out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
+    if out_root is None:
+        out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)
+    project, group, name = (_ov_str(ov, k, d) for k, d in zip(K_JOB, exp.job))
+    job_dir = os.path.join(out_root if os.path.isabs(out_root) else os.path.join(tree, out_root), project, group, name)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    stem = os.path.join(job_dir, "logs", f"train-{stamp}")
+    env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}", f"--master_port={port}",
+        "-m", "scripts.train", f"--config={CONFIG_FILE}", "--",
+        f"experiment={a.EXP}",
+        # ++ adds or replaces: registers the metrics callback whether or not the experiment already does
+        f"++trainer.callbacks.train_metrics={{_target_:{METRICS_CALLBACK}}}",
+        *overrides,
+    ]
+    notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")
+    return Plan(cmd, env, stem + ".log", stem + ".metrics.jsonl", stem + ".report.json", tree, kind, notes,
+                a.dry_run, a.plan_file)
+
+
+def write_plan(plan: Plan, path: str) -> None:
+    q = shlex.quote
+    lines = [f"export {k}={q(v)}" for k, v in plan.env.items()]
+    lines += [
+        "TRAIN_CMD=(" + " ".join(q(c) for c in plan.cmd) + ")",
+        f"TRAIN_LOG={q(plan.log)}",
+        f"TRAIN_METRICS={q(plan.metrics)}",
+        f"TRAIN_REPORT={q(plan.report)}",
+        f"TRAIN_TREE={q(plan.tree)}",
+        f"TRAIN_PYTHON={q(sys.executable)}",
+        f"TRAIN_DRY_RUN={1 if plan.dry_run else 0}",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def describe(plan: Plan) -> str:
+    env = "\n".join(f"  {k}={v}" for k, v in plan.env.items()) or "  (none)"
+    notes = "\n".join(f"  {n}" for n in plan.notes)
+    return (f"cd {shlex.quote(plan.tree)}\n{' '.join(shlex.quote(c) for c in plan.cmd)}\n"
+            f"environment set by train.sh:\n{env}\nnotes:\n{notes}\nlog: {plan.log}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = argv[: argv.index("--")] if "--" in argv else argv
+    if "-h" in flags or "--help" in flags:
+        _parser().print_help()
+        return 0
+    try:
+        plan = build_plan(argv)
+    except PreflightError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    if plan.dry_run:
+        print(describe(plan), end="")
+    else:
+        for n in plan.notes:
+            print(f"train.sh: {n}", file=sys.stderr)
+    if plan.plan_file:
+        write_plan(plan, plan.plan_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Train one Cosmos-Predict2 experiment on NPU, CUDA or CPU:
+#   bash train.sh --EXP=<experiment> --nproc_per_node=8 --nnodes=1 --node_rank=0 \
+#        --master_addr=127.0.0.1 --master_port=29500 [--hccl_if_ip=<ip>] [--tree=DIR] [--dry-run] [-- key=value ...]
+# `bash train.sh --help` lists flags and experiments. Validation, device detection and the environment are decided
+# by scripts/train_preflight.py (testable python); this file only runs what it planned, logs, and reports.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Installed into a tree root by `apply`: scripts/ is beside us. In the overlay repo checkout: overlay/scripts/.
+if [[ -f "$HERE/scripts/train_preflight.py" ]]; then
+    SCRIPTS="$HERE/scripts"
+else
+    SCRIPTS="$HERE/overlay/scripts"
+fi
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || true)}"
+if [[ -z "$PYTHON" ]]; then
+    echo "error: no python interpreter found (PATH). Activate the environment that has torch, or set PYTHON=." >&2
+    exit 2
+fi
+
+for arg in "$@"; do
+    [[ "$arg" == "--" ]] && break
+    if [[ "$arg" == "--help" || "$arg" == "-h" ]]; then
+        exec "$PYTHON" "$SCRIPTS/train_preflight.py" --help
+    fi
+done
+
+PLAN="$(mktemp "${TMPDIR:-/tmp}/train-plan.XXXXXX")"
+trap 'rm -f "$PLAN"' EXIT
+# --tree defaults to this directory; a --tree the user passes comes later and wins.
+"$PYTHON" "$SCRIPTS/train_preflight.py" --plan-file="$PLAN" --tree="$HERE" "$@"
+# shellcheck source=/dev/null
+source "$PLAN"   # exports the device environment; sets TRAIN_CMD, TRAIN_LOG, TRAIN_METRICS, TRAIN_REPORT, ...
+if [[ "$TRAIN_DRY_RUN" == 1 ]]; then
+    exit 0
+fi
+
+cd "$TRAIN_TREE"
+mkdir -p "$(dirname "$TRAIN_LOG")"
+echo "train.sh: log $TRAIN_LOG" >&2
+set +e
+"${TRAIN_CMD[@]}" 2>&1 | tee "$TRAIN_LOG"
+rc=$?   # pipefail: torchrun's status unless tee itself failed
+set -e
+
+# The report never changes the outcome: a failed run stays failed, a good run without metrics stays good.
+"$TRAIN_PYTHON" "$SCRIPTS/train_report.py" --metrics="$TRAIN_METRICS" --out="$TRAIN_REPORT" --log="$TRAIN_LOG" \
+    --training-rc="$rc" || true
+if [[ $rc -ne 0 ]]; then
+    echo "error: training exited with status $rc ($TRAIN_LOG). Read the first traceback in the log." >&2
+fi
+exit $rc
