@@ -1,0 +1,15 @@
+"""Portable ops and device layer for Cosmos-Predict2 on Ascend NPU, CUDA without TransformerEngine/apex, and CPU.
+
+Modules (import them directly; this package imports nothing eagerly so that `device` detection happens once,
+when first needed):
+- device:     DEVICE_TYPE detected once (COSMOS_DEVICE forces it), streams, memory stats, dist backend.
+- attention:  attention() with named backends (COSMOS_ATTN_BACKEND), DotProductAttention (TE drop-in).
+- rope:       apply_rotary_pos_emb() with TE fused-kernel numerics and a per-freqs cos/sin cache.
+- rmsnorm:    RMSNorm with TE module semantics (ones init, fp32 math, _extra_state).
+- te_compat:  `pytorch` namespace for `te.pytorch.RMSNorm`.
+- optim:      FusedAdam (AdamW with fp32 master weights, DTensor/FSDP2 aware).
+- sac:        is_attention_op() for selective activation checkpointing policies.
+Only torch and the standard library are imported (torch_npu only inside a try).
+"""
+
+__all__ = ["device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac"]

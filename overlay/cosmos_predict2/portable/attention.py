@@ -1,0 +1,404 @@
+"""Scaled dot-product attention on NPU, CUDA and CPU behind one call, with named backends.
+
+`attention(q, k, v, ...)` keeps the contract of upstream's `cosmos_predict2.module.attention.attention`
+(q, k, v in `bshd` = [B, S, H, D], output [B, S, H, D], softmax scale 1/sqrt(D) unless given) with two
+differences: `dtype=None` computes in the input dtype (upstream always casts to bf16), and CPU works (upstream
+limits SDPA to CUDA kernels and fails with "No viable backend").
+
+Backends (diffusers' attention_dispatch style: each has a `supports()` check that names the failing
+constraint):
+- "npu_fusion": torch_npu.npu_fusion_attention, layout BSND, scale passed explicitly (the kernel's default is
+  1.0, not 1/sqrt(D)), output taken at index [0] of the 7-tuple, causal mask inverted (True = masked out).
+- "cudnn", "flash", "efficient": torch SDPA restricted to that CUDA kernel.
+- "math": SDPA's reference math kernel, any device (also the only deterministic choice).
+- "sdpa_cpu": SDPA's default CPU dispatch (its fused CPU flash kernel where it applies).
+Auto order: NPU -> npu_fusion; CUDA -> cudnn, flash, efficient on sm90/sm100, flash first elsewhere, efficient
+for fp32; CPU -> sdpa_cpu. `COSMOS_ATTN_BACKEND=<name>` forces one backend and fails with one clear line if
+its constraints do not hold.
+
+`DotProductAttention` stands in for TransformerEngine's module of the same name as upstream's DiT uses it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from . import device
+
+_HALF = (torch.float16, torch.bfloat16)
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_ENV = "COSMOS_ATTN_BACKEND"
+_SDPA_PRIORITY_KW = "set_priority" if "set_priority" in inspect.signature(sdpa_kernel).parameters else None
+
+
+@dataclass(frozen=True)
+class AttnParams:
+    """What a backend needs besides q, k, v (already in the compute dtype, bshd, q already multiplied by q_scale)."""
+
+    scale: float
+    causal: bool
+    dropout_p: float
+    deterministic: bool
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: tuple[str, ...]
+    check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnParams], str | None]
+    run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnParams], torch.Tensor]
+
+    def supports(self, q, k, v, p: AttnParams) -> str | None:
+        """None if this backend can run the call, else the constraint that fails (one phrase)."""
+        if device.DEVICE_TYPE not in self.devices:
+            return f"needs device {'/'.join(self.devices)}, running on {device.DEVICE_TYPE}"
+        return self.check(q, k, v, p)
+
+
+# ---------------------------------------------------------------- shared checks
+
+
+def _common_check(q, k, v) -> str | None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        return f"q, k, v must be 4-D [B, S, H, D], got {q.dim()}-D/{k.dim()}-D/{v.dim()}-D"
+    if not (q.dtype == k.dtype == v.dtype):
+        return f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
+    if q.shape[0] != k.shape[0] or k.shape[:3] != v.shape[:3]:
+        return f"batch/sequence/head shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if q.shape[-1] != k.shape[-1]:
+        return f"q and k head_dim differ ({q.shape[-1]} vs {k.shape[-1]})"
+    if q.shape[2] % k.shape[2] != 0:
+        return f"q heads ({q.shape[2]}) must be a multiple of k/v heads ({k.shape[2]})"
+    return None
+
+
+def _cuda_cc(t: torch.Tensor) -> int:
+    if t.device.type != "cuda":
+        return 0
+    major, minor = torch.cuda.get_device_capability(t.device)
+    return major * 10 + minor
+
+
+# ---------------------------------------------------------------- SDPA backends
+
+
+def _sdpa(q, k, v, p: AttnParams, backends: list | None) -> torch.Tensor:
+    # SDPA wants [B, H, S, D]; enable_gqa covers k/v with fewer heads.
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    kwargs = dict(attn_mask=None, dropout_p=p.dropout_p, is_causal=p.causal, scale=p.scale)
+    if kt.shape[1] != qt.shape[1]:
+        kwargs["enable_gqa"] = True
+    if backends is None:
+        out = F.scaled_dot_product_attention(qt, kt, vt, **kwargs)
+    else:
+        ctx = (
+            sdpa_kernel(backends, **{_SDPA_PRIORITY_KW: True})
+            if _SDPA_PRIORITY_KW and len(backends) > 1
+            else sdpa_kernel(backends[0])
+        )
+        with ctx:
+            out = F.scaled_dot_product_attention(qt, kt, vt, **kwargs)
+    return out.transpose(1, 2)
+
+
+def _cuda_half_check(name: str, min_cc: int, max_d: int):
+    def check(q, k, v, p):
+        why = _common_check(q, k, v)
+        if why:
+            return why
+        if q.device.type != "cuda":
+            return f"tensors must be on cuda, got {q.device}"
+        if q.dtype not in _HALF:
+            return f"{name} needs fp16/bf16, got {q.dtype}"
+        cc = _cuda_cc(q)
+        if cc < min_cc:
+            return f"{name} needs compute capability >= {min_cc / 10:.1f}, device has {cc / 10:.1f}"
+        d = q.shape[-1]
+        if d % 8 != 0 or d > max_d:
+            return f"{name} needs head_dim a multiple of 8 and <= {max_d}, got {d}"
+        if p.deterministic:
+            return f"{name} backward is not deterministic"
+        return None
+
+    return check
+
+
+def _efficient_check(q, k, v, p):
+    why = _common_check(q, k, v)
+    if why:
+        return why
+    if q.device.type != "cuda":
+        return f"tensors must be on cuda, got {q.device}"
+    if q.dtype == torch.bfloat16 and _cuda_cc(q) < 80:
+        return "efficient attention needs compute capability >= 8.0 for bf16"
+    if p.deterministic:
+        return "efficient attention backward is not deterministic"
+    return None
+
+
+def _math_check(q, k, v, p):
+    return _common_check(q, k, v)
+
+
+def _sdpa_cpu_check(q, k, v, p):
+    why = _common_check(q, k, v)
+    if why:
+        return why
+    if q.device.type != "cpu":
+        return f"tensors must be on cpu, got {q.device}"
+    return None
+
+
+# ---------------------------------------------------------------- NPU backend
+
+_NPU_MASK_SIDE = 2048  # sparse_mode 2/3 take a compressed 2048x2048 upper-triangular mask
+_npu_masks: dict = {}
+
+
+def _npu_causal_mask(dev: torch.device) -> torch.Tensor:
+    key = str(dev)
+    if key not in _npu_masks:
+        # True = masked out (inverted vs SDPA's boolean attn_mask): strictly above the diagonal.
+        ones = torch.ones(_NPU_MASK_SIDE, _NPU_MASK_SIDE, dtype=torch.bool, device=dev)
+        _npu_masks[key] = torch.triu(ones, diagonal=1)
+    return _npu_masks[key]
+
+
+def _npu_check(q, k, v, p):
+    why = _common_check(q, k, v)
+    if why:
+        return why
+    if device.npu_module() is None:
+        return "torch_npu is not loaded"
+    # Dispatch follows DEVICE_TYPE: on an NPU host the DiT's tensors live on the NPU (no per-tensor check, so
+    # the torch_npu test double can run this path on host tensors).
+    if q.shape[-1] > 768:
+        return f"npu_fusion_attention needs head_dim <= 768, got {q.shape[-1]}"
+    if q.shape[2] > 256:
+        return f"npu_fusion_attention needs heads <= 256, got {q.shape[2]}"
+    if p.deterministic:
+        return "npu_fusion_attention is not guaranteed deterministic"
+    return None
+
+
+def _npu_run(q, k, v, p: AttnParams) -> torch.Tensor:
+    npu = device.npu_module()
+    kwargs = dict(
+        head_num=q.shape[2],
+        input_layout="BSND",
+        scale=p.scale,  # the kernel's default is 1.0: always pass 1/sqrt(D) (or the caller's scale)
+        keep_prob=1.0 - p.dropout_p,
+    )
+    if p.causal:
+        # sparse_mode 2 = "leftUpCausal": the mask is aligned top-left, as SDPA's is_causal; the kernel then
+        # expects the compressed 2048x2048 upper-triangular mask whatever the sequence lengths.
+        kwargs.update(atten_mask=_npu_causal_mask(q.device), sparse_mode=2)
+    return npu.npu_fusion_attention(q, k, v, **kwargs)[0]
+
+
+# ---------------------------------------------------------------- registry
+
+_CUDA_SDPA = {
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+
+
+def _cuda_run(name: str):
+    def run(q, k, v, p):
+        # Keep torch's own fall-through behind the chosen kernel only in auto mode (see _select).
+        return _sdpa(q, k, v, p, [_CUDA_SDPA[name]])
+
+    return run
+
+
+BACKENDS: dict[str, Backend] = {
+    "npu_fusion": Backend("npu_fusion", ("npu",), _npu_check, _npu_run),
+    "cudnn": Backend("cudnn", ("cuda",), _cuda_half_check("cudnn", 80, 256), _cuda_run("cudnn")),
+    "flash": Backend("flash", ("cuda",), _cuda_half_check("flash", 80, 256), _cuda_run("flash")),
+    "efficient": Backend("efficient", ("cuda",), _efficient_check, _cuda_run("efficient")),
+    "math": Backend("math", ("cpu", "cuda", "npu"), _math_check, lambda q, k, v, p: _sdpa(q, k, v, p, [SDPBackend.MATH])),
+    "sdpa_cpu": Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa(q, k, v, p, None)),
+}
+
+
+def auto_order(q: torch.Tensor, deterministic: bool = False) -> list[str]:
+    """Backend names to try, best first, for this device and input."""
+    if deterministic:
+        return ["math"]
+    if device.DEVICE_TYPE == "npu":
+        return ["npu_fusion", "math"]
+    if device.DEVICE_TYPE == "cuda":
+        if q.dtype not in _HALF:
+            return ["efficient", "math"]
+        if _cuda_cc(q) in (90, 100):
+            return ["cudnn", "flash", "efficient", "math"]
+        return ["flash", "cudnn", "efficient", "math"]
+    return ["sdpa_cpu", "math"]
+
+
+def forced_backend() -> str | None:
+    name = os.environ.get(_ENV, "").strip()
+    if not name:
+        return None
+    if name not in BACKENDS:
+        raise ValueError(
+            f"error: {_ENV}={name!r} is not an attention backend (environment). "
+            f"Use one of {', '.join(BACKENDS)}, or unset it."
+        )
+    return name
+
+
+def select_backend(q, k, v, p: AttnParams) -> str:
+    forced = forced_backend()
+    if forced:
+        why = BACKENDS[forced].supports(q, k, v, p)
+        if why:
+            raise RuntimeError(
+                f"error: attention backend {forced!r} forced by {_ENV} cannot run this call: {why} "
+                f"(q {tuple(q.shape)} {q.dtype} on {q.device}). Unset {_ENV} or pick another backend."
+            )
+        return forced
+    reasons = []
+    for name in auto_order(q, p.deterministic):
+        why = BACKENDS[name].supports(q, k, v, p)
+        if why is None:
+            return name
+        reasons.append(f"{name}: {why}")
+    raise RuntimeError(
+        f"error: no attention backend can run this call ({'; '.join(reasons)}) "
+        f"(q {tuple(q.shape)} {q.dtype} on {q.device}). Check the input shapes and dtypes."
+    )
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_lens=None,
+    k_lens=None,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    q_scale=None,
+    causal: bool = False,
+    deterministic: bool = False,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """q [B, Sq, H, D], k/v [B, Sk, Hkv, D] -> [B, Sq, H, D] in the compute dtype (input dtype unless `dtype`)."""
+    if q_lens is not None or k_lens is not None:
+        # Upstream silently ignores them on its SDPA path; a wrong answer is worse than an error.
+        raise NotImplementedError(
+            "error: variable-length attention (q_lens/k_lens) is not supported (portable.attention). "
+            "Pass padded tensors without q_lens/k_lens."
+        )
+    dtype = q.dtype if dtype is None else dtype
+    if dtype not in _SUPPORTED_DTYPES:
+        raise NotImplementedError(
+            f"error: attention dtype {dtype} is not supported (portable.attention). Use bf16, fp16 or fp32."
+        )
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    if q_scale is not None:
+        q = q * q_scale
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    p = AttnParams(scale=float(scale), causal=bool(causal), dropout_p=float(dropout_p), deterministic=deterministic)
+    name = select_backend(q, k, v, p)
+    if device.DEVICE_TYPE == "cuda" and forced_backend() is None and name in _CUDA_SDPA and _SDPA_PRIORITY_KW:
+        # Auto mode on CUDA: let SDPA fall through to the next kernel if the chosen one rejects a detail our
+        # checks do not model (e.g. a stride), instead of failing.
+        order = [_CUDA_SDPA[n] if n in _CUDA_SDPA else SDPBackend.MATH for n in auto_order(q, deterministic)]
+        order = order[order.index(_CUDA_SDPA[name]) :]
+        return _sdpa(q, k, v, p, order).contiguous()
+    return BACKENDS[name].run(q, k, v, p).contiguous()
+
+
+class DotProductAttention(torch.nn.Module):
+    """Drop-in for transformer_engine.pytorch.DotProductAttention as upstream's DiT uses it.
+
+    Supports qkv_format "bshd" / "sbhd", attn_mask_type "no_mask" / "causal", GQA through num_gqa_groups.
+    Returns [B, S, H*D] for bshd ([S, B, H*D] for sbhd), like TE. Context parallelism is not implemented here:
+    `set_context_parallel_group` raises for a group of more than one rank instead of computing attention on the
+    local chunk only (which would be silently wrong).
+    """
+
+    def __init__(
+        self,
+        num_attention_heads: int,
+        kv_channels: int,
+        num_gqa_groups: int | None = None,
+        attention_dropout: float = 0.0,
+        qkv_format: str = "sbhd",
+        attn_mask_type: str = "causal",
+        softmax_scale: float | None = None,
+        **unused,
+    ) -> None:
+        super().__init__()
+        if qkv_format not in ("bshd", "sbhd"):
+            raise ValueError(
+                f"error: qkv_format={qkv_format!r} is not supported (portable.attention.DotProductAttention). "
+                "Use 'bshd' or 'sbhd'."
+            )
+        if attn_mask_type not in ("no_mask", "causal"):
+            raise ValueError(
+                f"error: attn_mask_type={attn_mask_type!r} is not supported "
+                "(portable.attention.DotProductAttention). Use 'no_mask' or 'causal'."
+            )
+        self.num_attention_heads = num_attention_heads
+        self.kv_channels = kv_channels
+        self.num_gqa_groups = num_gqa_groups or num_attention_heads
+        self.attention_dropout = attention_dropout
+        self.qkv_format = qkv_format
+        self.attn_mask_type = attn_mask_type
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(kv_channels)
+        self.cp_group = None
+
+    def set_context_parallel_group(self, cp_group, cp_global_ranks=None, cp_stream=None, *args, **kwargs) -> None:
+        size = 1
+        if cp_group is not None:
+            size = cp_group.size() if hasattr(cp_group, "size") else len(cp_global_ranks or [])
+        elif cp_global_ranks is not None:
+            size = len(cp_global_ranks)
+        if size > 1:
+            raise RuntimeError(
+                f"error: context parallelism over {size} ranks is not supported by the portable "
+                "DotProductAttention (the transformer_engine attention backend). Use context_parallel_size=1 "
+                "for this model, or a net with the minimal_a2a attention backend."
+            )
+        self.cp_group = cp_group
+
+    def forward(self, query_layer, key_layer, value_layer, attention_mask=None, **kwargs) -> torch.Tensor:
+        if attention_mask is not None:
+            raise NotImplementedError(
+                "error: attention_mask is not supported (portable.attention.DotProductAttention). "
+                "Use attn_mask_type='no_mask' or 'causal'."
+            )
+        q, k, v = query_layer, key_layer, value_layer
+        if self.qkv_format == "sbhd":
+            q, k, v = (x.transpose(0, 1) for x in (q, k, v))
+        out = attention(
+            q,
+            k,
+            v,
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            softmax_scale=self.softmax_scale,
+            causal=self.attn_mask_type == "causal",
+        )
+        if self.qkv_format == "sbhd":
+            out = out.transpose(0, 1)
+        return out.reshape(*out.shape[:2], -1)
+
+    # TE modules carry an `_extra_state` entry (FP8 metadata); emit and accept one so strict loads of TE-made
+    # checkpoints work in both directions.
+    def get_extra_state(self) -> torch.Tensor:
+        return torch.empty(0, dtype=torch.uint8)
+
+    def set_extra_state(self, state) -> None:
+        return None

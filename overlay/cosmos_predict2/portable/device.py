@@ -1,0 +1,211 @@
+"""The device layer: which accelerator this process runs on, decided once at import.
+
+`DEVICE_TYPE` is "npu" when torch_npu imports and reports a device, else "cuda" when CUDA is available, else
+"cpu". `COSMOS_DEVICE=cpu|cuda|npu` forces the choice (and fails with one clear line if that device is absent).
+
+Why NPU is checked first and why nothing below dispatches on `torch.cuda.is_available()`: torch_npu's
+`transfer_to_npu` makes `torch.cuda.is_available()` return True on an Ascend host, so a "no CUDA, hence NPU"
+test never picks the NPU path there. Every helper dispatches on `DEVICE_TYPE` instead.
+
+torch_npu is only ever imported inside a try; this module imports torch and the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+_KINDS = ("cpu", "cuda", "npu")
+_DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+
+
+def _import_torch_npu():
+    try:
+        import torch_npu  # noqa: F401  (optional: Ascend hosts only)
+    except (ImportError, OSError):  # not installed, or CANN libraries missing
+        return None
+    return torch_npu
+
+
+def _npu_available(npu_mod) -> bool:
+    if npu_mod is None or not hasattr(torch, "npu"):
+        return False
+    try:
+        return bool(torch.npu.is_available())
+    except Exception:  # a broken driver reports as "no device", not as a crash at import
+        return False
+
+
+def _detect() -> tuple[str, object]:
+    forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
+    if forced and forced not in _KINDS:
+        raise RuntimeError(
+            f"error: COSMOS_DEVICE={forced!r} is not a device kind (environment). Use one of cpu, cuda, npu, "
+            "or unset it to auto-detect."
+        )
+    if forced == "cpu":
+        return "cpu", None
+    if forced == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "error: COSMOS_DEVICE=cuda but torch.cuda.is_available() is False (environment). "
+                "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE."
+            )
+        return "cuda", None
+    npu_mod = _import_torch_npu()
+    if forced == "npu":
+        if not _npu_available(npu_mod):
+            why = "torch_npu cannot be imported" if npu_mod is None else "torch.npu.is_available() is False"
+            raise RuntimeError(
+                f"error: COSMOS_DEVICE=npu but {why} (environment). Install torch_npu matching torch and source "
+                "CANN's set_env.sh, or unset COSMOS_DEVICE."
+            )
+        return "npu", npu_mod
+    if _npu_available(npu_mod):
+        return "npu", npu_mod
+    if torch.cuda.is_available():
+        return "cuda", None
+    return "cpu", None
+
+
+DEVICE_TYPE, _NPU = _detect()
+
+
+def device_type() -> str:
+    return DEVICE_TYPE
+
+
+def npu_module():
+    """torch_npu when running on NPU, else None."""
+    return _NPU
+
+
+def is_npu() -> bool:
+    return DEVICE_TYPE == "npu"
+
+
+def is_cuda() -> bool:
+    return DEVICE_TYPE == "cuda"
+
+
+def _accel():
+    """torch.cuda or torch.npu (same API surface); never called on CPU."""
+    return torch.npu if DEVICE_TYPE == "npu" else torch.cuda
+
+
+def dist_backend() -> str:
+    return _DIST_BACKENDS[DEVICE_TYPE]
+
+
+def current_device_index() -> int:
+    if DEVICE_TYPE == "cpu":
+        return 0
+    return int(_accel().current_device())
+
+
+def get_device(index: int | None = None) -> torch.device:
+    if DEVICE_TYPE == "cpu":
+        return torch.device("cpu")
+    return torch.device(DEVICE_TYPE, current_device_index() if index is None else index)
+
+
+def set_device(local_rank: int) -> None:
+    if DEVICE_TYPE != "cpu":
+        _accel().set_device(local_rank)
+
+
+def synchronize() -> None:
+    if DEVICE_TYPE != "cpu":
+        _accel().synchronize()
+
+
+def new_stream():
+    """A new side stream, or None on CPU (where all work is synchronous anyway)."""
+    if DEVICE_TYPE == "cpu":
+        return None
+    return _accel().Stream()
+
+
+def current_stream():
+    if DEVICE_TYPE == "cpu":
+        return None
+    return _accel().current_stream()
+
+
+def stream(s):
+    """Context manager running work on stream `s`; a no-op for None or on CPU."""
+    if s is None or DEVICE_TYPE == "cpu":
+        return contextlib.nullcontext()
+    return _accel().stream(s)
+
+
+def wait_stream(s) -> None:
+    """Make the current stream wait for the work queued on `s`; a no-op for None or on CPU."""
+    if s is None or DEVICE_TYPE == "cpu":
+        return
+    _accel().current_stream().wait_stream(s)
+
+
+def memory_stats() -> dict:
+    """Bytes: allocated, reserved, peak (allocated), peak_reserved. Zeros on CPU."""
+    if DEVICE_TYPE == "cpu":
+        return {"allocated": 0, "reserved": 0, "peak": 0, "peak_reserved": 0}
+    acc = _accel()
+    return {
+        "allocated": int(acc.memory_allocated()),
+        "reserved": int(acc.memory_reserved()),
+        "peak": int(acc.max_memory_allocated()),
+        "peak_reserved": int(acc.max_memory_reserved()),
+    }
+
+
+def reset_peak_memory_stats() -> None:
+    if DEVICE_TYPE != "cpu":
+        _accel().reset_peak_memory_stats()
+
+
+def manual_seed_all(seed: int) -> None:
+    """Seed every accelerator generator (like torch.cuda.manual_seed_all); the CPU generator is torch.manual_seed's."""
+    if DEVICE_TYPE != "cpu":
+        _accel().manual_seed_all(seed)
+
+
+def empty_cache() -> None:
+    if DEVICE_TYPE != "cpu":
+        _accel().empty_cache()
+
+
+def compile_enabled() -> bool:
+    """torch.compile is used for the small fused kernels on CUDA only, unless COSMOS_DISABLE_COMPILE=1."""
+    return (
+        DEVICE_TYPE == "cuda"
+        and hasattr(torch, "compile")
+        and os.environ.get("COSMOS_DISABLE_COMPILE", "0").strip().lower() not in ("1", "true", "yes")
+    )
+
+
+def maybe_compile(fn, what: str):
+    """`fn` compiled with torch.compile on CUDA, falling back to eager (once, with a warning) if compiling or running
+    the compiled version fails (no triton, unsupported compiler). Eager everywhere else."""
+    state = {"compiled": None, "failed": False}
+
+    def wrapper(*args, **kwargs):
+        if state["failed"] or not compile_enabled() or not any(
+            isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args
+        ):
+            return fn(*args, **kwargs)
+        if state["compiled"] is None:
+            state["compiled"] = torch.compile(fn, dynamic=False)
+        try:
+            return state["compiled"](*args, **kwargs)
+        except Exception as exc:  # stay correct, just slower
+            state["failed"] = True
+            print(f"[cosmos-portable] warning: torch.compile of {what} failed ({type(exc).__name__}: {exc}); "
+                  "using eager", flush=True)
+            return fn(*args, **kwargs)
+
+    wrapper.eager = fn
+    wrapper.state = state
+    return wrapper

@@ -1,0 +1,212 @@
+"""AdamW with fp32 master weights on any device: the portable stand-in for upstream's apex-based FusedAdam.
+
+Upstream's `fusedadamw` optimizer (cosmos_predict2/utils/fused_adam_dtensor.py) needs apex's CUDA extension.
+This class keeps its constructor and semantics on torch's `_foreach_*` kernels (CUDA, NPU, CPU):
+- decoupled weight decay (`adam_w_mode=True`: p -= lr * wd * p) or L2 (`adam_w_mode=False`: g += wd * p),
+  bias correction, moments in fp32, one step counter per param group, as apex's multi_tensor_adam;
+- `master_weights=True`: bf16/fp16 parameters get fp32 master copies, cloned from the LOCAL shard of DTensor
+  (FSDP2) parameters at the first step; the update is applied to the master and copied back (rounded once), so
+  updates smaller than half a bf16 ulp accumulate instead of vanishing. fp32 parameters are updated in place;
+- moments are kept with the parameter's sharding (DTensor for DTensor parameters), so torch.distributed's
+  get/set_optimizer_state_dict gather and scatter them correctly;
+- masters are NOT part of `state_dict()` (like upstream): they are rebuilt from the parameters at the next step,
+  also after `load_state_dict()`. Call `reset_master_weights()` if parameters are overwritten between steps;
+- `capturable` is accepted and ignored: lr and step stay Python numbers (LR schedulers keep working), and
+  lr/step tensors from upstream checkpoints are converted on load. `master_weights` does not require
+  `capturable` here.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import chain
+
+import torch
+
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # torch builds without distributed
+    DTensor = None
+    distribute_tensor = None
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_BUCKET_NUMEL = 1 << 26  # bounds the transient fp32 copies of bf16 grads (256 MiB per bucket)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    if DTensor is not None and isinstance(t, DTensor):
+        return t.to_local()
+    return t
+
+
+def _scalar(x) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class FusedAdam(torch.optim.Optimizer):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        bias_correction: bool = True,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        adam_w_mode: bool = True,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        capturable: bool = False,
+        master_weights: bool = False,
+        **unused,
+    ) -> None:
+        if amsgrad:
+            raise RuntimeError("error: FusedAdam does not support amsgrad (portable.optim). Use amsgrad=False.")
+        if not 0.0 <= _scalar(lr):
+            raise ValueError(f"error: invalid learning rate {lr} (portable.optim). Use lr >= 0.")
+        betas = tuple(float(b) for b in betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"error: invalid betas {betas} (portable.optim). Use two values in [0, 1).")
+        defaults = dict(
+            lr=_scalar(lr), bias_correction=bias_correction, betas=betas, eps=eps, weight_decay=weight_decay
+        )
+        super().__init__(params, defaults)
+        self.adam_w_mode = bool(adam_w_mode)
+        self.capturable = capturable  # accepted for config compatibility; see module docstring
+        self.master_weights = bool(master_weights)
+        self._masters: dict = {}
+        for group in self.param_groups:
+            group["lr"] = _scalar(group["lr"])
+
+    # ------------------------------------------------------------------ masters
+
+    def reset_master_weights(self) -> None:
+        """Drop the fp32 masters; they are cloned again from the parameters at the next step."""
+        self._masters.clear()
+
+    def _master_for(self, p: torch.Tensor) -> torch.Tensor | None:
+        local = _local(p)
+        if not self.master_weights or local.dtype not in _LOW_PRECISION:
+            return None
+        m = self._masters.get(p)
+        if m is None or m.shape != local.shape or m.device != local.device:
+            m = local.detach().clone().float()
+            self._masters[p] = m
+        return m
+
+    def _moments(self, p: torch.Tensor):
+        state = self.state[p]
+        if len(state) == 0:
+            # fp32 moments with the parameter's sharding (DTensor in, DTensor out).
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
+        return _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure=None, grad_scaler=None, **deprecated):
+        if any(v is not None for v in deprecated.values()):
+            raise RuntimeError(
+                "error: FusedAdam.step() takes no grads/output_params/scale/grad_norms (portable.optim). "
+                "Call step() with no arguments."
+            )
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict) -> None:
+        entries = []  # (param local, grad local, exp_avg, exp_avg_sq, master or None)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("error: FusedAdam does not support sparse gradients (portable.optim).")
+            local = _local(p)
+            if local.dtype not in (torch.float32, *_LOW_PRECISION):
+                raise RuntimeError(
+                    f"error: FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim)."
+                )
+            m, v = self._moments(p)
+            entries.append((local, _local(p.grad), m, v, self._master_for(p)))
+        if not entries:
+            return
+        group["step"] = int(_scalar(group.get("step", 0))) + 1
+        step = group["step"]
+        lr = _scalar(group["lr"])
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps, wd = float(group["eps"]), float(group["weight_decay"])
+        bc1 = 1.0 - beta1**step if group.get("bias_correction", True) else 1.0
+        bc2 = 1.0 - beta2**step if group.get("bias_correction", True) else 1.0
+
+        # Buckets by device bound the temporary fp32 copies and keep each foreach call on one device.
+        buckets: dict = {}
+        for e in entries:
+            key = e[0].device
+            lst = buckets.setdefault(key, [[]])
+            if sum(x[0].numel() for x in lst[-1]) + e[0].numel() > _BUCKET_NUMEL and lst[-1]:
+                lst.append([])
+            lst[-1].append(e)
+        for bucket in chain.from_iterable(buckets.values()):
+            self._update(bucket, lr, beta1, beta2, eps, wd, bc1, bc2)
+
+    def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2) -> None:
+        params = [e[0] for e in bucket]
+        grads = [e[1].float() for e in bucket]  # no copy for fp32 grads; never modified in place below
+        exp_avgs = [e[2] for e in bucket]
+        exp_avg_sqs = [e[3] for e in bucket]
+        # The tensor the math runs on: the fp32 master, the fp32 parameter itself, or (low precision without
+        # masters, as apex's non-master kernel) a transient fp32 copy written back below.
+        work = [e[4] if e[4] is not None else (e[0] if e[0].dtype == torch.float32 else e[0].float()) for e in bucket]
+
+        if not self.adam_w_mode and wd != 0.0:
+            grads = torch._foreach_add(grads, work, alpha=wd)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+        if self.adam_w_mode and wd != 0.0:
+            torch._foreach_mul_(work, 1.0 - lr * wd)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, math.sqrt(bc2))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(work, exp_avgs, denom, value=-lr / bc1)
+
+        back = [(p, w) for p, w in zip(params, work) if p is not w]
+        if back:
+            torch._foreach_copy_([p for p, _ in back], [w for _, w in back])  # one rounding to bf16/fp16
+
+    # ------------------------------------------------------------------ state dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts floating state to the parameter dtype on load, which would round our fp32 moments to bf16:
+        # keep the incoming tensors aside and put them back in fp32 afterwards.
+        saved_ids = list(chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
+        incoming = {k: dict(v) for k, v in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = list(chain.from_iterable(g["params"] for g in self.param_groups))
+        id_to_param = dict(zip(saved_ids, params))
+        for key, st in incoming.items():
+            p = id_to_param.get(key)
+            if p is None:
+                continue
+            for name in ("exp_avg", "exp_avg_sq"):
+                if name in st and isinstance(st[name], torch.Tensor):
+                    self.state[p][name] = self._fp32_like(st[name], p)
+        for group in self.param_groups:
+            group["lr"] = _scalar(group["lr"])  # upstream (capturable) checkpoints hold a tensor
+            if "step" in group:
+                group["step"] = int(_scalar(group["step"]))
+        self._masters.clear()  # rebuilt from the (possibly just loaded) parameters at the next step
+
+    @staticmethod
+    def _fp32_like(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if DTensor is not None and isinstance(p, DTensor):
+            if isinstance(value, DTensor):
+                return value.to(device=p.device, dtype=torch.float32)
+            value = value.to(device=p.device, dtype=torch.float32)
+            if value.shape == p.shape:
+                return distribute_tensor(value, p.device_mesh, p.placements)
+            return DTensor.from_local(value, p.device_mesh, p.placements, shape=p.shape, stride=p.stride())
+        return value.to(device=p.device, dtype=torch.float32)

@@ -1,0 +1,139 @@
+"""Portable attention on CPU against a float64 reference (fresh random inputs each run)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from _dist_helpers import run_ranks
+
+
+def ref_attention(q, k, v, scale=None, causal=False):
+    """float64 softmax(q k^T * scale) v in bshd, with SDPA's top-left causal alignment."""
+    q, k, v = (x.double() for x in (q, k, v))
+    if k.shape[2] != q.shape[2]:
+        rep = q.shape[2] // k.shape[2]
+        k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    if causal:
+        i = torch.arange(q.shape[1])[:, None]
+        j = torch.arange(k.shape[1])[None, :]
+        s = s.masked_fill(j > i, float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), v)
+
+
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("softmax_scale", [None, 0.37])
+@pytest.mark.parametrize("q_scale", [None, 0.5])
+def test_attention_matches_fp64_reference(portable, causal, softmax_scale, q_scale):
+    B, S, H, D = 2, 37, 3, 16
+    q, k, v = rand(B, S, H, D), rand(B, S, H, D), rand(B, S, H, D)
+    out = portable.attention.attention(q, k, v, softmax_scale=softmax_scale, q_scale=q_scale, causal=causal)
+    assert out.shape == (B, S, H, D) and out.dtype == torch.float32  # fp32 stays fp32 (dtype=None)
+    qq = q * q_scale if q_scale is not None else q
+    ref = ref_attention(qq, k, v, softmax_scale, causal)
+    torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=2e-5)
+    # the reference is sensitive to the options (guards against a test that cannot fail)
+    other = ref_attention(qq, k, v, softmax_scale, not causal)
+    assert (other - ref).abs().max() > 1e-2
+
+
+def test_cross_attention_and_gqa(portable):
+    q, k, v = rand(2, 11, 4, 8), rand(2, 29, 2, 8), rand(2, 29, 2, 8)
+    out = portable.attention.attention(q, k, v)
+    torch.testing.assert_close(out.double(), ref_attention(q, k, v), atol=2e-6, rtol=2e-5)
+
+
+def test_dtype_semantics(portable):
+    q, k, v = rand(1, 16, 2, 32), rand(1, 16, 2, 32), rand(1, 16, 2, 32)
+    ref = ref_attention(q, k, v)
+    out_bf16 = portable.attention.attention(q, k, v, dtype=torch.bfloat16)
+    assert out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf16.double(), ref, atol=3e-2, rtol=3e-2)
+    out_in = portable.attention.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out_in.dtype == torch.bfloat16
+    with pytest.raises(NotImplementedError, match="dtype"):
+        portable.attention.attention(q, k, v, dtype=torch.float64)
+
+
+def test_backward_matches_reference(portable):
+    q, k, v = (rand(1, 9, 2, 8).requires_grad_() for _ in range(3))
+    portable.attention.attention(q, k, v, causal=True).square().sum().backward()
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_attention(qd, kd, vd, causal=True).square().sum().backward()
+    for a, b in ((q, qd), (k, kd), (v, vd)):
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_backend_selection_and_forcing(portable, monkeypatch):
+    att = portable.attention
+    q, k, v = rand(1, 8, 2, 8), rand(1, 8, 2, 8), rand(1, 8, 2, 8)
+    p = att.AttnParams(scale=0.3, causal=False, dropout_p=0.0, deterministic=False)
+    assert att.select_backend(q, k, v, p) == "sdpa_cpu"
+    assert att.select_backend(q, k, v, att.AttnParams(0.3, False, 0.0, True)) == "math"
+    assert "needs device npu" in att.BACKENDS["npu_fusion"].supports(q, k, v, p)
+    assert "needs device cuda" in att.BACKENDS["cudnn"].supports(q, k, v, p)
+    assert "4-D" in att.BACKENDS["math"].supports(q[0], k, v, p)
+    ref = ref_attention(q, k, v)
+    monkeypatch.setenv("COSMOS_ATTN_BACKEND", "math")
+    torch.testing.assert_close(att.attention(q, k, v).double(), ref, atol=2e-6, rtol=2e-5)
+    monkeypatch.setenv("COSMOS_ATTN_BACKEND", "flash")
+    with pytest.raises(RuntimeError, match="'flash' forced by COSMOS_ATTN_BACKEND cannot run this call: needs device cuda"):
+        att.attention(q, k, v)
+    monkeypatch.setenv("COSMOS_ATTN_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="not an attention backend"):
+        att.attention(q, k, v)
+
+
+def test_varlen_is_refused_not_ignored(portable):
+    q = rand(1, 4, 1, 8)
+    with pytest.raises(NotImplementedError, match="q_lens"):
+        portable.attention.attention(q, q, q, q_lens=torch.tensor([2]))
+
+
+@pytest.mark.parametrize("fmt", ["bshd", "sbhd"])
+def test_dot_product_attention_shapes(portable, fmt):
+    B, S, H, D = 2, 10, 4, 8
+    dpa = portable.attention.DotProductAttention(H, D, num_gqa_groups=H, attention_dropout=0, qkv_format=fmt,
+                                                 attn_mask_type="no_mask")
+    q, k, v = rand(B, S, H, D), rand(B, S, H, D), rand(B, S, H, D)
+    if fmt == "sbhd":
+        out = dpa(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
+        assert out.shape == (S, B, H * D)
+        out = out.transpose(0, 1)
+    else:
+        out = dpa(q, k, v)
+        assert out.shape == (B, S, H * D)
+    torch.testing.assert_close(out.double(), ref_attention(q, k, v).reshape(B, S, H * D), atol=2e-6, rtol=2e-5)
+    sd = dpa.state_dict()
+    assert "_extra_state" in sd
+    dpa.load_state_dict({"_extra_state": torch.tensor([1, 2, 3], dtype=torch.uint8)}, strict=True)
+
+
+def _cp_worker(rank, world):
+    import torch.distributed as dist
+    from conftest import load_portable
+
+    pkg = load_portable("cosmos_portable_cp_worker")
+    dpa = pkg.attention.DotProductAttention(2, 8, qkv_format="bshd", attn_mask_type="no_mask")
+    dpa.set_context_parallel_group(None, None, None)  # disable_context_parallel path: allowed
+    singles = [dist.new_group([r]) for r in range(world)]
+    dpa.set_context_parallel_group(singles[rank], [rank], None)  # a 1-rank group is no parallelism: allowed
+    group = dist.new_group(list(range(world)))
+    try:
+        dpa.set_context_parallel_group(group, list(range(world)), None)
+    except RuntimeError as exc:
+        assert "context parallelism over 2 ranks is not supported" in str(exc), str(exc)
+    else:
+        raise AssertionError("a 2-rank context-parallel group was silently accepted")
+
+
+def test_dot_product_attention_refuses_context_parallel(portable):
+    run_ranks(_cp_worker, 2)
