@@ -1,0 +1,208 @@
+"""Portable FusedAdam (AdamW with fp32 masters) against torch.optim on CPU (fresh random params/grads)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+from _dist_helpers import run_ranks
+
+
+def make_params(dtype=torch.float32, scale=1.0):
+    shapes = [(33, 17), (17,), (8, 4, 3)]
+    return [torch.nn.Parameter((torch.randn(s) * scale).to(dtype)) for s in shapes]
+
+
+def groups(params, lr=1e-2, wd=0.1):
+    # two groups, as a config may pass (different lr / weight decay)
+    return [
+        {"params": params[:2], "lr": lr, "weight_decay": wd},
+        {"params": params[2:], "lr": lr * 3, "weight_decay": 0.0},
+    ]
+
+
+def test_fp32_matches_torch_adamw(portable):
+    ours_p = make_params()
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    start = [p.detach().clone() for p in ours_p]
+    ours = portable.optim.FusedAdam(groups(ours_p), betas=[0.9, 0.99], eps=1e-8, master_weights=True, capturable=True)
+    ref = torch.optim.AdamW(groups(ref_p), betas=(0.9, 0.99), eps=1e-8)
+    for _ in range(20):
+        for a, b in zip(ours_p, ref_p):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    diff = max((a - b).abs().max().item() for a, b in zip(ours_p, ref_p))
+    moved = max((a - p0).abs().max().item() for a, p0 in zip(ours_p, start))  # sanity: params moved
+    assert diff <= 1e-6, diff
+    assert moved > 1e-3
+
+
+def test_l2_mode_matches_torch_adam(portable):
+    ours_p = make_params()
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    ours = portable.optim.FusedAdam(ours_p, lr=1e-2, weight_decay=0.05, adam_w_mode=False, betas=(0.9, 0.99))
+    ref = torch.optim.Adam(ref_p, lr=1e-2, weight_decay=0.05, betas=(0.9, 0.99))
+    for _ in range(10):
+        for a, b in zip(ours_p, ref_p):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert max((a - b).abs().max().item() for a, b in zip(ours_p, ref_p)) <= 1e-6
+
+
+def test_bf16_small_updates_are_kept_by_masters(portable):
+    """lr 4.3e-5 on weights ~0.02: below half a bf16 ulp per step, so plain AdamW on bf16 loses every update."""
+    lr, steps = 4.3e-5, 50
+    # |w| in [0.017, 0.029]: one bf16 binade, ulp 2^-13 = 1.2e-4, so a 4.3e-5 step is below half an ulp
+    w0 = torch.sign(torch.randn(4096)) * (0.017 + 0.012 * torch.rand(4096))
+    ours_p = torch.nn.Parameter(w0.bfloat16())
+    plain_p = torch.nn.Parameter(w0.bfloat16())
+    fp32_p = torch.nn.Parameter(w0.bfloat16().float())  # the fp32 trajectory from the same start
+    ours = portable.optim.FusedAdam([ours_p], lr=lr, betas=(0.9, 0.99), weight_decay=0.1, master_weights=True,
+                                    capturable=True)
+    plain = torch.optim.AdamW([plain_p], lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    ref = torch.optim.AdamW([fp32_p], lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    for _ in range(steps):
+        g = torch.randn(4096).bfloat16()
+        ours_p.grad, plain_p.grad, fp32_p.grad = g.clone(), g.clone(), g.float()
+        ours.step()
+        plain.step()
+        ref.step()
+    start = w0.bfloat16()
+    changed_plain = (plain_p.detach() != start).float().mean().item()
+    changed_ours = (ours_p.detach() != start).float().mean().item()
+    print(f"changed: plain AdamW on bf16 {changed_plain:.1%}, FusedAdam with masters {changed_ours:.1%}")
+    assert changed_plain < 0.02, changed_plain
+    assert changed_ours > 0.5, changed_ours
+    # ours is the fp32 trajectory rounded once to bf16
+    same = (ours_p.detach() == fp32_p.detach().bfloat16()).float().mean().item()
+    assert same > 0.99, same
+    assert ours.state[ours_p]["exp_avg"].dtype == torch.float32
+
+
+def test_bf16_without_masters_updates_in_place(portable):
+    p = torch.nn.Parameter(torch.randn(64).bfloat16())
+    opt = portable.optim.FusedAdam([p], lr=1e-1, master_weights=False)
+    before = p.detach().clone()
+    p.grad = torch.randn(64).bfloat16()
+    opt.step()
+    assert p.dtype == torch.bfloat16 and not torch.equal(p.detach(), before)
+    assert opt._masters == {}
+
+
+def _run(opt, params, grads):
+    for g_list in grads:
+        for p, g in zip(params, g_list):
+            p.grad = g.clone()
+        opt.step()
+
+
+def test_state_dict_round_trip(portable):
+    FusedAdam = portable.optim.FusedAdam
+    params = make_params(torch.bfloat16, 0.02)
+    opt = FusedAdam(groups(params, lr=1e-3), betas=(0.9, 0.99), master_weights=True, capturable=True)
+    grads = [[torch.randn_like(p) for p in params] for _ in range(10)]
+    _run(opt, params, grads[:5])
+
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in params], "optim": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+    sd = saved["optim"]
+    assert all("master" not in k for st in sd["state"].values() for k in st)  # masters are not saved
+    assert sd["param_groups"][0]["step"] == 5
+
+    params2 = [torch.nn.Parameter(t.clone()) for t in saved["params"]]
+    opt2 = FusedAdam(groups(params2, lr=1e-3), betas=(0.9, 0.99), master_weights=True, capturable=True)
+    opt2.load_state_dict(sd)
+    for p in params2:
+        assert opt2.state[p]["exp_avg"].dtype == torch.float32  # not rounded to the bf16 param dtype
+    _run(opt, params, grads[5:])
+    _run(opt2, params2, grads[5:])
+    # the resumed run rebuilt masters from bf16 params, the original kept fp32 masters: within one bf16 rounding
+    for a, b in zip(params, params2):
+        torch.testing.assert_close(a.detach().float(), b.detach().float(), atol=2e-4, rtol=1e-2)
+    for a, b in zip(params, params2):
+        torch.testing.assert_close(opt.state[a]["exp_avg"], opt2.state[b]["exp_avg"])
+
+
+def test_loads_upstream_style_tensor_lr_and_step(portable):
+    params = make_params()
+    opt = portable.optim.FusedAdam(params, lr=1e-3, capturable=True, master_weights=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["lr"] = torch.tensor(5e-4)
+    sd["param_groups"][0]["step"] = torch.tensor([7], dtype=torch.int32)
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4) and opt.param_groups[0]["step"] == 7
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 0.5)
+    opt.step()
+    assert opt.param_groups[0]["step"] == 8
+    sched.step()
+    assert isinstance(opt.param_groups[0]["lr"], float)
+
+
+def test_constructor_errors(portable):
+    with pytest.raises(RuntimeError, match="amsgrad"):
+        portable.optim.FusedAdam(make_params(), amsgrad=True)
+
+
+def _fsdp_worker(rank, world):
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from conftest import load_portable
+
+    pkg = load_portable("cosmos_portable_fsdp_worker")
+    torch.manual_seed(1234)  # same init and grads on every rank
+    lr, steps = 4.3e-5, 20
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64, bias=False), torch.nn.Linear(64, 16, bias=False))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.2)
+    full0 = {n: p.detach().clone().bfloat16() for n, p in model.named_parameters()}
+    model = model.bfloat16()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt = pkg.optim.FusedAdam(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1,
+                              master_weights=True, capturable=True)
+    ref_params = {n: torch.nn.Parameter(t.float()) for n, t in full0.items()}
+    ref = torch.optim.AdamW(list(ref_params.values()), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    for _ in range(steps):
+        for n, p in model.named_parameters():
+            g = torch.randn(p.shape).bfloat16()
+            assert isinstance(p, DTensor)
+            p.grad = DTensor.from_local(g.chunk(world, dim=0)[rank].clone(), mesh, p.placements)
+            ref_params[n].grad = g.float()
+        opt.step()
+        ref.step()
+    for n, p in model.named_parameters():
+        master = opt._masters[p]
+        assert master.shape == p.to_local().shape and master.dtype == torch.float32  # local-shard master
+        assert isinstance(opt.state[p]["exp_avg"], DTensor)
+        full = p.full_tensor()
+        same = (full == ref_params[n].detach().bfloat16()).float().mean().item()
+        assert same > 0.99, (n, same)
+        assert (full != full0[n]).float().mean().item() > 0.5
+    osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        shapes = sorted(tuple(st["exp_avg"].shape) for st in osd["state"].values())
+        assert shapes == [(16, 64), (64, 32)], shapes
+    dist.barrier()
+
+
+def test_fsdp2_dtensor_masters_two_ranks(portable):
+    run_ranks(_fsdp_worker, 2)
