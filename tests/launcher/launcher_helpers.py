@@ -1,0 +1,71 @@
+"""Helpers for the launcher tests (train.sh, scripts/train_preflight.py, scripts/train_report.py, metrics callback).
+
+- `skeleton_tree`: a directory with the layout train.sh validates (config file path, device layer, dataset and
+  checkpoint files as plain bytes). Enough for every check that happens before torchrun; nothing trains in it.
+- `launch_tree`: a real patched tree, in a private copy so tests never write into a shared one. Source, in order:
+  $COSMOS_TEST_TREE (a patched dev tree; the launcher files of this checkout are copied over it), else the
+  `applied_tree` fixture of tests/conftest.py (the installer's real apply; used as installed). Skips when neither
+  exists. The smoke dataset is linked from the source tree when present, else made with scripts.make_smoke_dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E501
+TRAIN_SH = os.path.join(REPO, "train.sh")
+PYTHON = sys.executable
+SMOKE = {
+    "t2i_2b": "predict2_text2image_training_2b_cosmos_nemo_assets_smoke",
+    "t2i_14b": "predict2_text2image_training_14b_cosmos_nemo_assets_smoke",
+    "v2w_2b": "predict2_video2world_training_2b_cosmos_nemo_assets_smoke",
+    "v2w_14b": "predict2_video2world_training_14b_cosmos_nemo_assets_smoke",
+}
+# the launcher's own files, as `apply` installs them (repo path -> tree path)
+LAUNCHER_FILES = {
+    "train.sh": "train.sh",
+    "overlay/scripts/train_preflight.py": "scripts/train_preflight.py",
+    "overlay/scripts/train_report.py": "scripts/train_report.py",
+    "overlay/cosmos_predict2/portable/metrics.py": "cosmos_predict2/portable/metrics.py",
+}
+
+
+def touch(path: str, data: bytes = b"x") -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def make_real_dataset(tree: str, task: str) -> None:
+    """The seed experiments' dataset layout (contents irrelevant: only validation reads them)."""
+    if task == "video2world":
+        touch(f"{tree}/datasets/cosmos_nemo_assets/videos/a.mp4")
+        touch(f"{tree}/datasets/cosmos_nemo_assets/t5_xxl/a.pickle")
+    else:
+        touch(f"{tree}/datasets/cosmos_nemo_assets_images/images/a.jpg")
+        touch(f"{tree}/datasets/cosmos_nemo_assets_images/t5_xxl/a.pickle")
+
+
+def run_train_sh(args: list[str], tree: str | None = None, env: dict | None = None, timeout: int = 900,
+                 script: str = TRAIN_SH) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.pop("COSMOS_DEVICE", None)
+    e["PYTHON"] = PYTHON
+    if tree is not None:
+        e.setdefault("IMAGINAIRE_OUTPUT_ROOT", os.path.join(tree, "outputs"))
+    e.update(env or {})
+    e = {k: v for k, v in e.items() if v is not None}
+    argv = ["bash", script] + ([f"--tree={tree}"] if tree is not None and script == TRAIN_SH else []) + args
+    return subprocess.run(argv, capture_output=True, text=True, env=e, timeout=timeout,
+                          cwd=tree if tree is not None else None)
+
+
+def copy_code(src: str, dst: str) -> None:
+    skip = {"datasets", "checkpoints", "outputs", ".git", "__pycache__"}
+    shutil.copytree(src, dst, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".pyc")])
+
+
