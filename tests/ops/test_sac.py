@@ -1,0 +1,44 @@
+"""Selective activation checkpointing: the portable attention's op is recognised and saved (CPU, real SAC)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+
+def test_known_op_names(portable):
+    is_att = portable.sac.is_attention_op
+    aten = torch.ops.aten
+    for op in (aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_flash_attention.default,
+               aten._scaled_dot_product_efficient_attention.default,
+               aten._scaled_dot_product_flash_attention_for_cpu.default):
+        assert is_att(op), op
+    assert is_att("npu.npu_fusion_attention.default") and is_att("flash_attn_3::fwd")
+    for op in (aten.mm.default, aten._softmax.default, aten._scaled_dot_product_flash_attention_backward.default,
+               "npu.npu_fusion_attention_grad.default"):
+        assert not is_att(op), op
+
+
+def test_policy_saves_portable_attention_under_real_sac(portable):
+    seen = {"portable": [], "upstream_rule": []}
+
+    def policy(ctx, func, *args, **kwargs):
+        if not ctx.is_recompute:
+            if portable.sac.is_attention_op(func):
+                seen["portable"].append(str(func))
+            if "flash_attn" in str(func):  # upstream's rule
+                seen["upstream_rule"].append(str(func))
+        return CheckpointPolicy.MUST_SAVE if portable.sac.is_attention_op(func) else CheckpointPolicy.PREFER_RECOMPUTE
+
+    def block(x):
+        q = k = v = x.unflatten(-1, (2, 8))
+        return portable.attention.attention(q, k, v).flatten(-2).sum()
+
+    x = torch.randn(1, 16, 16, requires_grad=True)
+    ctx_fn = functools.partial(create_selective_checkpoint_contexts, policy)
+    checkpoint(block, x, use_reentrant=False, context_fn=ctx_fn).backward()
+    assert x.grad is not None
+    assert seen["portable"], "the attention op of the CPU path was not recognised"
+    assert seen["upstream_rule"] == [], "upstream's 'flash_attn' rule would have recomputed it"
