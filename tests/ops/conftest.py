@@ -40,15 +40,33 @@ def load_portable(name: str = PKG_NAME):
     return pkg
 
 
-@pytest.fixture(scope="session")
-def portable():
+def _load_with_device(name: str, kind: str):
     import os
 
     saved = {k: os.environ.pop(k) for k in ("COSMOS_DEVICE", "COSMOS_ATTN_BACKEND") if k in os.environ}
-    pkg = load_portable(PKG_NAME)
-    os.environ.update(saved)
-    assert pkg.device.DEVICE_TYPE == "cpu", "these tests run on a CPU host"
+    os.environ["COSMOS_DEVICE"] = kind
+    try:
+        pkg = load_portable(name)
+    finally:
+        os.environ.pop("COSMOS_DEVICE")
+        os.environ.update(saved)
+    assert pkg.device.DEVICE_TYPE == kind
     return pkg
+
+
+@pytest.fixture(scope="session")
+def portable():
+    """The package with the CPU device forced (the CPU paths are what these tests check, also on a GPU host)."""
+    return _load_with_device(PKG_NAME, "cpu")
+
+
+@pytest.fixture(scope="session")
+def cuda_portable():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return _load_with_device(PKG_NAME + "_cuda", "cuda")
 
 
 def load_fake_torch_npu():

@@ -1,0 +1,153 @@
+"""CUDA paths of the portable ops (skipped without a GPU). Also runnable without pytest:
+`python tests/ops/test_cuda.py` (the GPU image may lack pytest). Fresh random inputs, float64 references."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_attention import ref_attention  # noqa: E402
+from test_rope import cosmos_like_freqs, ref_rope, anchor_rope_bf16  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEV = "cuda"
+
+
+def _env(name, value):
+    class _Ctx:
+        def __enter__(self):
+            self.old = os.environ.get(name)
+            os.environ[name] = value
+
+        def __exit__(self, *exc):
+            if self.old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = self.old
+
+    return _Ctx()
+
+
+def test_cuda_device_layer(cuda_portable):
+    dev = cuda_portable.device
+    assert dev.DEVICE_TYPE == "cuda" and dev.dist_backend() == "nccl"
+    assert dev.get_device().type == "cuda"
+    s = dev.new_stream()
+    x = torch.randn(1 << 20, device=DEV)
+    with dev.stream(s):
+        y = x * 2
+    dev.wait_stream(s)
+    torch.testing.assert_close(y, x * 2)
+    assert dev.memory_stats()["allocated"] > 0
+
+
+def test_cuda_attention_auto_and_forced(cuda_portable):
+    att = cuda_portable.attention
+    cc = torch.cuda.get_device_capability()
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 4e-3), (torch.float32, 1e-4)):
+        q, k, v = (torch.randn(2, 300, 4, 128, device=DEV, dtype=dtype) for _ in range(3))
+        p = att.AttnParams(1 / math.sqrt(128), False, 0.0, False)
+        name = att.select_backend(q, k, v, p)
+        if dtype == torch.float32:
+            assert name == "efficient", name
+        elif cc[0] * 10 + cc[1] in (90, 100):
+            assert name == "cudnn", name
+        else:
+            assert name == "flash", name
+        ref = ref_attention(q, k, v)
+        for causal in (False, True):
+            out = att.attention(q, k, v, causal=causal)
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double(), ref_attention(q, k, v, causal=causal), atol=tol, rtol=tol)
+        for forced in ("cudnn", "flash", "efficient", "math"):
+            if dtype == torch.float32 and forced in ("cudnn", "flash"):
+                with _env("COSMOS_ATTN_BACKEND", forced), pytest.raises(RuntimeError, match="needs fp16/bf16"):
+                    att.attention(q, k, v)
+                continue
+            with _env("COSMOS_ATTN_BACKEND", forced):
+                out = att.attention(q, k, v)
+            torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+
+
+def test_cuda_attention_backward(cuda_portable):
+    q, k, v = (torch.randn(1, 256, 2, 64, device=DEV, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    cuda_portable.attention.attention(q, k, v).float().square().sum().backward()
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_attention(qd, kd, vd).square().sum().backward()
+    for a, b in ((q, qd), (k, kd), (v, vd)):
+        torch.testing.assert_close(a.grad.double(), b.grad, atol=5e-2, rtol=5e-2)
+
+
+def test_cuda_rope_compiled_te_semantics(cuda_portable):
+    rope = cuda_portable.rope
+    B, S, H, D = 1, 4080, 16, 128
+    t = torch.randn(B, S, H, D, device=DEV).bfloat16()
+    freqs = cosmos_like_freqs(S, D).to(DEV)
+    out = rope.apply_rotary_pos_emb(t, freqs, tensor_format="bshd", fused=True)
+    assert rope._apply_fast.state["compiled"] is not None and not rope._apply_fast.state["failed"]
+    expected = ref_rope(t, freqs, "bshd").to(torch.bfloat16)
+    mism = (out != expected).float().mean().item()
+    anchor = (anchor_rope_bf16(t, freqs) != expected).float().mean().item()
+    print(f"rope bf16 mismatch vs fp32-once: ours {mism:.2e}, anchor {anchor:.2e}")
+    assert mism < 0.002 and anchor > 0.05
+    # gradients through the compiled kernel
+    tg = torch.randn(B, 64, H, D, device=DEV, requires_grad=True)
+    g = torch.randn_like(tg)
+    (rope.apply_rotary_pos_emb(tg, freqs, "bshd") * g).sum().backward()
+    td = tg.detach().double().requires_grad_()
+    (ref_rope(td, freqs, "bshd") * g.double()).sum().backward()
+    torch.testing.assert_close(tg.grad.double(), td.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_rmsnorm_compiled(cuda_portable):
+    rn = cuda_portable.rmsnorm
+    norm = rn.RMSNorm(128, params_dtype=torch.bfloat16, device=DEV)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(128))
+    x = torch.randn(1, 4080, 16, 128, device=DEV).bfloat16()
+    out = norm(x)
+    assert rn._rms_norm_fast.state["compiled"] is not None and not rn._rms_norm_fast.state["failed"]
+    ref = (x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double())
+    assert (out != ref.to(torch.bfloat16)).float().mean().item() < 0.01
+    assert out.dtype == torch.bfloat16
+
+
+def test_cuda_fused_adam_bf16_masters(cuda_portable):
+    lr = 4.3e-5
+    w0 = torch.sign(torch.randn(1 << 16, device=DEV)) * (0.017 + 0.012 * torch.rand(1 << 16, device=DEV))
+    p = torch.nn.Parameter(w0.bfloat16())
+    ref_p = torch.nn.Parameter(w0.bfloat16().float())
+    opt = cuda_portable.optim.FusedAdam([p], lr=lr, betas=(0.9, 0.99), weight_decay=0.1, master_weights=True,
+                                   capturable=True)
+    ref = torch.optim.AdamW([ref_p], lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    for _ in range(50):
+        g = torch.randn(1 << 16, device=DEV).bfloat16()
+        p.grad, ref_p.grad = g, g.float()
+        opt.step()
+        ref.step()
+    assert (p.detach() != w0.bfloat16()).float().mean().item() > 0.5
+    assert (p.detach() == ref_p.detach().bfloat16()).float().mean().item() > 0.99
+
+
+if __name__ == "__main__":
+    from conftest import _load_with_device
+
+    pkg = _load_with_device("cosmos_portable_cuda_main", "cuda")
+    failed = 0
+    for name, fn in list(globals().items()):
+        if name.startswith("test_") and callable(fn):
+            try:
+                fn(pkg)
+                print(f"PASS {name}", flush=True)
+            except Exception as exc:  # report all, fail at the end
+                failed += 1
+                import traceback
+
+                traceback.print_exc()
+                print(f"FAIL {name}: {type(exc).__name__}: {exc}", flush=True)
+    sys.exit(1 if failed else 0)
