@@ -25,7 +25,7 @@ class ReportError(Exception):
 
 def read_metrics(path: str) -> list[dict]:
     if not os.path.isfile(path):
-        raise ReportError(f"no metrics file {path}")
+        raise ReportError("no metrics file")
     with open(path) as f:
         lines = [(n, ln.strip()) for n, ln in enumerate(f, 1) if ln.strip()]
     rows = []
@@ -35,9 +35,9 @@ def read_metrics(path: str) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # a run killed mid-write leaves a torn last line; earlier ones are corruption
                 continue
-            raise ReportError(f"{path}:{n} is not a JSON line") from None
+            raise ReportError(f"line {n} is not a JSON line") from None
     if not rows:
-        raise ReportError(f"metrics file {path} has no iterations")
+        raise ReportError("the metrics file has no iterations")
     return rows
 
 
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         hint = ("training failed before its first logged iteration" if a.training_rc else
                 "register the callback: trainer.callbacks.train_metrics=L(TrainMetricsCallback)()")
-        print(f"train_report: {e} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
+        level = "note" if a.training_rc else "warning"  # train.sh's own line reports a failed run
+        print(f"{level}: {e} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
         return 1
     rep = summarise(rows, a.skip)
     rep.update(metrics=os.path.abspath(a.metrics), log=os.path.abspath(a.log) if a.log else None,

@@ -64,8 +64,12 @@ def run_train_sh(args: list[str], tree: str | None = None, env: dict | None = No
 
 
 def copy_code(src: str, dst: str) -> None:
-    skip = {"datasets", "checkpoints", "outputs", ".git", "__pycache__"}
-    shutil.copytree(src, dst, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if n in skip or n.endswith(".pyc")])
+    """The tree's code without its data: datasets/, checkpoints/, outputs/ at the top level only
+    (cosmos_predict2/datasets is a package)."""
+    top = {"datasets", "checkpoints", "outputs", ".git"}
 
+    def ignore(d, names):
+        at_top = os.path.abspath(d) == os.path.abspath(src)
+        return [n for n in names if (at_top and n in top) or n == "__pycache__" or n.endswith(".pyc")]
 
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)

@@ -91,7 +91,7 @@ def test_corrupt_middle_line_is_an_error(tmp_path):
         f.write(json.dumps(_line(1, 1.0, 0.5, (0, 0))) + "\nnot json\n" + json.dumps(_line(2, 1.0, 0.5, (0, 0))) + "\n")
     r, rep = report(m)
     assert r.returncode == 1 and rep is None
-    assert r.stderr.count("\n") == 1 and ":2 is not a JSON line" in r.stderr
+    assert r.stderr.count("\n") == 1 and "line 2 is not a JSON line" in r.stderr
 
 
 def test_missing_metrics_one_line(tmp_path):

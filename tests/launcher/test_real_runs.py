@@ -1,0 +1,97 @@
+"""Real training runs through the tree's own train.sh on CPU (tiny smoke experiments, 3 iterations each).
+
+Each run checks the whole chain: exit status, the log file (and that the console got the same text: tee), the
+metrics lines TrainMetricsCallback wrote, and the report recomputed here from those lines. Slow (~20-60 s a run
+on 2 cores): one nproc=1 run per smoke experiment, one nproc=2 context-parallel run, one crashing run.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import socket
+import statistics
+
+import pytest
+
+from launcher_helpers import SMOKE, run_train_sh
+
+MAX_ITER = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(tree: str, out_root: str, exp: str, nproc: int, overrides: list[str]):
+    args = [f"--EXP={exp}", f"--nproc_per_node={nproc}", "--nnodes=1", "--node_rank=0",
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--", *overrides]
+    return run_train_sh(args, tree=tree, env={"IMAGINAIRE_OUTPUT_ROOT": out_root, "COSMOS_DEVICE": "cpu"},
+                        script=os.path.join(tree, "train.sh"), timeout=900)
+
+
+def one(pattern: str) -> str:
+    found = glob.glob(pattern)
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
+def check_run(r, out_root: str, job: str, world: int, cp: int) -> dict:
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = one(os.path.join(out_root, job, "logs", "train-*.log"))
+    text = open(log).read()
+    assert "Done with training." in text
+    assert r.stdout.startswith(text), "console output differs from the log (tee)"
+    rows = [json.loads(ln) for ln in open(log[: -len(".log")] + ".metrics.jsonl")]
+    assert [row["iteration"] for row in rows] == list(range(1, MAX_ITER + 1))
+    for row in rows:
+        assert math.isfinite(row["loss"]) and row["step_time_s"] > 0
+        assert (row["world_size"], row["cp_size"], row["dp_size"]) == (world, cp, world // cp)
+        assert row["samples_per_step"] == world // cp  # batch 1 per data-parallel rank
+        assert row["device"] == "cpu" and row["peak_mem_bytes_per_rank"] == [0] * world
+        assert len(row["max_rss_bytes_per_rank"]) == world and min(row["max_rss_bytes_per_rank"]) > 0
+    rep = json.load(open(log[: -len(".log")] + ".report.json"))
+    # recomputed from the lines: skip min(3, n // 3) = 1 warm-up step of 3
+    times = [row["step_time_s"] for row in rows][1:]
+    assert rep["steps"] == MAX_ITER and rep["warmup_skipped"] == 1
+    assert rep["step_time_median_s"] == pytest.approx(statistics.median(times), rel=1e-12)
+    assert rep["step_time_mean_s"] == pytest.approx(statistics.fmean(times), rel=1e-12)
+    assert rep["samples_per_s_mean"] == pytest.approx((world // cp) / statistics.fmean(times), rel=1e-12)
+    assert rep["loss_mean"] == pytest.approx(statistics.fmean(row["loss"] for row in rows), rel=1e-12)
+    assert rep["loss_final"] == rows[-1]["loss"]
+    assert rep["max_rss_bytes_per_rank"] == [max(row["max_rss_bytes_per_rank"][i] for row in rows)
+                                             for i in range(world)]
+    assert rep["log"] == os.path.abspath(log)
+    assert f"report: {log[: -len('.log')]}.report.json" in r.stdout
+    return rep
+
+
+@pytest.mark.parametrize("key", list(SMOKE))
+def test_smoke_experiment_trains(launch_tree, tmp_path, key):
+    exp = SMOKE[key]
+    r = launch(launch_tree, str(tmp_path / "out"), exp, 1, [f"trainer.max_iter={MAX_ITER}"])
+    task = "video2world" if key.startswith("v2w") else "text2image"
+    size = key.split("_")[1]
+    check_run(r, str(tmp_path / "out"), f"posttraining/{task}_smoke/{size}_cosmos_nemo_assets_smoke", 1, 1)
+
+
+def test_two_ranks_context_parallel(launch_tree, tmp_path):
+    r = launch(launch_tree, str(tmp_path / "out"), SMOKE["v2w_2b"], 2,
+               [f"trainer.max_iter={MAX_ITER}", "model_parallel.context_parallel_size=2"])
+    check_run(r, str(tmp_path / "out"), "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke", 2, 2)
+
+
+def test_crashing_training_fails_train_sh(launch_tree, tmp_path):
+    """Passes validation (3 heads, CP 1), then the DiT cannot split 64 channels into 3 heads: train.sh must fail."""
+    out = str(tmp_path / "out")
+    r = launch(launch_tree, out, SMOKE["v2w_2b"], 1,
+               [f"trainer.max_iter={MAX_ITER}", "model.config.pipe_config.net.num_heads=3"])
+    assert r.returncode != 0
+    log = one(os.path.join(out, "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke/logs/train-*.log"))
+    assert "Traceback" in open(log).read()
+    assert "error: training exited with status" in r.stderr and log in r.stderr
+    assert not glob.glob(os.path.join(os.path.dirname(log), "*.report.json"))
