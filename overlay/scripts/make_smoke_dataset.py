@@ -5,8 +5,8 @@
 Layout (what upstream's dataset readers load):
     datasets/smoke/cosmos_nemo_assets/{videos/*.mp4, t5_xxl/*.pickle, metas/*.txt}
     datasets/smoke/cosmos_nemo_assets_images/{images/*.jpg, t5_xxl/*.pickle}
-    checkpoints/smoke/tokenizer.pth   random Wan2.1 VAE state dict (bf16)
-Videos get more frames than the smoke experiments' num_frames (5): upstream's reader needs strictly more.
+    checkpoints/smoke/tokenizer.pth   random Wan2.1 VAE state dict (fp32, like the released one)
+Videos get more frames than the smoke experiments' num_frames (13): upstream's reader needs strictly more.
 """
 
 from __future__ import annotations
@@ -92,7 +92,9 @@ def write_random_vae(root: str, seed: int) -> str:
     torch.manual_seed(seed)
     vae = VAE_(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True], dropout=0.0)
-    state = {k: v.to(torch.bfloat16) for k, v in vae.state_dict().items()}
+    # fp32 like the released Wan2.1 VAE: upstream loads it on rank 0 only and broadcasts it into the other ranks'
+    # fp32 modules, so another dtype makes the ranks' broadcasts differ and hang.
+    state = vae.state_dict()
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".", help="tree root to write under (default: current directory)")
     p.add_argument("--videos", type=int, default=2)
     p.add_argument("--images", type=int, default=2)
-    p.add_argument("--frames", type=int, default=9, help="frames per video (> num_frames of the experiment)")
+    p.add_argument("--frames", type=int, default=17, help="frames per video (> num_frames of the experiment, 13)")
     p.add_argument("--size", type=int, default=64, help="height = width in pixels, a multiple of 16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-vae", action="store_true", help="do not (re)write checkpoints/smoke/tokenizer.pth")
@@ -112,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.size % 16 or a.size <= 0:
         print(f"error: --size {a.size} is not a positive multiple of 16 (the VAE and patching need it).", file=sys.stderr)
         return 2
-    if a.frames < 6 or a.videos < 1 or a.images < 1:
-        print("error: need --frames >= 6 (smoke num_frames is 5; upstream needs strictly more), --videos/--images >= 1.",
+    if a.frames < 14 or a.videos < 1 or a.images < 1:
+        print("error: need --frames >= 14 (smoke num_frames is 13; upstream needs strictly more), --videos/--images >= 1.",
               file=sys.stderr)
         return 2
     rng = np.random.default_rng(a.seed)

@@ -1,8 +1,8 @@
 """Tiny, CPU-capable variants of the four Cosmos-NeMo-Assets post-training experiments.
 
 Each `<seed experiment>_smoke` keeps its seed's model family, optimizer, scheduler, checkpointing, EMA and
-parallelism code paths, and shrinks what makes it big: a 2-block 64-channel DiT with random init, 5-frame 64x64
-videos (2 latent frames) or 64x64 images from `python -m scripts.make_smoke_dataset`, a random VAE checkpoint,
+parallelism code paths, and shrinks what makes it big: a 2-block 64-channel DiT with random init, 13-frame 64x64
+videos (4 latent frames) or 64x64 images from `python -m scripts.make_smoke_dataset`, a random VAE checkpoint,
 no T5 (training reads precomputed embeddings), context parallel 1 (override
 `model_parallel.context_parallel_size=2` with 2 ranks to exercise it). Upstream registers every module in this
 package, so dropping this file in is all it takes.
@@ -19,7 +19,7 @@ from imaginaire.lazy_config import LazyCall as L
 SMOKE_VIDEO_DIR = "datasets/smoke/cosmos_nemo_assets"
 SMOKE_IMAGE_DIR = "datasets/smoke/cosmos_nemo_assets_images"
 SMOKE_VAE = "checkpoints/smoke/tokenizer.pth"
-SMOKE_NUM_FRAMES = 5  # (5 - 1) / 4 + 1 = 2 latent frames with the Wan VAE
+SMOKE_NUM_FRAMES = 13  # (13 - 1) / 4 + 1 = 4 latent frames: room for 1-2 conditional frames and CP=2
 SMOKE_SIZE = (64, 64)
 
 
@@ -61,7 +61,7 @@ def _smoke(seed_model: str, size: str, task: str) -> dict:
         text_encoder=dict(cosmos_t5_text_encoder=dict(ckpt_path="")),
     )
     if video:
-        pipe.update(state_t=2, prompt_refiner_config=dict(enabled=False))
+        pipe.update(state_t=4, prompt_refiner_config=dict(enabled=False))
     return dict(
         defaults=[
             {"override /model": seed_model},

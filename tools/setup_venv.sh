@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create the CPU virtual environment used by the smoke run and the tests.
+#   bash tools/setup_venv.sh [VENV_DIR]      (default: .venv next to this repository's setup.py)
+# Python 3.11 + torch 2.13.0 CPU (+ torchvision 0.28.0 pinned: unpinned, pip pulls a multi-GB CUDA torch),
+# upstream's training dependencies, and this repository installed in editable mode.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${1:-$here/.venv}"
+py="${PYTHON:-python3.11}"
+if ! command -v "$py" >/dev/null 2>&1; then
+  echo "error: $py not found (tools/setup_venv.sh). Install Python 3.11 or set PYTHON=/path/to/python3.10-or-3.11." >&2
+  exit 1
+fi
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$venv/bin/python" -m pip install -q -r "$here/requirements/cpu-ci.txt"
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"
+# torchvision from PyPI is a CUDA build; beside the CPU torch its compiled ops cannot load and its import aborts.
+if ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
+  if "$venv/bin/python" -c "import torchvision" 2>&1 | grep -q "operator torchvision::nms does not exist"; then
+    site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    cp "$here/tools/torchvision_cpu_shim.py" "$site/_cosmos_torchvision_cpu_shim.py"
+    echo "import _cosmos_torchvision_cpu_shim as s; s.install()" > "$site/_cosmos_torchvision_cpu_shim.pth"
+    echo "note: torchvision is a CUDA build beside a CPU torch; installed tools/torchvision_cpu_shim.py into $venv" >&2
+  fi
+  "$venv/bin/python" -c "import torchvision" || { echo "error: torchvision does not import in $venv; see the message above." >&2; exit 1; }
+fi
+echo "$venv ready: $("$venv/bin/python" -c 'import sys, torch; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}")')"
