@@ -45,8 +45,11 @@ rc=$?   # pipefail: torchrun's status unless tee itself failed
 set -e
 
 # The report never changes the outcome: a failed run stays failed, a good run without metrics stays good.
-"$TRAIN_PYTHON" "$SCRIPTS/train_report.py" --metrics="$TRAIN_METRICS" --out="$TRAIN_REPORT" --log="$TRAIN_LOG" \
-    --training-rc="$rc" || true
+# Global rank 0 writes the metrics, so only node 0 has something to report.
+if [[ "$TRAIN_NODE_RANK" == 0 ]]; then
+    "$TRAIN_PYTHON" "$SCRIPTS/train_report.py" --metrics="$TRAIN_METRICS" --out="$TRAIN_REPORT" \
+        --log="$TRAIN_LOG" --training-rc="$rc" || true
+fi
 if [[ $rc -ne 0 ]]; then
     echo "error: training exited with status $rc ($TRAIN_LOG). Read the first traceback in the log." >&2
 fi

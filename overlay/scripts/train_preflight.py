@@ -367,6 +367,7 @@ class Plan:
     notes: list[str]
     dry_run: bool
     plan_file: str | None
+    node_rank: int
 
 
 def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
@@ -443,7 +444,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     ]
     notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")
     return Plan(cmd, env, stem + ".log", stem + ".metrics.jsonl", stem + ".report.json", tree, kind, notes,
-                a.dry_run, a.plan_file)
+                a.dry_run, a.plan_file, node_rank)
 
 
 def write_plan(plan: Plan, path: str) -> None:
@@ -457,6 +458,7 @@ def write_plan(plan: Plan, path: str) -> None:
         f"TRAIN_TREE={q(plan.tree)}",
         f"TRAIN_PYTHON={q(sys.executable)}",
         f"TRAIN_DRY_RUN={1 if plan.dry_run else 0}",
+        f"TRAIN_NODE_RANK={plan.node_rank}",
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -106,11 +106,14 @@ class TrainMetricsCallback(Callback):
         if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return [loss], [peak], [rss]
         dev = _device.get_device() if _device is not None else torch.device("cpu")
-        mine = torch.tensor([loss, float(peak), float(rss)], dtype=torch.float64, device=dev)
+        # one int64 all_gather (every backend has it): byte counts exact, the loss carried as its float64 bits
+        bits = torch.tensor([loss], dtype=torch.float64).view(torch.int64)
+        mine = torch.cat([bits, torch.tensor([peak, rss], dtype=torch.int64)]).to(dev)
         parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, mine)
-        rows = torch.stack(parts).cpu().tolist()
-        return [r[0] for r in rows], [int(r[1]) for r in rows], [int(r[2]) for r in rows]
+        rows = torch.stack(parts).cpu()
+        losses = rows[:, :1].contiguous().view(torch.float64).flatten().tolist()
+        return losses, rows[:, 1].tolist(), rows[:, 2].tolist()
 
     def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
         if iteration % self.every_n:
