@@ -82,6 +82,13 @@ class FusedAdam(torch.optim.Optimizer):
         """Drop the fp32 masters; they are cloned again from the parameters at the next step."""
         self._masters.clear()
 
+    @property
+    def param_groups_master(self) -> list[dict]:
+        """Upstream's master layout, which imaginaire's LowPrecisionCallback reads after every step to copy the
+        masters into the parameters. step() has already written them back, so for us that copy is a no-op;
+        parameters without a master (fp32, or no gradient yet) are paired with themselves."""
+        return [{"params": [self._masters.get(p, _local(p)) for p in g["params"]]} for g in self.param_groups]
+
     def _master_for(self, p: torch.Tensor) -> torch.Tensor | None:
         local = _local(p)
         if not self.master_weights or local.dtype not in _LOW_PRECISION:
