@@ -19,8 +19,8 @@ def ref_attention(q, k, v, scale=None, causal=False):
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if causal:
-        i = torch.arange(q.shape[1])[:, None]
-        j = torch.arange(k.shape[1])[None, :]
+        i = torch.arange(q.shape[1], device=q.device)[:, None]
+        j = torch.arange(k.shape[1], device=q.device)[None, :]
         s = s.masked_fill(j > i, float("-inf"))
     return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), v)
 
