@@ -1,6 +1,6 @@
 """Write the tiny synthetic datasets and the random VAE checkpoint that the *_smoke experiments read.
 
-    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 9] [--size 64] [--seed 0]
+    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 14] [--size 64] [--seed 0]
 
 Layout (what upstream's dataset readers load):
     datasets/smoke/cosmos_nemo_assets/{videos/*.mp4, t5_xxl/*.pickle, metas/*.txt}
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".", help="tree root to write under (default: current directory)")
     p.add_argument("--videos", type=int, default=2)
     p.add_argument("--images", type=int, default=2)
-    p.add_argument("--frames", type=int, default=17, help="frames per video (> num_frames of the experiment, 13)")
+    p.add_argument("--frames", type=int, default=14,
+                   help="frames per video (> 13, the smoke num_frames; 14 leaves one frame window: deterministic data)")
     p.add_argument("--size", type=int, default=64, help="height = width in pixels, a multiple of 16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-vae", action="store_true", help="do not (re)write checkpoints/smoke/tokenizer.pth")
