@@ -1,0 +1,147 @@
+"""Command line: apply, status, verify, revert, digest, doctor, download.
+
+Every failure prints one line `error: <what> (<where>). <what to do>.` and exits non-zero; argparse usage
+errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import engine, paths
+from .errors import InstallerError
+from .manifest import PIN
+
+DEFAULT_TARGET = "cosmos-predict2"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        self.exit(2, f"error: {message} ({self.prog}). Run '{self.prog} --help'.\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m installer" if __package__ == "installer" else "cosmos-predict2-overlay",
+                description=f"Patch overlay over nvidia-cosmos/cosmos-predict2@{PIN[:8]} for Ascend NPU, CUDA "
+                            "without TransformerEngine, and CPU.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    def common(sp, target=True):
+        if target:
+            sp.add_argument("--target", default=DEFAULT_TARGET, help="upstream tree (default: ./cosmos-predict2)")
+        # hidden: let tests and maintainers point at another series / overlay
+        sp.add_argument("--patches-dir", default=None, help=argparse.SUPPRESS)
+        sp.add_argument("--overlay-dir", default=None, help=argparse.SUPPRESS)
+        sp.add_argument("--launcher", default=None, help=argparse.SUPPRESS)
+
+    a = sub.add_parser("apply", help="fetch upstream (if needed), apply the series and the overlay")
+    common(a)
+    a.add_argument("--source", default="pypi",
+                   help="pypi (default, sdist cosmos-predict2==1.0.9), git (GitHub clone of the pinned commit), "
+                        "or PATH: an sdist .tar.gz, its unpacked directory, or a git clone/bare mirror")
+    a.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    a.add_argument("--force", action="store_true", help="overwrite user edits / foreign files (backed up)")
+    s = sub.add_parser("status", help="pristine / applied / drifted / interrupted")
+    common(s)
+    v = sub.add_parser("verify", help="exit 0 only if the tree equals exactly what the series produces")
+    common(v)
+    r = sub.add_parser("revert", help="restore pristine upstream bytes; your own files stay")
+    common(r)
+    r.add_argument("--force", action="store_true", help="discard user edits of managed files")
+    r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--source", default=None, help=argparse.SUPPRESS)
+    d = sub.add_parser("digest", help="print the tree digest (of --target, or of a fresh apply with --from-source)")
+    common(d)
+    d.add_argument("--from-source", default=None, metavar="SOURCE",
+                   help="apply in memory from pypi/git/PATH instead of reading --target")
+    g = d.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="write patches/<commit>/TREE_DIGEST (with --from-source)")
+    g.add_argument("--check", action="store_true", help="exit 1 if it differs from patches/<commit>/TREE_DIGEST")
+    doc = sub.add_parser("doctor", help="check Python, torch, torch_npu, CANN, devices and libraries")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("download", help="download checkpoints / datasets (see 'download --help')", add_help=False)
+    return p
+
+
+def _config(ns) -> engine.Config:
+    cfg = engine.Config(target=getattr(ns, "target", DEFAULT_TARGET))
+    if ns.patches_dir:
+        cfg.patch_dir = os.path.abspath(ns.patches_dir)
+    if ns.overlay_dir:
+        cfg.overlay_dir = os.path.abspath(ns.overlay_dir)
+    if ns.launcher:
+        cfg.launcher = os.path.abspath(ns.launcher)
+    cfg.force = getattr(ns, "force", False)
+    cfg.dry_run = getattr(ns, "dry_run", False)
+    return cfg
+
+
+def _digest(ns) -> int:
+    from . import digest, fetch
+
+    cfg = _config(ns)
+    recorded_path = os.path.join(cfg.patch_dir, "TREE_DIGEST")
+    if ns.from_source:
+        _, managed = engine.build(fetch.fetch(ns.from_source).files, cfg, engine.load_ours(cfg))
+        value = digest.tree_digest(managed)
+    else:
+        if ns.write:
+            raise InstallerError("--write needs --from-source", "digest", "run 'digest --from-source pypi --write'")
+        value = engine.tree_digest_of(os.path.abspath(cfg.target))
+    if ns.write:
+        with open(recorded_path, "w", encoding="utf-8") as f:
+            f.write(f"{value}\n")
+        print(f"{value}  (written to {recorded_path})")
+        return 0
+    print(value)
+    if ns.check:
+        rec = digest.read_recorded(recorded_path)
+        if rec is None:
+            raise InstallerError("no recorded tree digest", recorded_path,
+                                 "run 'digest --from-source pypi --write' and commit the file")
+        if rec != value:
+            print(f"error: tree digest {value[:12]} differs from the recorded {rec[:12]} ({recorded_path}). "
+                  "Regenerate with 'digest --from-source pypi --write' if the series changed on purpose.",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "download":
+        try:
+            from .download import main as download_main
+        except ImportError as e:
+            print(f"error: the download command is unavailable ({e}). Reinstall cosmos-predict2-overlay.",
+                  file=sys.stderr)
+            return 1
+        return download_main(argv[1:])
+    ns = _parser().parse_args(argv)
+    if ns.cmd is None:
+        _parser().print_help()
+        return 2
+    try:
+        if ns.cmd == "apply":
+            return engine.apply(_config(ns), ns.source)
+        if ns.cmd == "status":
+            return engine.status(_config(ns))
+        if ns.cmd == "verify":
+            return engine.verify(_config(ns))
+        if ns.cmd == "revert":
+            return engine.revert(_config(ns), ns.source)
+        if ns.cmd == "digest":
+            return _digest(ns)
+        if ns.cmd == "doctor":
+            from . import doctor
+            return doctor.main(as_json=ns.json)
+    except InstallerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C). Run status; the next apply or revert finishes or rolls back.",
+              file=sys.stderr)
+        return 130
+    return 2
