@@ -134,6 +134,51 @@ def test_cuda_fused_adam_bf16_masters(cuda_portable):
     assert (p.detach() == ref_p.detach().bfloat16()).float().mean().item() > 0.99
 
 
+def test_cuda_block_under_selective_checkpointing(cuda_portable):
+    """RMSNorm + RoPE (compiled) + attention inside upstream-style SAC (mm and attention saved): same output and
+    gradients as without checkpointing, and the compiled kernels stay in use."""
+    import functools
+
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    pk = cuda_portable
+    B, S, H, D = 1, 512, 4, 64
+    C = H * D
+    torch.manual_seed(torch.seed() % 2**31)
+    lin = torch.nn.Linear(C, 3 * C, bias=False, device=DEV, dtype=torch.bfloat16)
+    qn = pk.rmsnorm.RMSNorm(D, params_dtype=torch.bfloat16, device=DEV)
+    kn = pk.rmsnorm.RMSNorm(D, params_dtype=torch.bfloat16, device=DEV)
+    freqs = cosmos_like_freqs(S, D).to(DEV)
+    saved = []
+
+    def block(x):
+        q, k, v = lin(x).unflatten(-1, (3, H, D)).unbind(2)
+        q = pk.rope.apply_rotary_pos_emb(qn(q), freqs, tensor_format="bshd", fused=True)
+        k = pk.rope.apply_rotary_pos_emb(kn(k), freqs, tensor_format="bshd", fused=True)
+        return pk.attention.attention(q, k, v).flatten(-2)
+
+    def policy(ctx, func, *args, **kwargs):
+        keep = func == torch.ops.aten.mm.default or pk.sac.is_attention_op(func)
+        if keep and not ctx.is_recompute:
+            saved.append(str(func))
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    x = torch.randn(B, S, C, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(B, S, C, device=DEV, dtype=torch.bfloat16)
+    out_ref = block(x)
+    out_ref.backward(g)
+    ref_grads = [x.grad.clone(), lin.weight.grad.clone(), qn.weight.grad.clone()]
+    x.grad = lin.weight.grad = qn.weight.grad = kn.weight.grad = None
+    out = checkpoint(block, x, use_reentrant=False,
+                     context_fn=functools.partial(create_selective_checkpoint_contexts, policy))
+    out.backward(g)
+    assert torch.equal(out, out_ref)
+    for a, b in zip([x.grad, lin.weight.grad, qn.weight.grad], ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+    assert any("attention" in s for s in saved), saved
+    assert not pk.rope._apply_fast.state["failed"] and not pk.rmsnorm._rms_norm_fast.state["failed"]
+
+
 if __name__ == "__main__":
     from conftest import _load_with_device
 

@@ -150,6 +150,24 @@ def test_loads_upstream_style_tensor_lr_and_step(portable):
     assert isinstance(opt.param_groups[0]["lr"], float)
 
 
+def test_param_groups_master_for_low_precision_callback(portable):
+    """imaginaire's LowPrecisionCallback copies param_groups_master into the params after each step."""
+    params = make_params(torch.bfloat16, 0.02) + [torch.nn.Parameter(torch.randn(5))]
+    opt = portable.optim.FusedAdam(params, lr=1e-4, master_weights=True, capturable=True)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    masters = opt.param_groups_master
+    assert len(masters) == 1 and len(masters[0]["params"]) == len(params)
+    for p, m in zip(params, masters[0]["params"]):
+        assert m.shape == p.shape
+        assert (m.dtype == torch.float32) and (m is not p or p.dtype == torch.float32)
+    before = [p.detach().clone() for p in params]
+    torch._foreach_copy_([p.data for p in params], [m.data for m in masters[0]["params"]])  # the callback's copy
+    for a, b in zip(params, before):
+        assert torch.equal(a.detach(), b)  # step() already wrote the masters back: the copy changes nothing
+
+
 def test_constructor_errors(portable):
     with pytest.raises(RuntimeError, match="amsgrad"):
         portable.optim.FusedAdam(make_params(), amsgrad=True)

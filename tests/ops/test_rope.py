@@ -158,3 +158,8 @@ def test_cos_sin_cache_once_per_freqs_and_invalidated_by_changes(portable):
         torch.testing.assert_close(o.double(), ref_rope(q, f, "bshd"), atol=2e-6, rtol=1e-5)
         del f
     assert len(rope._cache) <= rope._CACHE_SIZE
+    live = cosmos_like_freqs(S, D)
+    rope.apply_rotary_pos_emb(q, live, "bshd")
+    n = len(rope._cache)
+    del live  # freeing the freqs tensor releases its cached cos/sin
+    assert len(rope._cache) == n - 1

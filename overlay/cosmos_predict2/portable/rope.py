@@ -90,7 +90,9 @@ def _cos_sin(freqs: torch.Tensor, seq_len: int, tensor_format: str) -> tuple[tor
         cache_stats["hits"] += 1
         return hit[1], hit[2]
     cos, sin = compute()
-    _cache[key] = (weakref.ref(freqs), cos, sin)
+    # The callback drops the entry when freqs is freed, so a finished forward pass releases its cos/sin at once
+    # instead of holding them until LRU eviction.
+    _cache[key] = (weakref.ref(freqs, lambda _ref, key=key: _cache.pop(key, None)), cos, sin)
     while len(_cache) > _CACHE_SIZE:
         _cache.popitem(last=False)
     return cos, sin
