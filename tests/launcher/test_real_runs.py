@@ -86,12 +86,14 @@ def test_two_ranks_context_parallel(launch_tree, tmp_path):
 
 
 def test_crashing_training_fails_train_sh(launch_tree, tmp_path):
-    """Passes validation (3 heads, CP 1), then the DiT cannot split 64 channels into 3 heads: train.sh must fail."""
+    """17 frames (4k+1, 5 latent frames, CP 1) pass validation; the smoke videos have 14 frames, so upstream's reader
+    fails on the first batch, inside the trainer's loop: train.sh must exit non-zero with the log kept."""
     out = str(tmp_path / "out")
     r = launch(launch_tree, out, SMOKE["v2w_2b"], 1,
-               [f"trainer.max_iter={MAX_ITER}", "model.config.pipe_config.net.num_heads=3"])
+               [f"trainer.max_iter={MAX_ITER}", "dataloader_train.dataset.num_frames=17"])
     assert r.returncode != 0
     log = one(os.path.join(out, "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke/logs/train-*.log"))
-    assert "Traceback" in open(log).read()
+    text = open(log).read()
+    assert "Traceback" in text and "imaginaire/trainer.py" in text  # it crashed inside the training loop
     assert "error: training exited with status" in r.stderr and log in r.stderr
     assert not glob.glob(os.path.join(os.path.dirname(log), "*.report.json"))
