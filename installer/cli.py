@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if it differs from patches/<commit>/TREE_DIGEST")
     doc = sub.add_parser("doctor", help="check Python, torch, torch_npu, CANN, devices and libraries")
     doc.add_argument("--json", action="store_true", help="machine-readable output")
+    doc.add_argument("--table", action="store_true", help="print the support table (Markdown) and exit")
     sub.add_parser("download", help="download checkpoints / datasets (see 'download --help')", add_help=False)
     return p
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return _digest(ns)
         if ns.cmd == "doctor":
             from . import doctor
-            return doctor.main(as_json=ns.json)
+            return doctor.main(as_json=ns.json, table=ns.table)
     except InstallerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -62,7 +62,10 @@ def read_series(patch_dir: str) -> list[str]:
 
 def safe_path(raw: str, patch: str) -> str:
     """-p1 strip and refuse anything that could leave the tree or touch our state."""
-    p = raw.split("/", 1)[1] if "/" in raw else raw
+    if raw.startswith("/"):  # -p1 would turn /etc/x into etc/x; an absolute name is a broken or hostile patch
+        p = raw
+    else:
+        p = raw.split("/", 1)[1] if "/" in raw else raw
     norm = posixpath.normpath(p)
     if (not p or p.startswith("/") or "\\" in p or norm != p or norm.split("/")[0] in ("..", *RESERVED)
             or ".." in norm.split("/")):

@@ -1,0 +1,152 @@
+"""`doctor`: check this host against support.py. Exit 0 iff training can start (no 'fail' line).
+
+torch_npu is imported only when it is installed, inside a guard: a broken CANN makes its import raise anything.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import re
+import sys
+
+from . import support
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+def _ver(text: str) -> tuple:
+    """'2.7.1+cpu' -> (2, 7, 1); '2.13.0.dev20250101' -> (2, 13, 0)."""
+    nums = re.findall(r"\d+", text.split("+")[0])[:3]
+    return tuple(int(n) for n in nums) + (0,) * (3 - len(nums))
+
+
+def _dist(name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def cann_version() -> tuple[str | None, str]:
+    """(version, where) from the toolkit's version files, or (None, why)."""
+    homes = [os.environ.get("ASCEND_TOOLKIT_HOME"), "/usr/local/Ascend/ascend-toolkit/latest"]
+    for home in filter(None, homes):
+        for cfg in ("version.cfg", "toolkit/version.info", "compiler/version.info"):
+            path = os.path.join(home, cfg)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                m = re.search(r"\d+\.\d+\.(?:RC\d+|T\d+|\d+)(?:\.alpha\d+)?", text)
+                if m:
+                    return m.group(0), path
+    return None, "no CANN toolkit (ASCEND_TOOLKIT_HOME or /usr/local/Ascend/ascend-toolkit/latest)"
+
+
+def checks() -> tuple[list, str]:
+    """[(status, component, detail)], device kind."""
+    out = []
+    py = sys.version_info[:2]
+    lo, hi = support.PYTHON
+    pv = f"{py[0]}.{py[1]}"
+    if lo <= py <= hi:
+        out.append((OK, "python", pv))
+    else:
+        out.append((WARN if py > hi else FAIL, "python", f"{pv} (supported {lo[0]}.{lo[1]}–{hi[0]}.{hi[1]})"))
+
+    device, count = "cpu", 0
+    tv = _dist("torch")
+    if tv is None:
+        out.append((FAIL, "torch", "not installed (pip install torch, see requirements/)"))
+        return out, "none"
+    t = _ver(tv)
+    tlo, thi = support.TORCH
+    if t < tlo:
+        out.append((FAIL, "torch", f"{tv} (needs >= {'.'.join(map(str, tlo))})"))
+    elif t > thi:
+        out.append((WARN, "torch", f"{tv} (tested up to {thi[0]}.{thi[1]})"))
+    else:
+        out.append((OK, "torch", tv))
+    try:
+        import torch
+    except Exception as e:  # a broken install: report, do not crash
+        out.append((FAIL, "torch", f"import failed: {type(e).__name__}: {e}"[:200]))
+        return out, "none"
+
+    npu_v = _dist("torch-npu") or _dist("torch_npu")
+    cann, cann_where = cann_version()
+    if npu_v is None or importlib.util.find_spec("torch_npu") is None:
+        out.append((OK if cann is None else WARN, "torch_npu",
+                    "not installed" + (" but CANN is present: pip install torch_npu for NPU training" if cann else "")))
+    else:
+        want = support.TORCH_NPU_FOR_TORCH.get(t)
+        try:
+            import torch_npu  # noqa: F401  (guarded: only when installed)
+
+            if torch.npu.is_available():
+                device, count = "npu", torch.npu.device_count()
+            good = want is not None and _ver(npu_v)[:3] == _ver(want)
+            out.append((OK if good else FAIL, "torch_npu",
+                        npu_v + ("" if good else f" does not match torch {tv} (supported: "
+                                 + ", ".join(f"torch {'.'.join(map(str, k))} + torch_npu {v}"
+                                             for k, v in support.TORCH_NPU_FOR_TORCH.items()) + ")")))
+        except BaseException as e:  # noqa: BLE001 - torch_npu raises all kinds of errors without CANN
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            out.append((WARN, "torch_npu", f"{npu_v} installed but import failed: {type(e).__name__}: {e}"[:200]))
+    if cann is not None:
+        out.append((OK if cann == support.CANN else WARN, "CANN", f"{cann} ({cann_where})"
+                    + ("" if cann == support.CANN else f"; supported {support.CANN}")))
+    elif device == "npu":
+        out.append((FAIL, "CANN", cann_where))
+
+    if device == "cpu":
+        try:
+            if torch.cuda.is_available():
+                device, count = "cuda", torch.cuda.device_count()
+        except Exception:
+            pass
+    if device == "cpu":
+        out.append((WARN, "device", f"cpu: {support.DEVICES['cpu']}"))
+    else:
+        out.append((OK, "device", f"{device} x{count}: {support.DEVICES[device]}"))
+
+    for dist, mod, minimum, required, why in support.LIBRARIES:
+        v = _dist(dist)
+        if v is None or importlib.util.find_spec(mod.split(".")[0]) is None:
+            out.append((FAIL if required else WARN, dist, f"not installed ({why})"))
+        elif _ver(v) < _ver(minimum):
+            out.append((FAIL if required else WARN, dist, f"{v} (needs >= {minimum})"))
+        else:
+            out.append((OK, dist, v))
+    dec = [m for m in support.VIDEO_DECODERS if importlib.util.find_spec(m) is not None]
+    out.append((OK, "video decoding", ", ".join(dec)) if dec else
+               (FAIL, "video decoding", f"none of {', '.join(support.VIDEO_DECODERS)} (pip install decord or av)"))
+    ff = [m for m in support.FFMPEG_PROVIDERS if importlib.util.find_spec(m) is not None]
+    out.append((OK, "ffmpeg", "via " + ", ".join(ff)) if ff else
+               (WARN, "ffmpeg", "no av or imageio-ffmpeg: video writing will fail (pip install av)"))
+    for mod, why in support.OPTIONAL.items():
+        have = importlib.util.find_spec(mod) is not None
+        out.append((OK, mod, ("installed; " if have else "") + why))
+    return out, device
+
+
+def main(as_json: bool = False, table: bool = False) -> int:
+    if table:
+        print(support.table_markdown())
+        return 0
+    rows, device = checks()
+    bad = [c for s, c, _ in rows if s == FAIL]
+    if as_json:
+        print(json.dumps({"device": device, "can_train": not bad,
+                          "checks": [{"status": s, "component": c, "detail": d} for s, c, d in rows]}))
+    else:
+        for s, c, d in rows:
+            print(f"{s:<5} {c:<18} {d}")
+        if bad:
+            print(f"error: training cannot start: {', '.join(bad)} failed (doctor). Fix the 'fail' lines above.")
+        else:
+            print(f"training can start on {device}")
+    return 1 if bad else 0

@@ -1,0 +1,50 @@
+"""cosmos-predict2-overlay: the installer package is imported as `cosmos_predict2_overlay` (never as a top-level
+`installer`, which would clobber PyPI's pypa `installer`). patches/, overlay/ and train.sh are copied into
+cosmos_predict2_overlay/_data at build time; the code prefers a checkout's copies when it runs from one."""
+
+import os
+import shutil
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = "cosmos_predict2_overlay"
+
+
+def _version() -> str:
+    with open(os.path.join(HERE, "installer", "__init__.py"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    raise RuntimeError("no __version__ in installer/__init__.py")
+
+
+class BuildWithData(build_py):
+    """Ship the series, the overlay and the launcher inside the package."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, PKG, "_data")
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+        for name in ("patches", "overlay"):
+            shutil.copytree(os.path.join(HERE, name), os.path.join(dest, name), ignore=ignore)
+        shutil.copy2(os.path.join(HERE, "train.sh"), os.path.join(dest, "train.sh"))
+
+
+setup(
+    name="cosmos-predict2-overlay",
+    version=_version(),
+    description="Patch overlay that makes nvidia-cosmos/cosmos-predict2 train on Ascend NPU, CUDA without "
+                "TransformerEngine, and CPU",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=[PKG],
+    package_dir={PKG: "installer"},
+    package_data={PKG: ["data/*.tsv"]},
+    install_requires=["GitPython>=3.1", "unidiff>=0.7.5", "huggingface_hub>=0.30"],
+    entry_points={"console_scripts": [f"cosmos-predict2-overlay = {PKG}.cli:main"]},
+    cmdclass={"build_py": BuildWithData},
+)

@@ -1,0 +1,53 @@
+"""Helpers for the installer tests: run the CLI as a user would, snapshot directories byte-exact."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    for k in ("COSMOS_OVERLAY_TEST_FAIL_AT", "COSMOS_OVERLAY_TEST_KILL_AT"):
+        e.pop(k, None)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "installer", *map(str, args)], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    """The failure contract: non-zero exit, exactly one 'error: ...' line on stderr."""
+    assert r.returncode != 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+def snapshot(root) -> dict | None:
+    """relative path -> (bytes, executable?) of every file, or None if the directory does not exist."""
+    root = Path(root)
+    if not root.exists():
+        return None
+    out = {}
+    for dirpath, dirs, names in os.walk(root):
+        for n in names + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, n)
+            rel = os.path.relpath(full, root)
+            out[rel] = (Path(full).read_bytes(), bool(os.stat(full).st_mode & 0o111))
+        out.update({os.path.relpath(os.path.join(dirpath, d), root) + "/": (b"", False) for d in dirs})
+    return out
+
+
+def sdist_members(sdist) -> dict:
+    import tarfile
+
+    out = {}
+    with tarfile.open(sdist) as t:
+        for m in t:
+            if m.isfile():
+                out[m.name.split("/", 1)[1]] = t.extractfile(m).read()
+    return out
