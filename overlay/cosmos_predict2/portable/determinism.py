@@ -36,9 +36,13 @@ def randn(shape, device_: torch.device | str, dtype: torch.dtype | None = None) 
 
 
 class PerIterationSeed(Callback):
-    def __init__(self, seed: int = 0):
+    """fixed=True reseeds with the same seed at every step: the same noise, sigma and masks each iteration (with
+    a one-sample dataset, one fixed batch to overfit)."""
+
+    def __init__(self, seed: int = 0, fixed: bool = False):
         super().__init__()
         self.seed = int(seed)
+        self.fixed = bool(fixed)
 
     def on_training_step_start(self, model, data_batch, iteration: int = 0) -> None:
-        seed_everything(self.seed + int(iteration))
+        seed_everything(self.seed if self.fixed else self.seed + int(iteration))

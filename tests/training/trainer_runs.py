@@ -1,0 +1,62 @@
+"""Run upstream's trainer (`torchrun -m scripts.train`) in a patched tree on CPU and read its metrics lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = "cosmos_predict2/configs/base/config.py"
+METRICS = "++trainer.callbacks.train_metrics={_target_:cosmos_predict2.portable.metrics.TrainMetricsCallback}"
+
+
+def per_iteration_seed(seed: int = 0, fixed: bool = False) -> str:
+    return (
+        "++trainer.callbacks.per_iteration_seed={_target_:cosmos_predict2.portable.determinism.PerIterationSeed,"
+        f"seed:{seed},fixed:{str(fixed).lower()}}}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(tree: Path, **extra: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        COSMOS_DEVICE="cpu",  # the tests are about the CPU path even where an accelerator exists
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(tree),
+        TORCH_DEVICE_BACKEND_AUTOLOAD="0",
+    )
+    env.update(extra)
+    return env
+
+
+def train(tree: Path, exp: str, out_root: Path, overrides: list[str], nproc: int = 1, timeout: int = 900,
+          metrics: Path | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    metrics = metrics or out_root / f"metrics-{len(list(out_root.glob('metrics-*')))}.jsonl"
+    out_root.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "scripts.train", f"--config={CONFIG}", "--", f"experiment={exp}", METRICS, *overrides,
+    ]
+    env = cpu_env(tree, IMAGINAIRE_OUTPUT_ROOT=str(out_root), COSMOS_TRAIN_METRICS=str(metrics))
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return proc, rows
+
+
+def tail(proc: subprocess.CompletedProcess, n: int = 60) -> str:
+    return "\n".join((proc.stdout + proc.stderr).splitlines()[-n:])
+
+
+def video_dataset_overrides(path: Path) -> list[str]:
+    # upstream's experiment holds two copies of the dataset config (the loader's and the sampler's)
+    return [f"dataloader_train.dataset.dataset_dir={path}", f"dataloader_train.sampler.dataset.dataset_dir={path}"]
