@@ -179,6 +179,32 @@ def test_cuda_block_under_selective_checkpointing(cuda_portable):
     assert not pk.rope._apply_fast.state["failed"] and not pk.rmsnorm._rms_norm_fast.state["failed"]
 
 
+def test_cuda_rope_inside_cuda_graph_uses_replay_values(cuda_portable):
+    """As imaginaire's make_graphed_callables: warm-up with a static freqs buffer, capture, then copy new angles
+    into the buffer and replay. The graph must use the new angles (a cos/sin cache hit at capture would not)."""
+    rope = cuda_portable.rope
+    S, D = 256, 64
+    static_x = torch.randn(1, S, 2, D, device=DEV).bfloat16()
+    static_f = cosmos_like_freqs(S, D).to(DEV)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up (fills the cache and compiles)
+            rope.apply_rotary_pos_emb(static_x, static_f, "bshd", fused=True)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = rope.apply_rotary_pos_emb(static_x, static_f, "bshd", fused=True)
+    new_f = cosmos_like_freqs(S, D).to(DEV) * 1.7
+    new_x = torch.randn_like(static_x)
+    static_f.copy_(new_f)
+    static_x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = ref_rope(new_x, new_f, "bshd").to(torch.bfloat16)
+    assert (static_out != expected).float().mean().item() < 0.002
+
+
 if __name__ == "__main__":
     from conftest import _load_with_device
 

@@ -148,6 +148,17 @@ def wait_stream(s) -> None:
     _accel().current_stream().wait_stream(s)
 
 
+def is_capturing() -> bool:
+    """True while the current stream is being captured into a CUDA (or NPU) graph."""
+    if DEVICE_TYPE == "cpu":
+        return False
+    fn = getattr(_accel(), "is_current_stream_capturing", None)
+    try:
+        return bool(fn()) if fn is not None else False
+    except Exception:  # no initialised context yet: nothing can be capturing
+        return False
+
+
 def memory_stats() -> dict:
     """Bytes: allocated, reserved, peak (allocated), peak_reserved. Zeros on CPU."""
     if DEVICE_TYPE == "cpu":

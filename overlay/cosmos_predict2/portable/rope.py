@@ -12,7 +12,9 @@ Speed:
 - cos/sin are computed once per freqs tensor and reused: upstream builds one freqs tensor per forward pass and
   calls RoPE twice (q, k) in each of 28..36 blocks. The cache is keyed on the tensor's identity (a weak
   reference, so a freed tensor never matches a new one at the same address) plus its `_version` (an in-place
-  change invalidates), shape, dtype, device, sequence length and layout. It holds a few entries only.
+  change invalidates), shape, dtype, device, sequence length and layout. It holds a few entries only, drops an
+  entry when its freqs tensor is freed, and is bypassed during CUDA-graph capture (replays must recompute from
+  the graph's static freqs buffer).
 - CUDA: the apply step is one torch.compile'd kernel (eager if compile is unavailable or fails, or with
   COSMOS_DISABLE_COMPILE=1).
 - NPU: torch_npu.npu_rotary_mul (rotary_mode 'half' / 'interleave') with cos/sin [1, S, 1, D2] for BSND.
@@ -81,7 +83,9 @@ def _cos_sin(freqs: torch.Tensor, seq_len: int, tensor_format: str) -> tuple[tor
             f = f.transpose(0, 1)
         return torch.cos(f), torch.sin(f)
 
-    if freqs.requires_grad or _compiling():  # never cache something autograd or the tracer must see
+    # Never cache what autograd or the compiler must see, nor inside a graph capture: a captured graph must
+    # compute cos/sin from its (static) freqs buffer on every replay, not read values cached during warm-up.
+    if freqs.requires_grad or _compiling() or device.is_capturing():
         return compute()
     key = (id(freqs), freqs._version, tuple(freqs.shape), freqs.dtype, str(freqs.device), seq_len, tensor_format)
     hit = _cache.get(key)
