@@ -2,7 +2,7 @@
 # Create the CPU virtual environment used by the smoke run and the tests.
 #   bash tools/setup_venv.sh [VENV_DIR]      (default: .venv next to this repository's setup.py)
 # Python 3.11 + torch 2.13.0 CPU (+ torchvision 0.28.0 pinned: unpinned, pip pulls a multi-GB CUDA torch),
-# upstream's training dependencies, and this repository installed in editable mode.
+# upstream's training dependencies and the installer's (run it from the checkout: python -m installer).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-$here/.venv}"
@@ -16,7 +16,6 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -r "$here/requirements/cpu-ci.txt"
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here"
 # torchvision from PyPI is a CUDA build; beside the CPU torch its compiled ops cannot load and its import aborts.
 if ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
   if "$venv/bin/python" -c "import torchvision" 2>&1 | grep -q "operator torchvision::nms does not exist"; then
