@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from . import engine, paths
+from . import engine
 from .errors import InstallerError
 from .manifest import PIN
 
@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--force", action="store_true", help="discard user edits of managed files")
     r.add_argument("--dry-run", action="store_true")
-    r.add_argument("--source", default=None, help=argparse.SUPPRESS)
+    r.add_argument("--source", default=None,
+                   help="where to take pristine bytes from if the state's backups are gone (pypi, git or PATH)")
     d = sub.add_parser("digest", help="print the tree digest (of --target, or of a fresh apply with --from-source)")
     common(d)
     d.add_argument("--from-source", default=None, metavar="SOURCE",

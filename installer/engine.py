@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from . import digest, fetch, manifest, overlay, patch, paths, state
@@ -72,11 +73,13 @@ def drift(target: str, st: dict) -> list:
     return sorted(set(out))
 
 
-def pristine_from_state(target: str, st: dict, source: str | None) -> dict:
+def pristine_from_state(target: str, st: dict, source: str | None, only=None) -> dict:
     """The upstream files as they were before apply: backups for what we changed, the disk for the rest."""
     up, need = {}, []
     entries = manifest.load()
     for p in st["upstream"]:
+        if only is not None and p not in only:
+            continue
         cur = state.read(target, os.path.join(PRISTINE, p)) if p in st["backups"] else state.read(target, p)
         if cur is not None and manifest.matches(p, cur[0]):
             up[p] = (cur[0], entries[p].mode)
@@ -150,10 +153,18 @@ def _ops(target: str, desired: dict) -> list:
 
 
 def apply(cfg: Config, source: str, say=print) -> int:
+    with state.locked(cfg.target):
+        return _apply(cfg, source, say)
+
+
+def _apply(cfg: Config, source: str, say=print) -> int:
     target = os.path.abspath(cfg.target)
     if os.path.exists(target) and not os.path.isdir(target):
         raise InstallerError("target is a file, not a directory", target, "choose another --target")
-    if os.path.isdir(target) and not cfg.dry_run:
+    if os.path.isdir(target):
+        if cfg.dry_run and state.interrupted(target):
+            raise InstallerError("an apply/revert was interrupted", target,
+                                 "run apply or revert without --dry-run to recover first")
         msg = state.recover(target)
         if msg:
             say(f"note: {msg} ({target})")
@@ -235,11 +246,11 @@ def apply(cfg: Config, source: str, say=print) -> int:
                 say(f"  {'delete' if v is None else 'write '} {p}")
         return 0
     created_target = not os.path.isdir(target)
-    os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
     state.commit(target, ops, "upgrade" if st else "apply", created_target=created_target)
+    _prune_created(target, sorted(prev_created - set(full)), list(up))
     verb = "upgraded to" if st else "applied"
-    say(f"{verb} series {short(ours.series_digest)} in {target}: {len(ours.names)} patch(es), "
-        f"{len(ours.files)} overlay file(s), tree digest {short(tree)}")
+    say(f"{verb} series {short(ours.series_digest)} in {target} (upstream from {upstream.kind}): "
+        f"{len(ours.names)} patch(es), {len(ours.files)} overlay file(s), tree digest {short(tree)}")
     rec = digest.read_recorded(os.path.join(cfg.patch_dir, "TREE_DIGEST"))
     if rec and rec != tree:
         say(f"warning: tree digest {short(tree)} differs from the recorded {short(rec)} "
@@ -250,9 +261,16 @@ def apply(cfg: Config, source: str, say=print) -> int:
 # ---- revert / status / verify -----------------------------------------------------------------------------------
 
 def revert(cfg: Config, source: str | None = None, say=print) -> int:
+    with state.locked(cfg.target):
+        return _revert(cfg, source, say)
+
+
+def _revert(cfg: Config, source: str | None = None, say=print) -> int:
     target = os.path.abspath(cfg.target)
     if not os.path.isdir(target):
         raise InstallerError("target directory does not exist", target, "pass --target DIR")
+    if cfg.dry_run and state.interrupted(target):
+        raise InstallerError("an apply/revert was interrupted", target, "run revert without --dry-run to recover")
     msg = state.recover(target) if not cfg.dry_run else None
     if msg:
         say(f"note: {msg} ({target})")
@@ -264,9 +282,10 @@ def revert(cfg: Config, source: str | None = None, say=print) -> int:
     if changed and not cfg.force:
         raise InstallerError(f"user edits in installer-managed files: {_list(changed)}", target,
                              "move your edits away or rerun revert with --force to discard them")
-    up = pristine_from_state(target, st, source)
+    ours_paths = set(st["files"]) | set(st["created"]) | set(st["deleted"])
+    up = pristine_from_state(target, st, source, only=ours_paths)
     desired = {}
-    for p in set(st["files"]) | set(st["created"]) | set(st["deleted"]):
+    for p in ours_paths:
         desired[p] = up.get(p)
     for p in st.get("user_backups", {}):
         desired[p] = state.read(target, f"{PRISTINE}/{p}")
@@ -278,25 +297,44 @@ def revert(cfg: Config, source: str | None = None, say=print) -> int:
         say(f"dry run: would restore {sum(1 for p, _ in ops if not p.startswith(STATE_DIR))} file(s); nothing changed")
         return 0
     state.commit(target, ops, "revert")
-    # directories only the overlay needed (never upstream ones), deepest first
-    keep = set()
-    for p in st["upstream"]:
-        d = os.path.dirname(p)
-        while d:
-            keep.add(d)
-            d = os.path.dirname(d)
-    dirs = {os.path.dirname(p) for p in st["created"]}
-    for d in list(dirs):
-        while d:
-            dirs.add(d)
-            d = os.path.dirname(d)
-    state._prune_dirs(target, [d for d in dirs if d not in keep])
+    _prune_created(target, st["created"], st["upstream"])
     state.recover(target)  # removes the now empty state directory
     foreign = [p for p in _foreign(target) if p not in st["created"]]
     say(f"reverted {target} to pristine upstream {PIN[:8]} ({len(ops) - 1} file operation(s))")
     if foreign:
         say(f"left in place {len(foreign)} file(s) that are not upstream: {_list(foreign, 10)}")
+    edited = [p for p in st["managed"] if p not in ours_paths and not manifest.matches(p, (state.read(target, p)
+                                                                                          or (b"", 0))[0])]
+    if edited:
+        say(f"warning: {len(edited)} upstream file(s) still carry your edits (the overlay never touched them): "
+            f"{_list(edited, 10)}")
     return 0
+
+
+def _prune_created(target: str, gone: list, upstream: list) -> None:
+    """Remove bytecode of removed overlay modules and directories only the overlay needed (never upstream's)."""
+    keep, dirs = set(), set()
+    for p in upstream:
+        d = os.path.dirname(p)
+        while d:
+            keep.add(d)
+            d = os.path.dirname(d)
+    for p in gone:
+        if os.path.lexists(os.path.join(target, p)):
+            continue
+        d = os.path.dirname(p)
+        if p.endswith(".py"):  # __pycache__/<stem>.<tag>.pyc is derived from our file
+            cache = os.path.join(target, d, "__pycache__")
+            pyc = re.compile(re.escape(os.path.basename(p)[:-3]) + r"\.[^.]+(\.opt-\d+)?\.pyc$")
+            if os.path.isdir(cache):
+                for n in os.listdir(cache):
+                    if pyc.match(n):
+                        os.unlink(os.path.join(cache, n))
+                dirs.add(f"{d}/__pycache__" if d else "__pycache__")
+        while d:
+            dirs.add(d)
+            d = os.path.dirname(d)
+    state._prune_dirs(target, [d for d in dirs if d not in keep])
 
 
 def status(cfg: Config, say=print) -> int:

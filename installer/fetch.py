@@ -8,7 +8,6 @@ warning: public mirrors drop blobs of 4 MiB and more).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import posixpath
 import re

@@ -13,6 +13,7 @@ N-th swap (0-based); COSMOS_OVERLAY_TEST_KILL_AT=N sends SIGKILL to this process
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -126,6 +127,44 @@ def recover(target: str) -> str | None:
     return msg
 
 
+_HELD: dict = {}
+
+
+@contextlib.contextmanager
+def locked(target: str):
+    """Exclusive lock on the target directory for one command (kill -9 releases it). No-op if it does not exist."""
+    key = os.path.abspath(target)
+    if key in _HELD or not os.path.isdir(key):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no concurrent-run protection
+        yield
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InstallerError("another installer command is running on this tree", key,
+                                 "wait for it to finish, then retry") from None
+        _HELD[key] = fd
+        yield
+    finally:
+        _HELD.pop(key, None)
+        os.close(fd)
+
+
+def _check_inside(target: str, path: str) -> None:
+    """Refuse writing through a symlinked directory that leads out of the tree."""
+    real_root = os.path.realpath(target)
+    parent = os.path.realpath(os.path.join(target, os.path.dirname(path)))
+    if parent != real_root and not parent.startswith(real_root + os.sep):
+        raise InstallerError(f"{path} would be written outside the tree through a symlink", target,
+                             "replace the symlinked directory by a real one or choose another --target")
+
+
 def _hook(name: str, i: int) -> None:
     v = os.environ.get(name)
     if v is not None and int(v) == i:
@@ -136,6 +175,14 @@ def _hook(name: str, i: int) -> None:
 
 def commit(target: str, ops: list, what: str, created_target: bool = False) -> None:
     """ops: [(path, (bytes, mode) or None)] in order. All of them happen, or none (also across kill -9)."""
+    for path, _ in ops:
+        _check_inside(target, path)
+    os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
+    with locked(target):
+        _commit(target, ops, what, created_target)
+
+
+def _commit(target: str, ops: list, what: str, created_target: bool) -> None:
     txn = os.path.join(target, TXN)
     new_dirs = set()
     try:

@@ -37,7 +37,10 @@ def snapshot(root) -> dict | None:
         for n in names + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
             full = os.path.join(dirpath, n)
             rel = os.path.relpath(full, root)
-            out[rel] = (Path(full).read_bytes(), bool(os.stat(full).st_mode & 0o111))
+            if os.path.islink(full):
+                out[rel] = (b"symlink:" + os.readlink(full).encode(), False)
+            else:
+                out[rel] = (Path(full).read_bytes(), bool(os.stat(full).st_mode & 0o111))
         out.update({os.path.relpath(os.path.join(dirpath, d), root) + "/": (b"", False) for d in dirs})
     return out
 

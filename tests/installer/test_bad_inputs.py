@@ -319,3 +319,37 @@ def test_download_dispatch(tmp_path):
         pytest.skip("installer/download.py not in this checkout yet")
     r = cli("download", "--help")
     assert r.returncode == 0 and "--model" in r.stdout
+
+
+def test_concurrent_command_refused(tmp_path, pristine):
+    import fcntl
+
+    tree = copy_tree(pristine, tmp_path / "t")
+    before = snapshot(tree)
+    fd = os.open(tree, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a running apply holds it
+        for cmd in ("apply", "revert"):
+            assert "another installer command is running" in one_error_line(cli(cmd, "--target", tree))
+    finally:
+        os.close(fd)
+    assert snapshot(tree) == before
+
+
+def test_symlinked_directory_leading_out_is_refused(tmp_path, pristine):
+    tree = copy_tree(pristine, tmp_path / "t")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, tree / "cosmos_predict2" / "portable")
+    before = snapshot(tree)
+    line = one_error_line(cli("apply", "--target", tree))
+    assert "outside the tree through a symlink" in line
+    assert snapshot(tree) == before and not any(outside.iterdir())
+
+
+def test_dry_run_on_interrupted_tree(tmp_path, pristine):
+    tree = copy_tree(pristine, tmp_path / "t")
+    assert cli("apply", "--target", tree, env={"COSMOS_OVERLAY_TEST_KILL_AT": "2"}).returncode == -signal.SIGKILL
+    snap = snapshot(tree)
+    assert "interrupted" in one_error_line(cli("apply", "--dry-run", "--target", tree))
+    assert snapshot(tree) == snap

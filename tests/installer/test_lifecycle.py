@@ -55,6 +55,11 @@ def test_full_cycle_restores_upstream_bytes(tmp_path, upstream_sdist):
     r = cli("apply", "--source", upstream_sdist, "--target", tree)
     assert r.returncode == 0 and r.stdout.startswith("already applied (series "), r.stdout
     (tree / "my_notes.txt").write_text("mine")
+    import py_compile  # bytecode of our modules, as running training leaves it: revert removes it with them
+    st = json.loads((tree / ".cosmos-overlay/state.json").read_text())
+    for p in st["created"]:
+        if p.endswith(".py"):
+            py_compile.compile(str(tree / p), doraise=True)
     r = cli("revert", "--target", tree)
     assert r.returncode == 0, r.stderr
     assert "my_notes.txt" in r.stdout  # user files are left and listed
@@ -193,3 +198,18 @@ def test_state_records_what_was_written(applied_tree):
         assert hashlib.sha256((applied_tree / p).read_bytes()).hexdigest() == rec["sha256"]
     assert "train.sh" in st["created"] and "train.sh" in st["managed"]
     assert not any(p.startswith(".cosmos-overlay") for p in st["managed"])
+
+
+def test_revert_force_keeps_and_names_edits_of_untouched_files(tmp_path, upstream_sdist):
+    tree = tmp_path / "t"
+    assert cli("apply", "--source", upstream_sdist, "--target", tree).returncode == 0
+    st = json.loads((tree / ".cosmos-overlay/state.json").read_text())
+    untouched = next(p for p in st["managed"] if p not in st["files"])
+    with open(tree / untouched, "ab") as f:
+        f.write(b"# mine\n")
+    assert untouched in one_error_line(cli("revert", "--target", tree))
+    r = cli("revert", "--force", "--target", tree)
+    assert r.returncode == 0 and f"still carry your edits" in r.stdout and untouched in r.stdout
+    up = upstream_tree(upstream_sdist)
+    for p in st["backups"]:
+        assert (tree / p).read_bytes() == up[p]
