@@ -142,8 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     except InstallerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. an unreadable source file: still one line
+        print(f"error: {e.strerror or e} ({e.filename or ns.cmd}). Check permissions and free space, then retry.",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C). Run status; the next apply or revert finishes or rolls back.",
               file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: keep the one-line contract, full traceback on request
+        if os.environ.get("COSMOS_OVERLAY_DEBUG"):
+            raise
+        print(f"error: internal error {type(e).__name__}: {e} ({ns.cmd}). Rerun with COSMOS_OVERLAY_DEBUG=1 and "
+              "report the traceback.", file=sys.stderr)
+        return 1
     return 2

@@ -64,6 +64,7 @@ def download_sdist() -> str:
     if os.path.isfile(path) and _sha256_file(path) == SDIST_SHA256:
         return path
     os.makedirs(d, exist_ok=True)
+    print(f"downloading {PYPI_NAME}=={PYPI_VERSION} (sdist) from PyPI into {d}", flush=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--disable-pip-version-check",
            "-d", d, f"{PYPI_NAME}=={PYPI_VERSION}"]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -190,6 +191,17 @@ def clone_git() -> str:
 
 
 def from_git(path: str) -> Upstream:
+    import git
+
+    try:
+        return _from_git(path)
+    except git.GitCommandError as e:
+        last = (str(e.stderr).strip().splitlines() or ["?"])[-1].strip(" '")
+        raise InstallerError("git failed reading the clone", f"{path}: {last[:160]}",
+                             "check the clone with 'git fsck' or use --source pypi") from None
+
+
+def _from_git(path: str) -> Upstream:
     import git
 
     try:

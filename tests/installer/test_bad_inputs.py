@@ -18,6 +18,7 @@ from installer.manifest import PIN
 
 MIRROR = Path(os.environ.get("COSMOS_OVERLAY_TEST_MIRROR", "/work/.mirror/nvidia-cosmos+cosmos-predict2/repo"))
 SAMPLE = "cosmos_predict2/models/video2world_model.py"
+SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 has no filters
 
 
 def make_tar(path: Path, members: dict, top="cosmos_predict2-1.0.9", extra=()):
@@ -109,7 +110,7 @@ def test_sdist_unsafe_members_refused(tmp_path, kind):
 
 def test_unpacked_sdist_directory_is_a_source(tmp_path, upstream_sdist):
     with tarfile.open(upstream_sdist) as t:
-        t.extractall(tmp_path / "x", filter="data")
+        t.extractall(tmp_path / "x", **SAFE)
     src = tmp_path / "x" / "cosmos_predict2-1.0.9"
     assert cli("apply", "--source", src, "--target", tmp_path / "t").returncode == 0
     (src / SAMPLE).write_bytes((src / SAMPLE).read_bytes() + b" ")
@@ -144,7 +145,7 @@ def sdist_clone(upstream_sdist, tmp_path_factory):
     """A git repo holding the sdist's library bytes: its commit can never be the pinned one."""
     root = tmp_path_factory.mktemp("clone") / "repo"
     with tarfile.open(upstream_sdist) as t:
-        t.extractall(root.parent, filter="data")
+        t.extractall(root.parent, **SAFE)
     (root.parent / "cosmos_predict2-1.0.9").rename(root)
     git(root, "init", "-q")
     git(root, "add", "-A")
