@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import difflib
 import glob
 import importlib.util
 import ipaddress
@@ -116,6 +117,7 @@ K_FRAMES = "dataloader_train.dataset.num_frames"
 K_SHARD = "model.config.fsdp_shard_size"
 K_BATCH = "dataloader_train.batch_size"
 K_DATASET = "dataloader_train.dataset.dataset_dir"
+K_SAMPLER_DATASET = "dataloader_train.sampler.dataset.dataset_dir"
 K_DIT = "model.config.model_manager_config.dit_path"
 K_VAE = "model.config.pipe_config.tokenizer.vae_pth"
 K_JOB = ("job.project", "job.group", "job.name")
@@ -247,6 +249,11 @@ def _nonempty(pattern_dir: str, pattern: str) -> bool:
 
 def check_data(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) -> None:
     rel = _ov_str(ov, K_DATASET, exp.dataset_dir)
+    if _ov_str(ov, K_SAMPLER_DATASET, exp.dataset_dir) != rel:
+        # the config holds two copies of the dataset (loader and sampler): the sampler's length would be another
+        # directory's, so indices overrun or samples are skipped
+        raise _fail(f"{K_DATASET} and {K_SAMPLER_DATASET} differ", "overrides after --",
+                    f"Override both to the same directory: {K_DATASET}={rel} {K_SAMPLER_DATASET}={rel}")
     path = rel if os.path.isabs(rel) else os.path.join(tree, rel)
     if exp.smoke:
         todo = f"Run `{MAKE_SMOKE}` in {tree}"
@@ -381,7 +388,9 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if not a.EXP:
         raise _fail("no experiment given", "--EXP", "Pass --EXP=<name>; one of " + ", ".join(EXPERIMENTS))
     if a.EXP not in EXPERIMENTS:
-        raise _fail(f"unknown experiment {a.EXP!r}", "--EXP", "Use one of " + ", ".join(EXPERIMENTS))
+        close = difflib.get_close_matches(a.EXP, list(EXPERIMENTS), n=1)
+        hint = f"Did you mean {close[0]}? " if close else ""
+        raise _fail(f"unknown experiment {a.EXP!r}", "--EXP", f"{hint}Use one of " + ", ".join(EXPERIMENTS))
     exp = EXPERIMENTS[a.EXP]
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
     nnodes = _int("nnodes", a.nnodes, 1)

@@ -1,11 +1,9 @@
-"""Helpers for the launcher tests (train.sh, scripts/train_preflight.py, scripts/train_report.py, metrics callback).
+"""Helpers shared by the launcher tests: experiment names, the launcher's file list, running train.sh.
 
-- `skeleton_tree`: a directory with the layout train.sh validates (config file path, device layer, dataset and
-  checkpoint files as plain bytes). Enough for every check that happens before torchrun; nothing trains in it.
-- `launch_tree`: a real patched tree, in a private copy so tests never write into a shared one. Source, in order:
-  $COSMOS_TEST_TREE (a patched dev tree; the launcher files of this checkout are copied over it), else the
-  `applied_tree` fixture of tests/conftest.py (the installer's real apply; used as installed). Skips when neither
-  exists. The smoke dataset is linked from the source tree when present, else made with scripts.make_smoke_dataset.
+The fixtures built from these (conftest.py): `skeleton_tree`, a directory with only the layout train.sh validates
+(config file path, device layer, dataset and checkpoint files as plain bytes), enough for every check made before
+torchrun; `launch_tree`, a private copy of a real patched tree from $COSMOS_TEST_TREE (this checkout's launcher
+files copied over it) or from tests/conftest.py's `applied_tree` (used as installed), with the smoke dataset.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E501
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_SH = os.path.join(REPO, "train.sh")
 PYTHON = sys.executable
 SMOKE = {

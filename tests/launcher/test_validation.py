@@ -35,6 +35,7 @@ def refused(tree: str, args: list[str], env: dict | None = None) -> str:
 def test_unknown_experiment_lists_all_valid_ones(skeleton_tree):
     line = refused(skeleton_tree, ["--EXP=predict2_video2world_training_7b", "--nproc_per_node=1"])
     assert "predict2_video2world_training_7b" in line
+    assert "Did you mean predict2_video2world_training_2b_cosmos_nemo_assets?" in line
     for name in ALL:
         assert name in line
 
@@ -179,8 +180,14 @@ def test_missing_smoke_dataset_points_to_generator(skeleton_tree):
 
 
 def test_dataset_dir_override_is_checked(skeleton_tree):
-    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--", "dataloader_train.dataset.dataset_dir=/nonexistent/x"])
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--", "dataloader_train.dataset.dataset_dir=/nonexistent/x",
+                                   "dataloader_train.sampler.dataset.dataset_dir=/nonexistent/x"])
     assert "/nonexistent/x does not exist" in line
+
+
+def test_dataset_dir_override_needs_sampler_copy(skeleton_tree):
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--", "dataloader_train.dataset.dataset_dir=/data/x"])
+    assert "dataloader_train.sampler.dataset.dataset_dir=/data/x" in line
 
 
 @pytest.mark.parametrize("exp,nproc,task,file,model", [
