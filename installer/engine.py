@@ -391,6 +391,10 @@ def verify(cfg: Config, say=print) -> int:
 
 
 def tree_digest_of(target: str) -> str:
+    if not os.path.isdir(target):
+        raise InstallerError("target directory does not exist", target, "pass --target DIR")
+    if state.interrupted(target):
+        raise InstallerError("an apply/revert was interrupted", target, "run apply or revert to recover")
     st = state.load_state(target)
     if st is None:
         raise InstallerError("no overlay is applied", target, "run apply first, or use --from-source")

@@ -167,6 +167,12 @@ def _is_bare(path: str) -> bool:
     return all(os.path.exists(os.path.join(path, n)) for n in ("HEAD", "objects", "refs"))
 
 
+def _last_line(stderr) -> str:
+    lines = [ln.strip(" '\"") for ln in str(stderr or "").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("warning:")]
+    return lines[-1] if lines else "no message"
+
+
 def clone_git() -> str:
     """A bare clone of upstream in the cache dir (COSMOS_OVERLAY_GIT_URL overrides the URL, e.g. a mirror)."""
     import git  # GitPython; imported here so the other sources work without it
@@ -182,9 +188,10 @@ def clone_git() -> str:
             except (ValueError, git.BadName):
                 repo.git.fetch(url, "+refs/heads/*:refs/heads/*")
         else:
-            git.Repo.clone_from(url, dest, bare=True)
+            # blobs >= 4 MiB are git-only media (assets/*.mp4) that training never reads
+            git.Repo.clone_from(url, dest, bare=True, multi_options=["--filter=blob:limit=4m"])
     except git.GitCommandError as e:
-        last = (str(e.stderr).strip().splitlines() or ["?"])[-1].strip(" '")
+        last = _last_line(e.stderr)
         raise InstallerError(f"cannot clone {url}", f"git: {last[:160]}",
                              OFFLINE_HINT + " (the default --source pypi needs only PyPI)") from None
     return dest
@@ -196,7 +203,7 @@ def from_git(path: str) -> Upstream:
     try:
         return _from_git(path)
     except git.GitCommandError as e:
-        last = (str(e.stderr).strip().splitlines() or ["?"])[-1].strip(" '")
+        last = _last_line(e.stderr)
         raise InstallerError("git failed reading the clone", f"{path}: {last[:160]}",
                              "check the clone with 'git fsck' or use --source pypi") from None
 
@@ -231,18 +238,23 @@ def _from_git(path: str) -> Upstream:
                              f"fetch it ('git -C {path} fetch {GIT_URL}') or use --source pypi") from None
     files: dict[str, bytes] = {}
     warnings = []
+    entries = manifest.load()
     for item in commit.tree.traverse():
         if item.type != "blob":
+            continue
+        e = entries.get(item.path)
+        if e is not None and not e.in_sdist and (e.size < 0 or e.size >= 4 << 20):
+            warnings.append(item.path)  # big git-only media: a partial clone lacks them, reading would fetch
             continue
         try:
             files[item.path] = item.data_stream.read()
         except Exception:  # a mirror without big blobs: only git-only assets are affected
-            if manifest.load().get(item.path, None) is not None and manifest.load()[item.path].in_sdist:
+            if e is not None and e.in_sdist:
                 raise InstallerError(f"git object of library file {item.path} is missing", path,
                                      "use a complete clone or --source pypi") from None
             warnings.append(item.path)
     up = _verified(files, "git", PIN, where=path)
     if warnings:
-        up.warnings.append(f"warning: {len(warnings)} git-only file(s) absent from {path} (e.g. {warnings[0]}); "
-                           "they are not needed for training")
+        up.warnings.append(f"warning: {len(warnings)} git-only media file(s) not materialised from {path} "
+                           f"(e.g. {warnings[0]}); training does not need them")
     return up

@@ -169,6 +169,14 @@ def test_dirty_clone_refused(tmp_path, sdist_clone):
     assert not (tmp_path / "t").exists()
 
 
+def test_git_clone_path_checks_the_pin(tmp_path, sdist_clone):
+    """--source git clones (here from a file:// URL standing in for GitHub) and still insists on the pinned commit."""
+    env = {"COSMOS_OVERLAY_CACHE": str(tmp_path / "cache"), "COSMOS_OVERLAY_GIT_URL": f"file://{sdist_clone}"}
+    line = one_error_line(cli("apply", "--source", "git", "--target", tmp_path / "t", env=env))
+    assert f"git repository lacks the pinned commit {PIN[:12]}" in line and "cosmos-predict2.git" in line
+    assert (tmp_path / "cache" / "cosmos-predict2.git").is_dir() and not (tmp_path / "t").exists()
+
+
 def test_bare_repo_without_pin_refused(tmp_path, sdist_clone):
     git(tmp_path, "clone", "-q", "--bare", str(sdist_clone), "b.git")
     line = one_error_line(cli("apply", "--source", tmp_path / "b.git", "--target", tmp_path / "t"))
@@ -184,7 +192,8 @@ def test_git_mirror_of_pinned_commit(tmp_path, upstream_sdist):
     assert r.returncode == 0, r.stderr
     orig = subprocess.run(["git", f"--git-dir={MIRROR}", "show", f"{PIN}:scripts/train.py"], check=True,
                           capture_output=True).stdout
-    assert "git-only file(s) absent" in r.stdout or (tree / "assets").is_dir()
+    assert "git-only media file(s) not materialised" in r.stdout and (tree / "assets").is_dir()
+    assert (tree / "README.md").is_file()  # git-only files come along (verified against the manifest)
     assert (tree / "scripts/train.py").read_bytes() == (REPO / "overlay/scripts/train.py").read_bytes()
     assert cli("verify", "--target", tree).returncode == 0
     # same managed tree as the sdist gives
