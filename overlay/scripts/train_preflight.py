@@ -331,11 +331,14 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
         raise _fail(f"COSMOS_DEVICE={forced} is not a device kind", "environment", "Use cpu, cuda or npu, or unset it")
     try:
         mod = _load_device_layer(tree)
+        kind = mod.device_type() if mod is not None else _detect_fallback()
     except RuntimeError as e:
         if dry_run:
             return forced, None, f"not verified on this host: {e}"
         raise PreflightError(str(e).splitlines()[0]) from None
-    kind = mod.device_type() if mod is not None else _detect_fallback()
+    except ImportError as e:
+        raise _fail(f"{sys.executable} cannot import {e.name or 'torch'}", "python environment",
+                    "Activate the environment that has torch (and torch_npu on Ascend), or set PYTHON=") from None
     count = None
     if kind in ("cuda", "npu"):
         import torch

@@ -251,3 +251,15 @@ def test_help_lists_flags_and_experiments():
         assert flag in r.stdout
     for name in ALL:
         assert name in r.stdout
+
+
+def test_python_without_torch(skeleton_tree, tmp_path):
+    """PYTHON pointing at an interpreter without torch: one line naming it, before anything starts."""
+    import subprocess
+    import sys
+
+    venv = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    bare = str(venv / "bin" / "python")
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}"], env={"PYTHON": bare})
+    assert f"{bare} cannot import torch" in line
