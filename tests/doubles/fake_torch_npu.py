@@ -73,7 +73,11 @@ def npu_fusion_attention(
 ):
     if input_layout not in _LAYOUTS:
         raise ValueError(f"fake torch_npu: input_layout must be one of {_LAYOUTS}, got {input_layout}")
-    if not (query.dtype == key.dtype == value.dtype) or query.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if not (query.dtype == key.dtype == value.dtype) or query.dtype not in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+    ):
         raise TypeError("fake torch_npu: q/k/v must share one of fp16/bf16/fp32")
     CALLS.append(
         dict(

@@ -1,63 +1,22 @@
-"""Load overlay/cosmos_predict2/portable as a standalone package (no upstream tree needed).
+"""Fixtures for the portable-ops tests; the loader itself lives in portable_loader.py.
 
-`load_portable(name)` imports portable/__init__.py under `name` with its folder as the package path, so the
-package's relative imports resolve among its own files only. Tests get the CPU instance through the `portable`
-fixture; NPU-branch tests load a second, independent instance with the torch_npu test double installed.
+Tests get the CPU instance through `portable`, the CUDA instance through `cuda_portable` (skipped without a GPU),
+and NPU-branch tests a separate instance with the torch_npu test double installed (`npu_portable`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PORTABLE_DIR = ROOT / "overlay" / "cosmos_predict2" / "portable"
-DOUBLES_DIR = ROOT / "tests" / "doubles"
-PKG_NAME = "cosmos_portable_under_test"
-SUBMODULES = ("device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac")
-
-
-def unload(name: str) -> None:
-    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
-        del sys.modules[mod]
-
-
-def load_portable(name: str = PKG_NAME):
-    """Fresh import of the portable package under `name`; returns a namespace of its submodules."""
-    unload(name)
-    spec = importlib.util.spec_from_file_location(
-        name, PORTABLE_DIR / "__init__.py", submodule_search_locations=[str(PORTABLE_DIR)]
-    )
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules[name] = pkg
-    spec.loader.exec_module(pkg)
-    for sub in SUBMODULES:
-        setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
-    return pkg
-
-
-def _load_with_device(name: str, kind: str):
-    import os
-
-    saved = {k: os.environ.pop(k) for k in ("COSMOS_DEVICE", "COSMOS_ATTN_BACKEND") if k in os.environ}
-    os.environ["COSMOS_DEVICE"] = kind
-    try:
-        pkg = load_portable(name)
-    finally:
-        os.environ.pop("COSMOS_DEVICE")
-        os.environ.update(saved)
-    assert pkg.device.DEVICE_TYPE == kind
-    return pkg
+from portable_loader import PKG_NAME, load_fake_torch_npu, load_portable, load_with_device, unload
 
 
 @pytest.fixture(scope="session")
 def portable():
     """The package with the CPU device forced (the CPU paths are what these tests check, also on a GPU host)."""
-    return _load_with_device(PKG_NAME, "cpu")
+    return load_with_device(PKG_NAME, "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +25,7 @@ def cuda_portable():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    return _load_with_device(PKG_NAME + "_cuda", "cuda")
-
-
-def load_fake_torch_npu():
-    spec = importlib.util.spec_from_file_location("fake_torch_npu", DOUBLES_DIR / "fake_torch_npu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_with_device(PKG_NAME + "_cuda", "cuda")
 
 
 @pytest.fixture

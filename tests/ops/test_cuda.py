@@ -206,9 +206,9 @@ def test_cuda_rope_inside_cuda_graph_uses_replay_values(cuda_portable):
 
 
 if __name__ == "__main__":
-    from conftest import _load_with_device
+    from portable_loader import load_with_device
 
-    pkg = _load_with_device("cosmos_portable_cuda_main", "cuda")
+    pkg = load_with_device("cosmos_portable_cuda_main", "cuda")
     failed = 0
     for name, fn in list(globals().items()):
         if name.startswith("test_") and callable(fn):

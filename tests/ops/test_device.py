@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import PORTABLE_DIR
+from portable_loader import PORTABLE_DIR
 
 OURS = ("__init__", "device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac")
 

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from conftest import load_portable, unload
+from portable_loader import load_portable, unload
 
 
 def calls(pkg, op):

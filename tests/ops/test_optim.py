@@ -180,7 +180,7 @@ def _fsdp_worker(rank, world):
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor
 
-    from conftest import load_portable
+    from portable_loader import load_portable
 
     pkg = load_portable("cosmos_portable_fsdp_worker")
     torch.manual_seed(1234)  # same init and grads on every rank

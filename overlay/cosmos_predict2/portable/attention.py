@@ -215,7 +215,7 @@ _CUDA_SDPA = {
 
 def _cuda_run(name: str):
     def run(q, k, v, p):
-        # Keep torch's own fall-through behind the chosen kernel only in auto mode (see _select).
+        # A forced backend runs alone; auto mode adds SDPA's fall-through in attention().
         return _sdpa(q, k, v, p, [_CUDA_SDPA[name]])
 
     return run
@@ -226,7 +226,9 @@ BACKENDS: dict[str, Backend] = {
     "cudnn": Backend("cudnn", ("cuda",), _cuda_half_check("cudnn", 80, 256), _cuda_run("cudnn")),
     "flash": Backend("flash", ("cuda",), _cuda_half_check("flash", 80, 256), _cuda_run("flash")),
     "efficient": Backend("efficient", ("cuda",), _efficient_check, _cuda_run("efficient")),
-    "math": Backend("math", ("cpu", "cuda", "npu"), _math_check, lambda q, k, v, p: _sdpa(q, k, v, p, [SDPBackend.MATH])),
+    "math": Backend(
+        "math", ("cpu", "cuda", "npu"), _math_check, lambda q, k, v, p: _sdpa(q, k, v, p, [SDPBackend.MATH])
+    ),
     "sdpa_cpu": Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa(q, k, v, p, None)),
 }
 
