@@ -334,11 +334,25 @@ def prepare(args):
     return prompt, negative, dev, device, checker
 
 
-def run_pipeline(call, what: str):
+def run_pipeline(call, what: str, dev=None, verbose: bool = False):
+    """Run the pipeline call; a guardrail block becomes one error line. With verbose, print time and peak memory."""
+    import time
+
+    if dev is not None:
+        dev.reset_peak_memory_stats()
+        dev.synchronize()
+    start = time.perf_counter()
     try:
-        return call()
+        out = call()
     except GuardrailBlocked as exc:
         raise ScriptError(f"the Cosmos guardrail blocked {exc} ({what}); nothing was written. Change the prompt.")
+    if dev is not None:
+        dev.synchronize()
+        if verbose:
+            peak = dev.memory_stats()["peak"] / 2**30
+            print(f"Generation time: {time.perf_counter() - start:.2f} s; peak {dev.device_type()} memory "
+                  f"{peak:.2f} GiB", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance_scale=args.guidance,
             height=args.height,
             width=args.width,
-        ).images[0], "text2image")
+        ).images[0], "text2image", dev, args.verbose)
         path = os.path.join(args.output, "output.png")
         image.save(path)
         print(f"Saved image to: {path}")

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width,
             num_frames=args.frames,
             fps=args.fps,
-        ).frames[0], "video2world")
+        ).frames[0], "video2world", dev, args.verbose)
         path = os.path.join(args.output, "output.mp4")
         write_mp4(frames, path, args.fps)
         print(f"Saved video to: {path}")

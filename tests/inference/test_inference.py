@@ -189,3 +189,28 @@ def test_npu_attention_selection_is_guarded(tree, models):
         if getattr(m, "processor", None) is not None:
             m.processor._attention_backend = None
     assert mod.select_attention(Pipe, "npu") == "_native_npu" and requested == ["_native_npu"]
+
+
+def test_real_size_configs_give_real_parameter_counts(tree, tmp_path):
+    """The --random_weights path on real-size configs (as the lead runs it on an accelerator), built on the meta
+    device here: the parameter counts must be those of Cosmos-Predict2 2B/14B, T5-11B's encoder and Wan2.1's VAE."""
+    import diffusers
+    import torch
+
+    from tiny_cosmos import write_real_size_configs
+
+    spec = importlib.util.spec_from_file_location("hf_t2i_meta", tree / "scripts" / "hf_text2image.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def billions(module):
+        return sum(p.numel() for p in module.parameters()) / 1e9
+
+    for name, cls, dit in (("2B-Video2World", diffusers.Cosmos2VideoToWorldPipeline, 1.956),
+                           ("14B-Text2Image", diffusers.Cosmos2TextToImagePipeline, 14.265)):
+        folder = write_real_size_configs(name, tmp_path / name)
+        pipe = mod.build_random_pipeline(cls, str(folder), None, torch.bfloat16, torch.device("meta"),
+                                         mod.NoOpSafetyChecker())
+        assert abs(billions(pipe.transformer) - dit) < 0.01
+        assert abs(billions(pipe.text_encoder) - 4.865) < 0.01 and abs(billions(pipe.vae) - 0.1269) < 0.001
+        assert pipe.transformer.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
