@@ -221,11 +221,15 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         desired[f"{PRISTINE}/{p}"] = up[p]
     for p in foreign:
         desired[f"{PRISTINE}/{p}"] = state.read(target, p)
-    for p, mode in list(user_backups.items()):
-        if p not in foreign:  # kept from a previous --force
-            old = state.read(target, f"{PRISTINE}/{p}")
-            if old is not None:
-                desired[f"{PRISTINE}/{p}"] = old
+    for p in list(user_backups):
+        if p in foreign:
+            continue
+        old = state.read(target, f"{PRISTINE}/{p}")  # kept from a previous --force
+        if p not in full:  # this version no longer installs a file there: the user's file comes back
+            desired[p] = old
+            del user_backups[p]
+        elif old is not None:
+            desired[f"{PRISTINE}/{p}"] = old
     tree = digest.tree_digest(managed)
     new_state = {
         "format": state.FORMAT, "commit": PIN, "source": {"kind": upstream.kind, "identity": upstream.identity},

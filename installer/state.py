@@ -43,6 +43,8 @@ def read(target: str, path: str):
     full = os.path.join(target, path)
     if os.path.islink(full):
         return (b"\0symlink:" + os.readlink(full).encode(), 0o120000)
+    if os.path.isdir(full):
+        return (b"\0directory", 0o040000)
     if not os.path.isfile(full):
         return None
     with open(full, "rb") as f:
@@ -177,6 +179,9 @@ def commit(target: str, ops: list, what: str, created_target: bool = False) -> N
     """ops: [(path, (bytes, mode) or None)] in order. All of them happen, or none (also across kill -9)."""
     for path, _ in ops:
         _check_inside(target, path)
+        full = os.path.join(target, path)
+        if os.path.isdir(full) and not os.path.islink(full):  # never swap (and later delete) a whole directory
+            raise InstallerError(f"a directory is in the way of file {path}", target, "move that directory away")
     os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
     with locked(target):
         _commit(target, ops, what, created_target)

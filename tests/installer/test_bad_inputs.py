@@ -363,3 +363,13 @@ def test_dry_run_on_interrupted_tree(tmp_path, pristine):
     snap = snapshot(tree)
     assert "interrupted" in one_error_line(cli("apply", "--dry-run", "--target", tree))
     assert snapshot(tree) == snap
+
+
+def test_directory_in_the_way(tmp_path, pristine):
+    tree = copy_tree(pristine, tmp_path / "t")
+    (tree / "train.sh").mkdir()
+    (tree / "train.sh" / "keep.txt").write_text("precious")
+    before = snapshot(tree)
+    assert "would overwrite train.sh" in one_error_line(cli("apply", "--target", tree))
+    assert "a directory is in the way of file train.sh" in one_error_line(cli("apply", "--force", "--target", tree))
+    assert snapshot(tree) == before

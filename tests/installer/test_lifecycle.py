@@ -213,3 +213,22 @@ def test_revert_force_keeps_and_names_edits_of_untouched_files(tmp_path, upstrea
     up = upstream_tree(upstream_sdist)
     for p in st["backups"]:
         assert (tree / p).read_bytes() == up[p]
+
+
+def test_upgrade_gives_back_a_forced_over_user_file(tmp_path, upstream_sdist):
+    pd, ov = copy_resources(tmp_path)
+    res = ("--patches-dir", pd, "--overlay-dir", ov)
+    tree = tmp_path / "t"
+    assert cli("apply", "--source", upstream_sdist, "--target", tree, *res).returncode == 0
+    assert cli("revert", "--target", tree, *res).returncode == 0
+    (ov / "extra.py").write_text("ours = True\n")
+    (tree / "extra.py").write_text("mine = True\n")
+    assert "would overwrite extra.py" in one_error_line(cli("apply", "--target", tree, *res))
+    assert cli("apply", "--force", "--target", tree, *res).returncode == 0
+    assert (tree / "extra.py").read_text() == "ours = True\n"
+    (ov / "extra.py").unlink()  # the next version stops shipping it
+    assert cli("apply", "--target", tree, *res).returncode == 0
+    assert (tree / "extra.py").read_text() == "mine = True\n"
+    assert cli("verify", "--target", tree, *res).returncode == 0
+    assert cli("revert", "--target", tree, *res).returncode == 0
+    assert (tree / "extra.py").read_text() == "mine = True\n"
