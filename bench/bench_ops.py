@@ -13,7 +13,9 @@ Shapes: B=1, bf16, head_dim 128; 2B: 16 heads, 14B: 40 heads; S = 37440 (480p, 9
   recomputed every call and cast to bf16 before a bf16 multiply), GB/s = (read x + write out) / time;
 - rmsnorm: ours vs the same math in eager torch, GB/s = (read x + write out) / time;
 - attention: ours (portable attention(), auto backend) vs SDPA pinned to cudnn / flash / efficient, forward
-  and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 2.5x that for forward+backward.
+  and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 2.5x that for forward+backward;
+- optim: one step of FusedAdam (fp32 masters) over 256M bf16 params vs AdamW on bf16 params (the anchor) and
+  fused AdamW on fp32 params; GB/s counts ~30 bytes per parameter (apex's fused kernel traffic).
 Timing: CUDA events around each repetition after warm-up, median reported; fresh random inputs (never zeros).
 The portable package is loaded from this checkout (overlay/cosmos_predict2/portable) as a standalone package.
 """
@@ -46,7 +48,7 @@ def load_portable(name: str = "cosmos_portable_bench"):
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[name] = pkg
     spec.loader.exec_module(pkg)
-    for sub in ("device", "attention", "rope", "rmsnorm"):
+    for sub in ("device", "attention", "rope", "rmsnorm", "optim"):
         setattr(pkg, sub, importlib.import_module(f"{name}.{sub}"))
     return pkg
 
@@ -203,6 +205,40 @@ def bench_attention(pkg, t: Timer, dev, shapes, backward: bool) -> None:
             torch.cuda.empty_cache()
 
 
+# ------------------------------------------------------------------------------------------------- optimizer
+
+
+def bench_optim(pkg, t: Timer, dev, tiny: bool) -> None:
+    """One optimizer step over bf16 params (a 2B-model shard on 8 ranks is ~250M params), ms per step.
+    ours = FusedAdam with fp32 masters; anchor = torch AdamW(foreach) directly on bf16 params (no masters, loses
+    small updates); fp32_fused = torch AdamW(fused) on fp32 params (a speed reference without bf16 params)."""
+    n_tensors, numel = (4, 1 << 16) if tiny else (16, 1 << 24)
+    total = n_tensors * numel
+
+    def params(dtype):
+        ps = [torch.nn.Parameter(0.02 * randn(numel, dev=dev, dtype=dtype)) for _ in range(n_tensors)]
+        for p in ps:
+            p.grad = randn(numel, dev=dev, dtype=dtype)
+        return ps
+
+    impls = {
+        "ours_masters": lambda: pkg.optim.FusedAdam(params(torch.bfloat16), lr=1e-4, betas=(0.9, 0.99),
+                                                    weight_decay=0.1, master_weights=True, capturable=True),
+        "anchor_adamw_bf16": lambda: torch.optim.AdamW(params(torch.bfloat16), lr=1e-4, betas=(0.9, 0.99),
+                                                       weight_decay=0.1, foreach=True),
+    }
+    if dev.type == "cuda":
+        impls["fp32_fused_adamw"] = lambda: torch.optim.AdamW(params(torch.float32), lr=1e-4, betas=(0.9, 0.99),
+                                                              weight_decay=0.1, fused=True)
+    for impl, make in impls.items():
+        opt = make()
+        ms = t.median_ms(opt.step, warmup=2, max_reps=10)
+        emit(bench="optim", impl=impl, params=total, ms=ms, GBps=total * 30 / ms / 1e6)  # ~30 B/param (apex)
+        del opt
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -210,7 +246,7 @@ def table() -> None:
     print("# ---- summary ----")
     for r in ROWS:
         what = r["bench"] + (f"/{r['mode']}" if "mode" in r else "")
-        shape = f"{r.get('model', '')} S={r['S']}" if "S" in r else ""
+        shape = f"{r.get('model', '')} S={r['S']}" if "S" in r else (f"{r['params']:,} p" if "params" in r else "")
         if "skipped" in r:
             val = f"skipped: {r['skipped']}"
         elif "GBps" in r:
@@ -223,7 +259,7 @@ def table() -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke run)")
-    ap.add_argument("--only", default="copy,matmul,rope,rmsnorm,attention")
+    ap.add_argument("--only", default="copy,matmul,rope,rmsnorm,attention,optim")
     ap.add_argument("--models", default="2B,14B")
     ap.add_argument("--seqs", default="4080,37440,84480")
     ap.add_argument("--no-backward", action="store_true")
@@ -256,6 +292,8 @@ def main(argv=None) -> int:
         bench_rmsnorm(pkg, t, dev, shapes)
     if "attention" in only:
         bench_attention(pkg, t, dev, shapes, backward=not args.no_backward)
+    if "optim" in only:
+        bench_optim(pkg, t, dev, args.tiny)
     table()
     return 0
 
