@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="pypi (default, sdist cosmos-predict2==1.0.9), git (GitHub clone of the pinned commit), "
                         "or PATH: an sdist .tar.gz, its unpacked directory, or a git clone/bare mirror")
     a.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
-    a.add_argument("--force", action="store_true", help="overwrite your edits of managed files (discarded) and foreign files in the way (backed up; revert restores them)")
+    a.add_argument("--force", action="store_true",
+                   help="overwrite your edits of managed files (discarded) and foreign files in the way "
+                        "(backed up; revert restores them)")
     s = sub.add_parser("status", help="pristine / applied / drifted / interrupted")
     common(s)
     v = sub.add_parser("verify", help="exit 0 only if the tree equals exactly what the series produces")

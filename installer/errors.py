@@ -8,5 +8,5 @@ class InstallerError(Exception):
         self.what, self.where, self.todo = what, where, todo
         msg = what + (f" ({where})" if where else "")
         if todo:
-            msg += ". " + todo.rstrip(".")
+            msg += ". " + todo[0].upper() + todo[1:].rstrip(".")
         super().__init__(msg.rstrip(".") + ".")
