@@ -112,6 +112,12 @@ def test_dot_product_attention_shapes(portable, fmt):
         out = dpa(q, k, v)
         assert out.shape == (B, S, H * D)
     torch.testing.assert_close(out.double(), ref_attention(q, k, v).reshape(B, S, H * D), atol=2e-6, rtol=2e-5)
+    causal = dpa(q, k, v, attn_mask_type="causal") if fmt == "bshd" else None
+    if causal is not None:
+        ref_c = ref_attention(q, k, v, causal=True).reshape(B, S, H * D)
+        torch.testing.assert_close(causal.double(), ref_c, atol=2e-6, rtol=2e-5)
+    with pytest.raises(NotImplementedError, match="cu_seqlens_q"):
+        dpa(q, k, v, cu_seqlens_q=torch.tensor([0, S]))
     sd = dpa.state_dict()
     assert "_extra_state" in sd
     dpa.load_state_dict({"_extra_state": torch.tensor([1, 2, 3], dtype=torch.uint8)}, strict=True)

@@ -201,7 +201,8 @@ def _npu_run(q, k, v, p: AttnParams) -> torch.Tensor:
         # sparse_mode 2 = "leftUpCausal": the mask is aligned top-left, as SDPA's is_causal; the kernel then
         # expects the compressed 2048x2048 upper-triangular mask whatever the sequence lengths.
         kwargs.update(atten_mask=_npu_causal_mask(q.device), sparse_mode=2)
-    return npu.npu_fusion_attention(q, k, v, **kwargs)[0]
+    # BSND views (e.g. from sbhd) are made dense first; a no-op for the DiT's contiguous q/k/v.
+    return npu.npu_fusion_attention(q.contiguous(), k.contiguous(), v.contiguous(), **kwargs)[0]
 
 
 # ---------------------------------------------------------------- registry
@@ -376,14 +377,32 @@ class DotProductAttention(torch.nn.Module):
             )
         self.cp_group = cp_group
 
-    def forward(self, query_layer, key_layer, value_layer, attention_mask=None, **kwargs) -> torch.Tensor:
-        if attention_mask is not None:
+    def forward(
+        self,
+        query_layer,
+        key_layer,
+        value_layer,
+        attention_mask=None,
+        qkv_format: str | None = None,
+        attn_mask_type: str | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        unsupported = sorted(k for k, val in kwargs.items() if val is not None and k != "core_attention_bias_type")
+        if attention_mask is not None or unsupported:
+            what = ", ".join((["attention_mask"] if attention_mask is not None else []) + unsupported)
             raise NotImplementedError(
-                "error: attention_mask is not supported (portable.attention.DotProductAttention). "
-                "Use attn_mask_type='no_mask' or 'causal'."
+                f"error: {what} not supported (portable.attention.DotProductAttention). "
+                "Use padded bshd/sbhd inputs with attn_mask_type 'no_mask' or 'causal'."
+            )
+        fmt = qkv_format or self.qkv_format
+        mask_type = attn_mask_type or self.attn_mask_type
+        if fmt not in ("bshd", "sbhd") or mask_type not in ("no_mask", "causal"):
+            raise ValueError(
+                f"error: qkv_format={fmt!r} / attn_mask_type={mask_type!r} not supported "
+                "(portable.attention.DotProductAttention). Use bshd/sbhd and no_mask/causal."
             )
         q, k, v = query_layer, key_layer, value_layer
-        if self.qkv_format == "sbhd":
+        if fmt == "sbhd":
             q, k, v = (x.transpose(0, 1) for x in (q, k, v))
         out = attention(
             q,
@@ -391,9 +410,9 @@ class DotProductAttention(torch.nn.Module):
             v,
             dropout_p=self.attention_dropout if self.training else 0.0,
             softmax_scale=self.softmax_scale,
-            causal=self.attn_mask_type == "causal",
+            causal=mask_type == "causal",
         )
-        if self.qkv_format == "sbhd":
+        if fmt == "sbhd":
             out = out.transpose(0, 1)
         return out.reshape(*out.shape[:2], -1)
 

@@ -161,7 +161,7 @@ def _npu_apply(t, cos, sin, interleaved, tensor_format):
     d2 = cos.shape[-1]
     x = t[..., :d2]
     if tensor_format == "sbhd":  # the kernel's broadcast contract is documented for BSND with cos [1,S,1,D]
-        x, cos, sin = x.transpose(0, 1), cos.transpose(0, 1), sin.transpose(0, 1)
+        x, cos, sin = x.transpose(0, 1).contiguous(), cos.transpose(0, 1), sin.transpose(0, 1)
     mode = "interleave" if interleaved else "half"
     if t.dtype == torch.float32 or not _npu_native_dtype():
         out = npu.npu_rotary_mul(x.float(), cos, sin, rotary_mode=mode).to(t.dtype)
