@@ -27,8 +27,10 @@ guardrail blurs are written blurred.
 --random_weights builds the pipeline from --model's configs (only *.json and the tokenizer are read or fetched)
 with random weights, on the device directly: real sizes and speed without downloading weights.
 
-Versions: written and tested with diffusers 0.35.1 + transformers 4.56.2 (+ huggingface_hub 0.35.3, torch 2.13
-CPU). Cosmos2TextToImagePipeline / Cosmos2VideoToWorldPipeline need diffusers >= 0.34.
+Versions: tested end to end (tiny random pipelines, CPU, torch 2.13) with diffusers 0.35.1 and 0.34.0, each
+with transformers 4.56.2 (tokenizers 0.22) and 4.51.3 (tokenizers 0.21). Cosmos2TextToImagePipeline /
+Cosmos2VideoToWorldPipeline need diffusers >= 0.34. Note: diffusers' RMSNorm calls torch_npu.npu_rms_norm whenever
+torch_npu is installed, so on an Ascend host forcing COSMOS_DEVICE=cpu fails inside diffusers; run on the NPU there.
 """
 
 from __future__ import annotations
