@@ -111,6 +111,15 @@ def test_thd_and_start_positions(portable):
     torch.testing.assert_close(out.double(), torch.cat(parts), atol=2e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="cu_seqlens"):
         rope.apply_rotary_pos_emb(t, freqs, tensor_format="thd")
+    with pytest.raises(ValueError, match="beyond freqs length"):
+        rope.apply_rotary_pos_emb(torch.randn(2, 6, H, D), freqs, "bshd", start_positions=torch.tensor([0, 17]))
+    # context parallel (TE's load-balanced split): rank r holds chunks r and 2*cp-1-r of the full sequence
+    full = torch.randn(1, 8, H, D)
+    ref_full = ref_rope(full, freqs, "bshd")
+    for r in range(2):
+        idx = torch.cat([torch.arange(2 * r, 2 * r + 2), torch.arange(6 - 2 * r, 8 - 2 * r)])
+        out = rope.apply_rotary_pos_emb(full[:, idx], freqs, "bshd", cp_size=2, cp_rank=r)
+        torch.testing.assert_close(out.double(), ref_full[:, idx], atol=2e-6, rtol=1e-5)
 
     x = torch.randn(2, 6, H, D)
     starts = torch.tensor([0, 4])

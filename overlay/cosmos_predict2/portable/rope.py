@@ -122,30 +122,35 @@ def _positions_cp(seqlen: int, cp_size: int, cp_rank: int, dev) -> torch.Tensor:
 
 
 def _general(t, freqs, tensor_format, start_positions, interleaved, cu_seqlens, cp_size, cp_rank):
+    """Eager path for thd, start_positions and context-parallel position layouts (TE's unfused semantics, but
+    with the fused kernel's fp32 math)."""
     f = freqs.float()
     if tensor_format == "thd":
         lens = ((cu_seqlens[1:] - cu_seqlens[:-1]) // cp_size).tolist()
-        if not lens or sum(lens) == 0:
+        if sum(lens) == 0:
             return t.clone()
-        pos = torch.cat([_positions_cp(n, cp_size, cp_rank, f.device) for n in lens]) if lens else None
-        fg = f[pos, 0]  # [T, 1, D2]
+        pos = torch.cat([_positions_cp(n, cp_size, cp_rank, f.device) for n in lens])  # [T]
     else:
         seqlen = t.shape[0] if tensor_format == "sbhd" else t.shape[1]
         if start_positions is not None:
             pos = torch.arange(seqlen, device=f.device)[None, :] + start_positions.to(f.device).long()[:, None]
-            fg = f[pos, 0]  # [B, S, 1, D2]
-            if tensor_format == "sbhd":
-                fg = fg.transpose(0, 1)
         else:
-            pos = _positions_cp(seqlen, cp_size, cp_rank, f.device)
-            fg = f[pos]  # [S, 1, 1, D2]
-            if tensor_format == "bshd":
-                fg = fg.transpose(0, 1)
-    if pos is not None and pos.numel() and int(pos.max()) >= f.shape[0]:
+            pos = _positions_cp(seqlen, cp_size, cp_rank, f.device)  # [S]
+    if pos.numel() and int(pos.max()) >= f.shape[0]:  # checked before indexing: one clear line, not an assert
         raise ValueError(
             f"error: RoPE position {int(pos.max())} is beyond freqs length {f.shape[0]} (portable.rope). "
             "Build freqs for the full sequence."
         )
+    if tensor_format == "thd":
+        fg = f[pos, 0]  # [T, 1, D2]
+    elif start_positions is not None:
+        fg = f[pos, 0]  # [B, S, 1, D2]
+        if tensor_format == "sbhd":
+            fg = fg.transpose(0, 1)
+    else:
+        fg = f[pos]  # [S, 1, 1, D2]
+        if tensor_format == "bshd":
+            fg = fg.transpose(0, 1)
     return _apply(t, torch.cos(fg), torch.sin(fg), interleaved)
 
 
