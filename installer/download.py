@@ -9,7 +9,8 @@ guardrail, all (= every one of them). `--dataset cosmos-nemo-assets` fetches the
 Layout produced (what upstream's experiment configs and our data scripts read):
     checkpoints/nvidia/Cosmos-Predict2-{2B,14B}-Video2World/{model-720p-16fps.pt, tokenizer/tokenizer.pth}
     checkpoints/nvidia/Cosmos-Predict2-{2B,14B}-Text2Image/{model.pt, tokenizer/tokenizer.pth}
-    checkpoints/google-t5/t5-11b/...                (no tf_model.h5 or other non-torch weights)
+    checkpoints/google-t5/t5-11b/...                (no tf_model.h5 or other non-torch weights; no *.bin
+                                                     when the same weights exist as *.safetensors)
     checkpoints/nvidia/Cosmos-Guardrail1/...  checkpoints/meta-llama/Llama-Guard-3-8B/... (no original/)
     datasets/cosmos_nemo_assets/videos/*.mp4
 
@@ -51,6 +52,7 @@ class Item:
     allow: tuple[str, ...] | None = None
     ignore: tuple[str, ...] | None = None
     required: tuple[str, ...] = ()  # paths (relative to the destination) that must exist afterwards
+    prefer_safetensors: bool = False  # skip *.bin weights when the repo also has *.safetensors (same tensors)
     flatten_to: str | None = None  # dataset: put every matching file as <flatten_to>/<basename>
     dataset_name: str | None = None  # dataset: folder name under --dataset-dir
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -92,6 +94,7 @@ MODEL_TARGETS: dict[str, tuple[Item, ...]] = {
             "google-t5/t5-11b",
             ignore=("tf_model.h5", "flax_model.msgpack", "rust_model.ot"),
             required=("config.json",),
+            prefer_safetensors=True,
         ),
     ),
     "guardrail": (
@@ -231,6 +234,24 @@ def _files_in(snapshot: str) -> list[str]:
     return sorted(out)
 
 
+def _redundant_weights(item: Item) -> list[str]:
+    """['*.bin'] when the repository holds the same weights as safetensors too (transformers loads those), so the
+    pickle copy (tens of GB for T5-11B) is not downloaded. Needs the file list: offline or on any hub error this
+    returns [] and snapshot_download itself reports the problem."""
+    if not item.prefer_safetensors:
+        return []
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().repo_info(item.repo_id, repo_type=item.repo_type, revision=item.revision)
+    except Exception:  # offline, gated, unreachable: handled (and explained) by the download itself
+        return []
+    names = [s.rfilename for s in (info.siblings or [])]
+    if any(n.endswith(".safetensors") for n in names) and any(n.endswith(".bin") for n in names):
+        return ["*.bin"]
+    return []
+
+
 def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = False) -> str:
     """Download one repository through the hub cache and lay its files out; returns the destination."""
     dest = item.destination(checkpoint_dir, dataset_dir)
@@ -240,26 +261,22 @@ def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = Fal
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import filter_repo_objects
 
+    allow = list(item.allow) if item.allow else None
+    ignore = list(item.ignore or ()) + _redundant_weights(item)
     try:
         snapshot = snapshot_download(
             repo_id=item.repo_id,
             repo_type=item.repo_type,
             revision=item.revision,
-            allow_patterns=list(item.allow) if item.allow else None,
-            ignore_patterns=list(item.ignore) if item.ignore else None,
+            allow_patterns=allow,
+            ignore_patterns=ignore or None,
         )
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # every hub failure becomes one line
         raise DownloadError(_explain(exc, item)) from exc
 
-    wanted = list(
-        filter_repo_objects(
-            _files_in(snapshot),
-            allow_patterns=list(item.allow) if item.allow else None,
-            ignore_patterns=list(item.ignore) if item.ignore else None,
-        )
-    )
+    wanted = list(filter_repo_objects(_files_in(snapshot), allow_patterns=allow, ignore_patterns=ignore or None))
     if not wanted:
         raise DownloadError(
             f"no matching files in the cached snapshot of {item.repo_id} ({snapshot}). Delete that folder and run "

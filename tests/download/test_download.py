@@ -146,6 +146,18 @@ def test_online_download_through_endpoint_and_rerun_uses_cache(tmp_path):
         assert len(state.file_gets) == gets  # everything came from the hub cache the second time
 
 
+def test_t5_safetensors_preferred_over_bin(tmp_path):
+    state = HubState()
+    state.add(Repo(T5, PINS[T5], {"config.json": b"{}", "pytorch_model.bin": b"pickled", "tf_model.h5": b"tf",
+                                  "model.safetensors": b"safe", "spiece.model": b"sp"}))
+    with HubServer(state) as url:
+        r = run_cli(tmp_path, "--model", "t5-11b", endpoint=url)
+    assert r.returncode == 0, r.stderr
+    assert sorted(g.split("/")[-1] for g in state.file_gets) == ["config.json", "model.safetensors", "spiece.model"]
+    t5 = tmp_path / "checkpoints" / "google-t5" / "t5-11b"
+    assert sorted(p.name for p in t5.iterdir()) == ["config.json", "model.safetensors", "spiece.model"]
+
+
 def test_gated_repo_without_token(tmp_path):
     state = HubState()
     state.add(t5_repo(access="gated"))
