@@ -152,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Validate, set up the device environment and run torchrun -m scripts.train for one experiment.",
         epilog="Config overrides go after `--`, e.g. `bash train.sh --EXP=... -- trainer.max_iter=100`.\n"
+        "Each run writes $IMAGINAIRE_OUTPUT_ROOT (default <tree>/outputs)/<project>/<group>/<name>/logs/\n"
+        "train-<UTC time>-<pid>.log (console copy), .metrics.jsonl (per iteration) and .report.json (summary).\n"
+        "On NPU it sets " + ", ".join(NPU_ENV_DEFAULTS) + " and HCCL_IF_IP, each only if unset.\n"
         "Experiments:\n  " + "\n  ".join(EXPERIMENTS),
     )
     p.add_argument("--EXP", help="experiment name (see below)")
@@ -162,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--master_port", default="29500", help="rendezvous port 1..65535 (default 29500)")
     p.add_argument("--hccl_if_ip", default=None, help="IPv4 address for HCCL_IF_IP (NPU only)")
     p.add_argument("--tree", default=None, help="patched cosmos-predict2 tree (default: train.sh's directory)")
-    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="validate, print command and env, exit")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="validate, print the command and the environment it would set, exit")
     p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
     return p
 
