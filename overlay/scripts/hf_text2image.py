@@ -165,20 +165,33 @@ def read_text_arg(value: str | None, what: str) -> str | None:
     return value
 
 
-def default_negative_prompt() -> str:
-    """Upstream's default negative prompt file when the tree has it (git checkouts), else diffusers' default ''."""
+def default_negative_prompt() -> tuple[str, str]:
+    """(text, source) of the negative prompt used when none is given, closest to upstream first:
+    upstream's prompts/video2world/negative/default.txt (git checkouts only; the sdist lacks prompts/), else the
+    negative prompt of the installed diffusers' Cosmos2 usage example (the same Cosmos default text), else none."""
     path = os.path.join(ROOT, "prompts", "video2world", "negative", "default.txt")
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
-            return f.read().strip()
-    return ""
+            return f.read().strip(), path
+    try:
+        import re
+
+        from diffusers.pipelines.cosmos import pipeline_cosmos2_video2world as example
+
+        found = re.search(r'negative_prompt = "([^"]+)"', example.EXAMPLE_DOC_STRING)
+    except Exception:  # another diffusers layout: no default then
+        found = None
+    if found:
+        return found.group(1).strip(), "diffusers' Cosmos2 example"
+    return "", "none"
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_model: str, height: int, width: int) -> None:
     parser.add_argument("output", help="output directory")
     parser.add_argument("--prompt", required=True, help="prompt text, or a file holding it")
-    parser.add_argument("--negative_prompt", help="negative prompt text or file (default: upstream's default file "
-                        "prompts/video2world/negative/default.txt when present, else none)")
+    parser.add_argument("--negative_prompt", help="negative prompt text or file (default: upstream's "
+                        "prompts/video2world/negative/default.txt when the tree has it, else the same default text "
+                        "from diffusers' Cosmos2 example)")
     parser.add_argument("--model", default=default_model, help=f"hub id or local diffusers folder ({default_model})")
     parser.add_argument("--revision", help="model revision (branch, tag or commit) for a hub id")
     parser.add_argument("-v", "--verbose", action="store_true", help="print prompts, device and settings")
@@ -297,7 +310,7 @@ def print_settings(args, prompt: str, negative: str, device, attention: str) -> 
     print(SEPARATOR)
     print("Prompt:")
     print(textwrap.indent(prompt.rstrip(), "  "))
-    print("Negative Prompt:")
+    print(f"Negative Prompt ({getattr(args, 'negative_source', '--negative_prompt')}):")
     print(textwrap.indent(negative.rstrip() or "(none)", "  "))
     print(f"Device: {device}  dtype: {args.dtype}  attention: {attention}")
     print(f"Safety checker: {'cosmos_guardrail on CPU' if args.use_safety_checker else 'off (NoOpSafetyChecker)'}")
@@ -324,8 +337,9 @@ def prepare(args):
     check_model_arg(args.model)
     prompt = read_text_arg(args.prompt, "--prompt")
     negative = read_text_arg(args.negative_prompt, "--negative_prompt")
+    args.negative_source = "--negative_prompt"
     if negative is None:
-        negative = default_negative_prompt()
+        negative, args.negative_source = default_negative_prompt()
     checker = build_safety_checker(args.use_safety_checker, args.guardrail_checkpoint)
     dev = device_layer()
     device = dev.get_device()

@@ -72,6 +72,8 @@ def test_text2image_writes_requested_size(tree, models, tmp_path):
                    "--seed", "3", "-v")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "A teal robot on a workbench." in r.stdout and "Device: cpu" in r.stdout
+    # No --negative_prompt and no upstream prompts/ folder in the tree: the Cosmos default text from diffusers.
+    assert "Negative Prompt (diffusers' Cosmos2 example):" in r.stdout and "(none)" not in r.stdout
     assert "off (NoOpSafetyChecker)" in r.stdout and "Expected types" not in r.stderr
     from PIL import Image
 
