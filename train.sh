@@ -38,10 +38,10 @@ fi
 
 cd "$TRAIN_TREE"
 mkdir -p "$(dirname "$TRAIN_LOG")"
-echo "train.sh: log $TRAIN_LOG" >&2
 set +e
-"${TRAIN_CMD[@]}" 2>&1 | tee "$TRAIN_LOG"
-rc=$?   # pipefail: torchrun's status unless tee itself failed
+# The log opens with what ran (command, environment set here, notes), then torchrun's output.
+{ printf '%s' "$TRAIN_HEADER"; "${TRAIN_CMD[@]}"; } 2>&1 | tee "$TRAIN_LOG"
+rc=$?   # pipefail: torchrun's status (last in the group) unless tee itself failed
 set -e
 
 # The report never changes the outcome: a failed run stays failed, a good run without metrics stays good.

@@ -475,6 +475,7 @@ def write_plan(plan: Plan, path: str) -> None:
         f"TRAIN_PYTHON={q(sys.executable)}",
         f"TRAIN_DRY_RUN={1 if plan.dry_run else 0}",
         f"TRAIN_NODE_RANK={plan.node_rank}",
+        f"TRAIN_HEADER={q(describe(plan))}",
     ]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -498,11 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     except PreflightError as e:
         print(str(e), file=sys.stderr)
         return 2
-    if plan.dry_run:
+    if plan.dry_run:  # a real run prints the same text as the first lines of its log (TRAIN_HEADER)
         print(describe(plan), end="")
-    else:
-        for n in plan.notes:
-            print(f"train.sh: {n}", file=sys.stderr)
     if plan.plan_file:
         write_plan(plan, plan.plan_file)
     return 0

@@ -96,7 +96,8 @@ def render(rep: dict) -> str:
         f"steps {rep['steps']} (iterations {rep['first_iteration']}..{rep['last_iteration']}), "
         f"steady window {rep['steady_steps']} after skipping {rep['warmup_skipped']} warm-up",
         f"step time median {rep['step_time_median_s']:.4f} s, mean {rep['step_time_mean_s']:.4f} s",
-        f"throughput {rep['samples_per_s_median']:.3f} samples/s (median), {rep['samples_per_s_mean']:.3f} (mean); "
+        f"throughput {rep['samples_per_s_median']:.3f} samples/s at the median step time, "
+        f"{rep['samples_per_s_mean']:.3f} at the mean; "
         f"{rep['samples_per_step']} samples/step on {rep['world_size']} rank(s) "
         f"(dp {rep['dp_size']}, cp {rep['cp_size']}, {rep['device']})",
         f"loss mean {rep['loss_mean']:.5f}, final {rep['loss_final']:.5f}",

@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import shlex
 import socket
 import statistics
 
@@ -40,12 +41,15 @@ def one(pattern: str) -> str:
     return found[0]
 
 
-def check_run(r, out_root: str, job: str, world: int, cp: int) -> dict:
+def check_run(r, tree: str, exp: str, out_root: str, job: str, world: int, cp: int) -> dict:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = one(os.path.join(out_root, job, "logs", "train-*.log"))
     text = open(log).read()
     assert "Done with training." in text
     assert r.stdout.startswith(text), "console output differs from the log (tee)"
+    head = text.splitlines()
+    assert head[0] == f"cd {shlex.quote(tree)}"
+    assert " -m torch.distributed.run " in head[1] and f"experiment={exp}" in head[1]
     rows = [json.loads(ln) for ln in open(log[: -len(".log")] + ".metrics.jsonl")]
     assert [row["iteration"] for row in rows] == list(range(1, MAX_ITER + 1))
     for row in rows:
@@ -76,13 +80,15 @@ def test_smoke_experiment_trains(launch_tree, tmp_path, key):
     r = launch(launch_tree, str(tmp_path / "out"), exp, 1, [f"trainer.max_iter={MAX_ITER}"])
     task = "video2world" if key.startswith("v2w") else "text2image"
     size = key.split("_")[1]
-    check_run(r, str(tmp_path / "out"), f"posttraining/{task}_smoke/{size}_cosmos_nemo_assets_smoke", 1, 1)
+    check_run(r, launch_tree, exp, str(tmp_path / "out"), f"posttraining/{task}_smoke/{size}_cosmos_nemo_assets_smoke",
+              1, 1)
 
 
 def test_two_ranks_context_parallel(launch_tree, tmp_path):
     r = launch(launch_tree, str(tmp_path / "out"), SMOKE["v2w_2b"], 2,
                [f"trainer.max_iter={MAX_ITER}", "model_parallel.context_parallel_size=2"])
-    check_run(r, str(tmp_path / "out"), "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke", 2, 2)
+    check_run(r, launch_tree, SMOKE["v2w_2b"], str(tmp_path / "out"),
+              "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke", 2, 2)
 
 
 def test_crashing_training_fails_train_sh(launch_tree, tmp_path):
