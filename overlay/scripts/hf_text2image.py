@@ -106,9 +106,8 @@ class CpuGuardrail:
         return out
 
 
-def build_safety_checker(use: bool, checkpoint: str | None):
-    if not use:
-        return NoOpSafetyChecker()
+def guardrail_class():
+    """cosmos_guardrail.CosmosSafetyChecker, or one error line when the package is missing."""
     try:
         from cosmos_guardrail import CosmosSafetyChecker
     except ImportError as exc:
@@ -116,6 +115,13 @@ def build_safety_checker(use: bool, checkpoint: str | None):
             f"--use_safety_checker needs the cosmos_guardrail package ({exc}). Run `pip install cosmos-guardrail`, "
             "or drop --use_safety_checker."
         ) from exc
+    return CosmosSafetyChecker
+
+
+def build_safety_checker(use: bool, checkpoint: str | None):
+    if not use:
+        return NoOpSafetyChecker()
+    CosmosSafetyChecker = guardrail_class()  # noqa: N806 (a class)
     try:
         checker = CosmosSafetyChecker(checkpoint) if checkpoint else CosmosSafetyChecker()
     except Exception as exc:  # its model downloads/loads: gated Llama-Guard, offline, ...
@@ -340,13 +346,16 @@ def prepare(args):
     args.negative_source = "--negative_prompt"
     if negative is None:
         negative, args.negative_source = default_negative_prompt()
-    checker = build_safety_checker(args.use_safety_checker, args.guardrail_checkpoint)
+    if args.use_safety_checker:
+        guardrail_class()  # a missing package fails before anything slow
     dev = device_layer()
     device = dev.get_device()
     try:
         import diffusers  # noqa: F401
     except ImportError as exc:
         raise ScriptError(f"diffusers is not installed ({exc}). Run `pip install diffusers==0.35.1`.") from exc
+    # Built last: the real guardrail loads several GB of models (on the CPU, where it stays).
+    checker = build_safety_checker(args.use_safety_checker, args.guardrail_checkpoint)
     return prompt, negative, dev, device, checker
 
 
