@@ -122,3 +122,18 @@ def test_user_output_root_kept(skeleton_tree, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "IMAGINAIRE_OUTPUT_ROOT" not in printed_env(r.stdout)
     assert r.stdout.split("log: ", 1)[1].startswith(os.path.join(root, "posttraining/text2image_smoke/mine/logs/"))
+
+
+def test_multi_node_command(skeleton_tree):
+    args = [f"--EXP={SMOKE['v2w_14b']}", "--nproc_per_node=8", "--nnodes=2", "--node_rank=1",
+            "--master_addr=10.0.0.5", "--master_port=6000", "--dry-run"]
+    r = run_train_sh(args, tree=skeleton_tree, env=_clean_env({"COSMOS_DEVICE": "cpu"}))
+    assert r.returncode == 0, r.stderr
+    assert ("--nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.5 --master_port=6000 -m scripts.train "
+            in r.stdout.splitlines()[1])
+    assert "world size 16, context parallel 1, data parallel 16" in r.stdout
+    # only node 0 runs the report (global rank 0 writes the metrics)
+    env = sourced_env(skeleton_tree, args, {"COSMOS_DEVICE": "cpu"})  # also leaves plan.sh for the check below
+    assert not ALL_NPU & set(env)
+    plan = open(os.path.join(skeleton_tree, "plan.sh")).read()
+    assert "TRAIN_NODE_RANK=1" in plan.splitlines()
