@@ -13,7 +13,7 @@ Shapes: B=1, bf16, head_dim 128; 2B: 16 heads, 14B: 40 heads; S = 37440 (480p, 9
   recomputed every call and cast to bf16 before a bf16 multiply), GB/s = (read x + write out) / time;
 - rmsnorm: ours vs the same math in eager torch, GB/s = (read x + write out) / time;
 - attention: ours (portable attention(), auto backend) vs SDPA pinned to cudnn / flash / efficient, forward
-  and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 2.5x that for forward+backward;
+  and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 3.5x that for forward+backward (backward = 2.5x forward: dQ, dK, dV, dP and the recomputed QK^T, as FlashAttention counts);
 - optim: one step of FusedAdam (fp32 masters) over 256M bf16 params vs AdamW on bf16 params (the anchor) and
   fused AdamW on fp32 params; GB/s counts ~30 bytes per parameter (apex's fused kernel traffic).
 Timing: CUDA events around each repetition after warm-up, median reported; fresh random inputs (never zeros).
@@ -197,7 +197,7 @@ def bench_attention(pkg, t: Timer, dev, shapes, backward: bool) -> None:
                 if backward:
                     ms = t.median_ms(lambda fn=fn: fn().backward(gout), warmup=2, max_reps=10)
                     emit(bench="attention", mode="fwd+bwd", model=model, S=S, H=H, impl=impl, ms=ms,
-                         TFLOPs=2.5 * flops / ms / 1e9)
+                         TFLOPs=3.5 * flops / ms / 1e9)
             except RuntimeError as exc:  # a pinned kernel that cannot run this shape
                 emit(bench="attention", model=model, S=S, H=H, impl=impl, skipped=str(exc).splitlines()[0][:160])
         del q, k, v, gout

@@ -1,6 +1,6 @@
 """Write the tiny synthetic datasets and the random VAE checkpoint that the *_smoke experiments read.
 
-    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 14] [--size 64] [--seed 0]
+    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 14] [--size 64] [--width W] [--seed 0]
 
 Layout (what upstream's dataset readers load):
     datasets/smoke/cosmos_nemo_assets/{videos/*.mp4, t5_xxl/*.pickle, metas/*.txt}
@@ -38,11 +38,12 @@ def _write_mp4(path: str, frames: np.ndarray, fps: int = 16) -> None:
             container.mux(packet)
 
 
-def _moving_pattern(rng: np.random.Generator, frames: int, size: int) -> np.ndarray:
+def _moving_pattern(rng: np.random.Generator, frames: int, size: int, width: int | None = None) -> np.ndarray:
     """Smooth colour gradients that drift over time: compressible, and not constant (never train on zeros)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    width = width or size
+    y, x = np.mgrid[0:size, 0:width].astype(np.float32) / size
     phase = rng.uniform(0, 2 * np.pi, size=3)
-    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    out = np.empty((frames, size, width, 3), dtype=np.uint8)
     for t in range(frames):
         for c in range(3):
             out[t, :, :, c] = 127.5 + 127.5 * np.sin(2 * np.pi * (x + y * (c + 1) / 3) + phase[c] + 0.3 * t)
@@ -55,20 +56,21 @@ def _write_t5(path: str, rng: np.random.Generator) -> None:
         pickle.dump([rng.standard_normal((tokens, T5_DIM)).astype(np.float32) * 0.1], f)
 
 
-def write_video_dataset(root: str, videos: int, frames: int, size: int, rng: np.random.Generator) -> str:
+def write_video_dataset(root: str, videos: int, frames: int, size: int, rng: np.random.Generator,
+                        width: int | None = None) -> str:
     base = os.path.join(root, SMOKE_VIDEO_DIR)
     for sub in ("videos", "t5_xxl", "metas"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     for i in range(videos):
         stem = f"smoke_{i:03d}"
-        _write_mp4(os.path.join(base, "videos", stem + ".mp4"), _moving_pattern(rng, frames, size))
+        _write_mp4(os.path.join(base, "videos", stem + ".mp4"), _moving_pattern(rng, frames, size, width))
         _write_t5(os.path.join(base, "t5_xxl", stem + ".pickle"), rng)
         with open(os.path.join(base, "metas", stem + ".txt"), "w") as f:
             f.write(f"a synthetic moving colour pattern number {i}\n")
     return base
 
 
-def write_image_dataset(root: str, images: int, size: int, rng: np.random.Generator) -> str:
+def write_image_dataset(root: str, images: int, size: int, rng: np.random.Generator, width: int | None = None) -> str:
     import imageio.v3 as iio
 
     base = os.path.join(root, SMOKE_IMAGE_DIR)
@@ -76,7 +78,7 @@ def write_image_dataset(root: str, images: int, size: int, rng: np.random.Genera
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     for i in range(images):
         stem = f"smoke_{i:03d}"
-        iio.imwrite(os.path.join(base, "images", stem + ".jpg"), _moving_pattern(rng, 1, size)[0], extension=".jpg")
+        iio.imwrite(os.path.join(base, "images", stem + ".jpg"), _moving_pattern(rng, 1, size, width)[0], extension=".jpg")
         _write_t5(os.path.join(base, "t5_xxl", stem + ".pickle"), rng)
     return base
 
@@ -108,20 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--frames", type=int, default=14,
                    help="frames per video (> 13, the smoke num_frames; 14 leaves one frame window: deterministic data)")
-    p.add_argument("--size", type=int, default=64, help="height = width in pixels, a multiple of 16")
+    p.add_argument("--size", type=int, default=64, help="height (and width unless --width) in pixels, a multiple of 16")
+    p.add_argument("--width", type=int, default=None, help="width in pixels, a multiple of 16 (default: --size); "
+                   "e.g. --size 704 --width 1280 --frames 94 for real 720p Video2World runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-vae", action="store_true", help="do not write checkpoints/smoke/tokenizer.pth (about 0.5 GB)")
     a = p.parse_args(argv)
-    if a.size % 16 or a.size <= 0:
-        print(f"error: --size {a.size} is not a positive multiple of 16 (the VAE and patching need it).", file=sys.stderr)
-        return 2
+    for flag, val in (("--size", a.size), ("--width", a.width if a.width is not None else a.size)):
+        if val % 16 or val <= 0:
+            print(f"error: {flag} {val} is not a positive multiple of 16 (the VAE and patching need it).", file=sys.stderr)
+            return 2
     if a.frames < 14 or a.videos < 1 or a.images < 1:
         print("error: need --frames >= 14 (smoke num_frames is 13; upstream needs strictly more), --videos/--images >= 1.",
               file=sys.stderr)
         return 2
     rng = np.random.default_rng(a.seed)
-    print(write_video_dataset(a.root, a.videos, a.frames, a.size, rng))
-    print(write_image_dataset(a.root, a.images, a.size, rng))
+    print(write_video_dataset(a.root, a.videos, a.frames, a.size, rng, a.width))
+    print(write_image_dataset(a.root, a.images, a.size, rng, a.width))
     if not a.skip_vae:
         print(write_random_vae(a.root, a.seed))
     return 0
