@@ -13,6 +13,15 @@ from . import device
 _GB = 1024**3
 
 
+def _used_free(mem_get_info) -> dict:
+    """Device memory in use / free as the driver sees it (what upstream read through NVML)."""
+    try:
+        free, total = mem_get_info()
+    except Exception:
+        return {"nvml_used_gpu_mem_gb": 0.0, "nvml_free_gpu_mem_gb": 0.0}
+    return {"nvml_used_gpu_mem_gb": (total - free) / _GB, "nvml_free_gpu_mem_gb": free / _GB}
+
+
 def _cuda_nvml_fields() -> dict:
     import torch
 
@@ -27,26 +36,14 @@ def _cuda_nvml_fields() -> dict:
             out[key] = fn()
         except Exception:  # pynvml missing or unsupported (MIG, containers)
             out[key] = 0
-    try:
-        free, total = torch.cuda.mem_get_info()
-        out["nvml_used_gpu_mem_gb"] = (total - free) / _GB
-        out["nvml_free_gpu_mem_gb"] = free / _GB
-    except Exception:
-        out["nvml_used_gpu_mem_gb"] = out["nvml_free_gpu_mem_gb"] = 0.0
+    out.update(_used_free(torch.cuda.mem_get_info))
     return out
 
 
 def _npu_fields() -> dict:
     import torch
 
-    out = {"temp": 0, "power": 0, "util": 0, "clock": 0}
-    try:
-        free, total = torch.npu.mem_get_info()
-        out["nvml_used_gpu_mem_gb"] = (total - free) / _GB
-        out["nvml_free_gpu_mem_gb"] = free / _GB
-    except Exception:
-        out["nvml_used_gpu_mem_gb"] = out["nvml_free_gpu_mem_gb"] = 0.0
-    return out
+    return {"temp": 0, "power": 0, "util": 0, "clock": 0, **_used_free(lambda: torch.npu.mem_get_info())}
 
 
 def device_sample() -> dict:
