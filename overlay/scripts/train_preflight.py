@@ -311,23 +311,6 @@ def _load_device_layer(tree: str):
     return mod
 
 
-def _detect_fallback() -> str:
-    """The device layer's rule, for trees without it: COSMOS_DEVICE forces; else NPU (torch_npu + device), CUDA, CPU."""
-    forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
-    if forced:
-        return forced
-    import torch
-
-    try:
-        import torch_npu  # noqa: F401  (Ascend hosts only)
-
-        if torch.npu.is_available():
-            return "npu"
-    except (ImportError, OSError):
-        pass
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
     """(kind, device count or None, note). A forced device that is absent fails, except in --dry-run."""
     forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
@@ -335,7 +318,10 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
         raise _fail(f"COSMOS_DEVICE={forced} is not a device kind", "environment", "Use cpu, cuda or npu, or unset it")
     try:
         mod = _load_device_layer(tree)
-        kind = mod.device_type() if mod is not None else _detect_fallback()
+        if mod is None:  # detection lives in one place only: the device layer that apply installs
+            raise _fail(f"{tree} has no cosmos_predict2/portable/device.py", "--tree",
+                        "Point --tree at a tree patched by `python -m installer apply`")
+        kind = mod.device_type()
     except RuntimeError as e:
         if dry_run:
             return forced, None, f"not verified on this host: {e}"

@@ -263,3 +263,9 @@ def test_python_without_torch(skeleton_tree, tmp_path):
     bare = str(venv / "bin" / "python")
     line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}"], env={"PYTHON": bare})
     assert f"{bare} cannot import torch" in line
+
+
+def test_tree_without_device_layer_is_refused(skeleton_tree):
+    os.remove(os.path.join(skeleton_tree, "cosmos_predict2/portable/device.py"))
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--nproc_per_node=1"])
+    assert "has no cosmos_predict2/portable/device.py" in line and "installer apply" in line
