@@ -17,8 +17,8 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$venv/bin/python" -m pip install -q -r "$here/requirements/cpu-ci.txt"
 # torchvision from PyPI is a CUDA build; beside the CPU torch its compiled ops cannot load and its import aborts.
-if ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
-  if "$venv/bin/python" -c "import torchvision" 2>&1 | grep -q "operator torchvision::nms does not exist"; then
+if ! tv_err="$("$venv/bin/python" -c "import torchvision" 2>&1)"; then
+  if [[ "$tv_err" == *"operator torchvision::nms does not exist"* ]]; then
     site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
     cp "$here/tools/torchvision_cpu_shim.py" "$site/_cosmos_torchvision_cpu_shim.py"
     echo "import _cosmos_torchvision_cpu_shim as s; s.install()" > "$site/_cosmos_torchvision_cpu_shim.pth"
