@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""The real Cosmos-Predict2 2B Video2World DiT (random weights, bf16, one GPU, CP=1): training step and forward pass.
+
+Run from the root of a patched tree (`python -m installer apply ... --target TREE; cd TREE`):
+
+    python /path/to/bench/bench_dit.py --res 480,720 --variants anchor,ours        # fwd+bwd steps
+    python /path/to/bench/bench_dit.py --res 720 --variants anchor,ours --fwd      # no-grad forward passes
+    python /path/to/bench/bench_dit.py --tiny --res 480 --steps 1                  # CPU smoke (2 blocks, 64 ch)
+
+The net is `instantiate(_PREDICT2_VIDEO2WORLD_NET_2B)` from upstream's config (28 blocks, 2048 channels, 16 heads,
+SAC mode predict2_2b_720), built on the device, cast to bf16, train mode. Inputs: 93 frames -> 24 latent frames,
+480p = 60x104 latents (S = 24*30*52 = 37440 tokens), 720p = 88x160 latents (S = 24*44*80 = 84480), 512 text
+tokens of width 1024, first latent frame conditional. Loss = MSE against a random target; one step = forward +
+backward (no optimizer: the optimizer is timed end to end through train.sh).
+
+Variants (each rebuilds the net from the same seed):
+- anchor: the Ascend adaptation's ops as they run on CUDA: RoPE recomputing cos/sin every call and multiplying
+  in bf16, eager RMSNorm (COSMOS_DISABLE_COMPILE=1), and upstream's SAC policy as written (saves ops whose name
+  contains "flash_attn", so torch SDPA's attention is recomputed in backward).
+- ours: portable RoPE (cached cos/sin, compiled apply) and RMSNorm (compiled), SAC policy via
+  portable.sac.is_attention_op (the attention forward is saved).
+- ours_upsac: our ops with upstream's policy (separates the op gain from the SAC gain).
+- ours_nosac: our ops, no activation checkpointing (memory permitting).
+- ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
+  recomputation than predict2_2b_720, more memory).
+
+FLOPs (model FLOPs, recomputation not counted): linear FLOPs are counted exactly by forward hooks on every
+nn.Linear during one no-grad forward (2 * in * out per row, all rows, incl. text K/V, adaLN, embedder, final
+layer); attention adds 4*S*S*D*H per block (self) + 4*S*N_text*D*H (cross). A training step counts 3x the forward.
+MFU = model TFLOP/s over the bf16 matmul rate measured in the same process (8192^3, random data).
+Prints one JSON object per line, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+RES = {"480": (60, 104), "720": (88, 160)}
+LATENT_T = 24
+N_TEXT = 512
+ROWS: list[dict] = []
+
+
+def emit(**row) -> None:
+    ROWS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def sync(dev) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_peak(dev) -> float:
+    n = 8192
+    a, b = torch.randn(n, n, device=dev, dtype=torch.bfloat16), torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def anchor_rope(t: torch.Tensor, freqs: torch.Tensor, tensor_format: str = "sbhd", fused: bool = False, **_):
+    """The Ascend adaptation's RoPE: cos/sin from freqs on every call, cast to the input dtype, multiply there."""
+    seq = t.shape[0] if tensor_format == "sbhd" else t.shape[1]
+    f = freqs[:seq]
+    if tensor_format == "bshd":
+        f = f.transpose(0, 1)
+    cos, sin = torch.cos(f).to(t.dtype), torch.sin(f).to(t.dtype)
+    x1, x2 = t.chunk(2, dim=-1)
+    return t * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def upstream_is_attention_op(func) -> bool:
+    return "flash_attn" in str(func)  # upstream's rule: never matches torch SDPA's aten ops
+
+
+def set_variant(variant: str):
+    import cosmos_predict2.models.text2image_dit as dit
+    from cosmos_predict2.portable.rope import apply_rotary_pos_emb
+    from cosmos_predict2.portable.sac import is_attention_op
+
+    anchor_ops = variant == "anchor"
+    os.environ["COSMOS_DISABLE_COMPILE"] = "1" if anchor_ops else "0"
+    dit.apply_rotary_pos_emb = anchor_rope if anchor_ops else apply_rotary_pos_emb
+    dit.is_attention_op = upstream_is_attention_op if variant in ("anchor", "ours_upsac") else is_attention_op
+    return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
+
+
+def build_net(dev, tiny: bool, sac_mode: str | None):
+    from cosmos_predict2.configs.base.config_video2world import _PREDICT2_VIDEO2WORLD_NET_2B
+    from imaginaire.lazy_config import instantiate
+
+    cfg = copy.deepcopy(_PREDICT2_VIDEO2WORLD_NET_2B)
+    if sac_mode:
+        cfg.sac_config.mode = sac_mode
+    if tiny:
+        cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
+    torch.manual_seed(0)
+    with torch.device(dev):
+        net = instantiate(cfg)
+    return net.to(device=dev, dtype=torch.bfloat16).train(), cfg
+
+
+def inputs(dev, res: str, tiny: bool):
+    h, w = (4, 8) if tiny else RES[res]
+    t = 4 if tiny else LATENT_T
+    g = torch.Generator(device="cpu").manual_seed(1)
+    bf = dict(dtype=torch.bfloat16)
+    x = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)
+    cond = torch.zeros(1, 1, t, h, w, device=dev, **bf)
+    cond[:, :, :1] = 1
+    kw = dict(
+        timesteps_B_T=torch.rand(1, 1, generator=g).to(dev, **bf),
+        crossattn_emb=torch.randn(1, N_TEXT, 1024, generator=g).to(dev, **bf),
+        condition_video_input_mask_B_C_T_H_W=cond,
+        fps=torch.tensor([16.0], device=dev),
+        padding_mask=torch.zeros(1, 1, h * 8, w * 8, device=dev, **bf),
+    )
+    target = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)
+    return x, kw, target, t * (h // 2) * (w // 2)
+
+
+def count_flops(net, x, kw, S: int, heads: int, head_dim: int, blocks: int) -> dict:
+    linear = [0]
+
+    def hook(mod, args, out):
+        linear[0] += 2 * mod.in_features * mod.out_features * (args[0].numel() // mod.in_features)
+
+    hs = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            net(x, **kw)
+    finally:
+        for h in hs:
+            h.remove()
+    attn = blocks * (4 * S * S * head_dim * heads + 4 * S * N_TEXT * head_dim * heads)
+    return {"fwd_linear_flops": linear[0], "fwd_attn_flops": attn, "fwd_flops": linear[0] + attn}
+
+
+def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
+    sac = set_variant(variant)
+    net, cfg = build_net(dev, args.tiny, sac)
+    x, kw, target, S = inputs(dev, res, args.tiny)
+    heads, D = cfg.num_heads, cfg.model_channels // cfg.num_heads
+    if res not in flops_cache:
+        flops_cache[res] = count_flops(net, x, kw, S, heads, D, cfg.num_blocks)
+    fl = flops_cache[res]
+    mode = "fwd" if args.fwd else "fwd+bwd"
+
+    def step():
+        if args.fwd:
+            with torch.no_grad():
+                return net(x, **kw).float().pow(2).mean()
+        net.zero_grad(set_to_none=True)
+        out = net(x, **kw)
+        loss = (out.float() - target.float()).pow(2).mean()
+        loss.backward()
+        return loss.detach()
+
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        loss = step()
+    sync(dev)
+    warm_s = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    flops = fl["fwd_flops"] * (1 if args.fwd else 3)
+    tflops = flops / step_s / 1e12
+    row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, step_s=step_s,
+               step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
+               model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,
+               peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+               loss=float(loss), finite=bool(torch.isfinite(loss)), flops_per_step=flops, **fl)
+    emit(**row)
+    del net, x, kw, target
+    gc.collect()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--res", default="480,720")
+    ap.add_argument("--variants", default="anchor,ours")
+    ap.add_argument("--fwd", action="store_true", help="no-grad forward passes (inference) instead of training steps")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="2-block 64-channel net, tiny latents (CPU smoke run)")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    if not os.path.isdir("cosmos_predict2/portable"):
+        print("error: run bench_dit.py from the root of a patched tree (cosmos_predict2/portable not found). "
+              "Build one with `python -m installer apply --source ... --target TREE`.", file=sys.stderr)
+        return 2
+    from cosmos_predict2.portable import device as pdev
+
+    dev = pdev.get_device()
+    if dev.type == "cpu" and not args.tiny:
+        print("error: the 2B DiT benchmark needs a GPU (bench_dit.py). Use --tiny on CPU.", file=sys.stderr)
+        return 2
+    info = dict(bench="env", device=str(dev), torch=torch.__version__)
+    if dev.type == "cuda":
+        info.update(name=torch.cuda.get_device_name(dev), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), attn_backend=os.environ.get("COSMOS_ATTN_BACKEND", "auto"))
+        info["matmul_bf16_tflops"] = matmul_peak(dev)
+    print(json.dumps(info), flush=True)
+    peak = info.get("matmul_bf16_tflops")
+    flops_cache: dict = {}
+    for res in args.res.split(","):
+        for variant in args.variants.split(","):
+            try:
+                run_variant(args, dev, res, variant, peak, flops_cache)
+            except torch.OutOfMemoryError as exc:
+                emit(bench="dit", mode="fwd" if args.fwd else "fwd+bwd", res=res, variant=variant,
+                     skipped="OOM: " + str(exc).splitlines()[0][:200])
+                gc.collect()
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+    print(f"# ---- summary ({info.get('name', dev)}, bf16 matmul {peak or 0:.0f} TFLOP/s) ----")
+    for r in ROWS:
+        if "skipped" in r:
+            print(f"# {r['mode']:<8} {r['res']:>4} {r['variant']:<11} skipped: {r['skipped'][:90]}")
+        else:
+            mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] else "  n/a"
+            mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else ""
+            print(f"# {r['mode']:<8} {r['res']:>4} {r['variant']:<11} {r['step_s']:8.3f} s  {r['tokens_per_s']:9.0f} tok/s "
+                  f"{r['model_tflops']:7.1f} TFLOP/s MFU {mfu} {mem} loss {r['loss']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+#!/bin/bash
+# One device call = one run of this script with the stages to run, e.g.
+#   bash bench/gpu_suite.sh env ops setup dit480
+# From the checkout root on the GPU machine. Needs (git-ignored, carried): .whl/ (wheels of the training path's
+# packages the image lacks) and .gpu/ (upstream sdist, synthetic real-size datasets, smoke datasets, CPU parity
+# result). Builds the patched tree with the installer into /tmp/tree. Every JSON result line goes to
+# $OUT/results.jsonl, the full log to $OUT/log.txt; a summary is printed last.
+set -u -o pipefail
+REPO=$(pwd)
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+TREE=/tmp/tree
+LOG=$OUT/log.txt
+RES=$OUT/results.jsonl
+
+log() { echo "### $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+runlog() {  # runlog NAME CMD...: run, keep the log, collect JSON lines
+  log "start $1"
+  local name=$1; shift
+  ( "$@" ) 2>&1 | tee -a "$LOG" | grep --line-buffered -E '^\{|^# |error|Error|OOM' | grep -v Warning
+  local rc=${PIPESTATUS[0]}
+  grep -h '^{' "$LOG" > "$RES.tmp" 2>/dev/null; mv "$RES.tmp" "$RES"
+  log "end $name rc=$rc"
+}
+
+ensure_site() {
+  local want; want=$(ls .gpu/whl | md5sum)
+  if [ "$(cat /tmp/site/.done 2>/dev/null)" != "$want" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+      && echo "$want" > /tmp/site/.done || { log "error: wheel install failed"; return 1; }
+  fi
+  export PYTHONPATH=/tmp/site
+}
+
+stage_env() {
+  nvidia-smi 2>&1 | tee -a "$LOG" | head -15
+  python3 -c "import torch,json; print(json.dumps(dict(bench='env', torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), name=torch.cuda.get_device_name(), n=torch.cuda.device_count(), nccl='.'.join(map(str, torch.cuda.nccl.version())))))" | tee -a "$LOG"
+  python3 -m pip list 2>/dev/null | grep -i -E "^(torch|triton|numpy|transformers|einops|imageio|pandas|psutil|safetensors|huggingface|opencv|pyyaml|tabulate|portalocker|termcolor|megatron|hydra|omegaconf|antlr4|loguru|fvcore|iopath|yacs|decord|av|webdataset|wandb|diffusers|pydantic|attrs|platformdirs|gitpython|sentry) " | tee -a "$LOG"
+}
+
+stage_ops() { runlog ops python3 bench/bench_ops.py --budget-s 0.6; }
+
+stage_setup() {
+  ensure_site || return 1
+  rm -rf $TREE
+  python3 -m installer apply --source .gpu/cosmos_predict2-1.0.9.tar.gz --target $TREE 2>&1 | tee -a "$LOG" | tail -1
+  mkdir -p $TREE/datasets/smoke
+  cp -r .gpu/data/datasets/smoke/cosmos_nemo_assets $TREE/datasets/cosmos_nemo_assets
+  cp -r .gpu/data/datasets/smoke/cosmos_nemo_assets_images $TREE/datasets/cosmos_nemo_assets_images
+  cp -r .gpu/smoke/datasets/smoke/. $TREE/datasets/smoke/
+  (cd $TREE && python3 -c "
+import hashlib, torch, sys
+sys.path.insert(0, '.')
+from scripts.make_smoke_dataset import write_random_vae
+p = write_random_vae('.', 0)
+sd = torch.load(p, map_location='cpu'); h = hashlib.sha256()
+for k in sorted(sd): h.update(sd[k].numpy().tobytes())
+print('vae sha256', h.hexdigest()[:16], '(CPU here: ecd60cbc068c8cbe)')
+import megatron.core, hydra, omegaconf, loguru, fvcore, iopath, decord, wandb, webdataset, diffusers, qwen_vl_utils
+from cosmos_predict2.configs.base.config import make_config
+print('imports ok')
+") 2>&1 | tee -a "$LOG" | grep -E "vae|imports|Error|error" 
+}
+
+stage_dit480() { (cd $TREE && runlog dit480 python3 $REPO/bench/bench_dit.py --res 480 --variants ${DIT480_VARIANTS:-anchor,ours,ours_upsac,ours_linsa,ours_nosac}); }
+stage_dit720() { (cd $TREE && runlog dit720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${DIT720_VARIANTS:-anchor,ours,ours_linsa}); }
+stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants anchor,ours --steps 3); }
+stage_infer() { (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35}); }
+stage_parity() {
+  (cd $TREE && runlog parity python3 $REPO/bench/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)
+  python3 bench/parity_dit.py --compare .gpu/parity_cpu.json $OUT/parity_cuda.json --tol 1e-4 2>&1 | tee -a "$LOG"
+  grep -h '^{' "$LOG" > "$RES"
+}
+
+train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
+  local name=$1 nproc=$2 exp=$3 iters=$4; shift 4
+  mkdir -p /tmp/e2e/$name
+  (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
+     timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc -- \
+     model.config.model_manager_config.dit_path="" model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth \
+     trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=2 "$@") \
+     > /tmp/e2e/$name/log.txt 2>&1
+  local rc=$?
+  grep -E "Iteration [0-9]+:|out of memory|Error" /tmp/e2e/$name/log.txt | tail -40 >> "$LOG"
+  local mfile; mfile=$(find /tmp/e2e/$name -name "*.metrics.jsonl" | head -1)  # train.sh's per-run metrics file
+  python3 - "$name" "$rc" "${mfile:-none}" "$exp" "$nproc" <<'PY' | tee -a "$LOG"
+import json, statistics, sys, os
+name, rc, path, exp, nproc = sys.argv[1:6]
+rows = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+st = [r["step_time_s"] for r in rows if r.get("step_time_s") is not None and r["step_time_s"] == r["step_time_s"]]
+tail = st[5:] or st
+loss = [r.get("loss") for r in rows]
+print(json.dumps(dict(bench="e2e", name=name, exp=exp, nproc=int(nproc), rc=int(rc), iters=len(rows),
+      step_s_median=statistics.median(tail) if tail else None, step_s_first=st[:3],
+      loss_first=loss[:3], loss_last=loss[-3:], finite=all(l is not None and l == l and abs(l) != float("inf") for l in loss) and bool(loss),
+      peak_mem_gib=max((r.get("peak_device_bytes") or r.get("peak_mem_bytes") or 0) for r in rows) / 2**30 if rows else None,
+      peak_reserved_note="see log", last_row=rows[-1] if rows else None)))
+PY
+  grep -h '^{' "$LOG" > "$RES"
+}
+stage_e2e_video() { ensure_site; train_e2e v2w_2b_720 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 ${E2E_VIDEO_EXTRA:-}; }
+stage_e2e_video_auto() {  # upstream's SAC policy first; if that runs out of memory, full per-block recompute
+  ensure_site
+  E2E_TIMEOUT=${E2E_TIMEOUT_1:-240} train_e2e v2w_2b_720 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS_1:-10} model_parallel.context_parallel_size=1
+  if grep -q -i "out of memory" /tmp/e2e/v2w_2b_720/log.txt; then
+    log "v2w_2b_720 ran out of memory: retrying with sac_config.mode=block_wise"
+    train_e2e v2w_2b_720_blockwise 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 model.config.pipe_config.net.sac_config.mode=block_wise
+  fi
+}
+stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; }
+stage_e2e_cp2() { ensure_site; train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2; }
+stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/cp_parity_cuda.py --frames 8 --res 480); }
+
+ensure_site
+for s in "$@"; do
+  log "stage $s"
+  stage_$s
+done
+log "done"
+echo "# ===== results ====="
+grep -h '^{' "$LOG" | python3 -c "
+import json, sys
+for l in sys.stdin:
+    try: r = json.loads(l)
+    except Exception: continue
+    keep = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k not in ('losses', 'rel', 'step_s_all', 'last_row')}
+    print(json.dumps(keep)[:400])
+" | tail -60
