@@ -1,0 +1,77 @@
+"""CPU checks of the GPU benchmark scripts (bench/): they run, count FLOPs as documented, and fail with one line.
+
+The GPU numbers themselves live in BENCHMARKS.md; these tests keep the scripts that produce them working in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench"
+
+
+def _env(tree: Path | None = None) -> dict:
+    env = dict(os.environ, COSMOS_DEVICE="cpu", OMP_NUM_THREADS="1", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
+    return env
+
+
+def _rows(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_dit_tiny_counts_flops_and_variants_agree(applied_tree):
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--res", "480",
+                        "--variants", "anchor,ours", "--steps", "1", "--warmup", "1"],
+                       cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [x for x in _rows(r.stdout) if x.get("bench") == "dit"]
+    assert [x["variant"] for x in rows] == ["anchor", "ours"]
+    blocks, heads, head_dim, S, n_text = 2, 4, 16, 4 * 2 * 4, 512  # tiny net: 2 blocks, 64 ch, 4 heads; T=4, 4x8
+    for x in rows:
+        assert x["finite"] and x["S"] == S
+        assert x["fwd_attn_flops"] == blocks * (4 * S * S * head_dim * heads + 4 * S * n_text * head_dim * heads)
+        assert x["flops_per_step"] == 3 * x["fwd_flops"] == 3 * (x["fwd_linear_flops"] + x["fwd_attn_flops"])
+        assert x["fwd_linear_flops"] > 0
+    # anchor (bf16 RoPE multiply, eager ops, upstream SAC) and ours compute the same function up to bf16 rounding
+    assert abs(rows[0]["loss"] - rows[1]["loss"]) <= 1e-2 * abs(rows[1]["loss"])
+
+
+def test_bench_dit_refuses_full_size_on_cpu_in_one_line(applied_tree):
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--res", "480"], cwd=applied_tree,
+                       env=_env(applied_tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_dit_outside_a_tree_fails_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny"], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "patched tree" in r.stderr
+
+
+@pytest.mark.parametrize("delta, ok", [(5e-5, True), (5e-4, False)])
+def test_parity_compare_uses_the_relative_tolerance(tmp_path, delta, ok):
+    a = {"device": "cpu", "losses": [2.0, 1.5, 1.0]}
+    b = {"device": "cuda:0", "attn": "math", "losses": [2.0, 1.5 * (1 + delta), 1.0]}
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    r = subprocess.run([sys.executable, str(BENCH / "parity_dit.py"), "--compare", str(pa), str(pb), "--tol", "1e-4"],
+                       capture_output=True, text=True, timeout=120)
+    row = _rows(r.stdout)[0]
+    assert row["ok"] is ok and (r.returncode == 0) is ok
+    assert row["max_rel"] == pytest.approx(delta, rel=1e-6)
+
+
+def test_gpu_suite_is_valid_bash():
+    r = subprocess.run(["bash", "-n", str(BENCH / "gpu_suite.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
