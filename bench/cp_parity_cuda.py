@@ -34,13 +34,21 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=8, help="latent frames (even)")
     ap.add_argument("--res", default="480", choices=sorted(RES))
     ap.add_argument("--exp", default=EXP)
+    ap.add_argument("--cpu", action="store_true",
+                    help="self-check of this script on CPU/gloo (use with --exp <smoke experiment> --res tiny)")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    dist.init_process_group("nccl")
+    dist.init_process_group("gloo" if args.cpu else "nccl")
     rank, world = dist.get_rank(), dist.get_world_size()
-    assert world == 2, "run with --nproc_per_node=2"
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
+    if world != 2:
+        print(f"error: cp_parity_cuda.py needs 2 ranks, got {world}. Run with torchrun --nproc_per_node=2.",
+              file=sys.stderr)
+        return 2
+    if args.cpu:
+        dev = torch.device("cpu")
+    else:
+        torch.cuda.set_device(rank)
+        dev = torch.device("cuda", rank)
     from megatron.core import parallel_state  # noqa: F401  (import order as in training)
 
     from cosmos_predict2.configs.base.config import make_config
@@ -101,7 +109,8 @@ def main(argv=None) -> int:
     if rank == 0:
         print(json.dumps(dict(
             bench="cp_parity", exp=args.exp, S=T * (H // 2) * (W // 2), frames=T, res=args.res,
-            name=torch.cuda.get_device_name(dev), torch=torch.__version__, nccl=".".join(map(str, torch.cuda.nccl.version())),
+            name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", torch=torch.__version__,
+            nccl=".".join(map(str, torch.cuda.nccl.version())) if dev.type == "cuda" else None,
             out_rel_l2=rel(cp_out, ref_out), loss_ref=float(ref_loss), loss_cp=float(cp_loss),
             grad_rel_l2_max_param=grad_rel, grad_rel_l2_all=grad_rel_total,
             ignoring_cp_out_rel_l2=rel(bad_out, ref_out))), flush=True)

@@ -103,14 +103,22 @@ PY
 stage_e2e_video() { ensure_site; train_e2e v2w_2b_720 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 ${E2E_VIDEO_EXTRA:-}; }
 stage_e2e_video_auto() {  # upstream's SAC policy first; if that runs out of memory, full per-block recompute
   ensure_site
-  E2E_TIMEOUT=${E2E_TIMEOUT_1:-240} train_e2e v2w_2b_720 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS_1:-10} model_parallel.context_parallel_size=1
+  # H200, 2026-11-26: first step 69 s (compile + warm-up), then ~16.5 s; 132 GB peak, so 80 GB cards take the fallback
+  E2E_TIMEOUT=${E2E_TIMEOUT_1:-480} train_e2e v2w_2b_720 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1
   if grep -q -i "out of memory" /tmp/e2e/v2w_2b_720/log.txt; then
     log "v2w_2b_720 ran out of memory: retrying with sac_config.mode=block_wise"
     train_e2e v2w_2b_720_blockwise 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
 }
 stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; }
-stage_e2e_cp2() { ensure_site; train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2; }
+stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's SAC policy runs out of memory
+  ensure_site
+  train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2
+  if grep -q -i "out of memory" /tmp/e2e/v2w_2b_720_cp2/log.txt; then
+    log "v2w_2b_720_cp2 ran out of memory: retrying with sac_config.mode=block_wise"
+    train_e2e v2w_2b_720_cp2_blockwise 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2 model.config.pipe_config.net.sac_config.mode=block_wise
+  fi
+}
 stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/cp_parity_cuda.py --frames 8 --res 480); }
 
 ensure_site
