@@ -1,9 +1,9 @@
 #!/bin/bash
 # One device call = one run of this script with the stages to run, e.g.
 #   bash bench/gpu_suite.sh env ops setup dit480
-# From the checkout root on the GPU machine. Needs (git-ignored, carried): .whl/ (wheels of the training path's
-# packages the image lacks) and .gpu/ (upstream sdist, synthetic real-size datasets, smoke datasets, CPU parity
-# result). Builds the patched tree with the installer into /tmp/tree. Every JSON result line goes to
+# From the checkout root on the GPU machine, with carry [".gpu"]: .gpu/ (git-ignored) holds the upstream sdist,
+# the wheels the image lacks (.gpu/whl), real-size and smoke synthetic datasets and the CPU parity files; make it
+# with `bash bench/prepare_gpu_carry.sh` on the CPU machine. Builds the patched tree with the installer into /tmp/tree. Every JSON result line goes to
 # $OUT/results.jsonl, the full log to $OUT/log.txt; a summary is printed last.
 set -u -o pipefail
 REPO=$(pwd)
