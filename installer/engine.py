@@ -371,13 +371,7 @@ def status(cfg: Config, say=print) -> int:
 def verify(cfg: Config, say=print) -> int:
     """0 only when the tree equals exactly what this installer's series produces from upstream."""
     target = os.path.abspath(cfg.target)
-    if not os.path.isdir(target):
-        raise InstallerError("target directory does not exist", target, "pass --target DIR")
-    if state.interrupted(target):
-        raise InstallerError("an apply/revert was interrupted", target, "run apply or revert to recover")
-    st = state.load_state(target)
-    if st is None:
-        raise InstallerError("no overlay is applied", target, "run apply first")
+    st = _require_applied(target, "run apply first")
     ours = load_ours(cfg)
     changed = drift(target, st)
     if changed:
@@ -394,14 +388,20 @@ def verify(cfg: Config, say=print) -> int:
     return 0
 
 
-def tree_digest_of(target: str) -> str:
+def _require_applied(target: str, todo: str) -> dict:
+    """The state of a tree that an apply completed on, or one clear error saying why there is none."""
     if not os.path.isdir(target):
         raise InstallerError("target directory does not exist", target, "pass --target DIR")
     if state.interrupted(target):
         raise InstallerError("an apply/revert was interrupted", target, "run apply or revert to recover")
     st = state.load_state(target)
     if st is None:
-        raise InstallerError("no overlay is applied", target, "run apply first, or use --from-source")
+        raise InstallerError("no overlay is applied", target, todo)
+    return st
+
+
+def tree_digest_of(target: str) -> str:
+    st = _require_applied(target, "run apply first, or use --from-source")
     files = {}
     for p in st["managed"]:
         cur = state.read(target, p)
