@@ -84,8 +84,7 @@ def test_dry_run_writes_nothing(tmp_path, upstream_sdist):
 
 def test_tree_digest_matches_recorded(upstream_sdist):
     """Reproducibility: the real sdist + this series must give patches/<commit>/TREE_DIGEST."""
-    if not (PATCHES / "TREE_DIGEST").exists():
-        pytest.skip("patches/<commit>/TREE_DIGEST not written yet (python -m installer digest --from-source pypi --write)")
+    assert (PATCHES / "TREE_DIGEST").exists(), "record it: python -m installer digest --from-source pypi --write"
     r = cli("digest", "--from-source", upstream_sdist, "--check")
     assert r.returncode == 0, r.stdout + r.stderr
 
