@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 
-import pytest
 
 from inst_helpers import REPO, cli, one_error_line, sdist_members, snapshot
 from installer import manifest
@@ -208,7 +207,7 @@ def test_revert_force_keeps_and_names_edits_of_untouched_files(tmp_path, upstrea
         f.write(b"# mine\n")
     assert untouched in one_error_line(cli("revert", "--target", tree))
     r = cli("revert", "--force", "--target", tree)
-    assert r.returncode == 0 and f"still carry your edits" in r.stdout and untouched in r.stdout
+    assert r.returncode == 0 and "still carry your edits" in r.stdout and untouched in r.stdout
     up = upstream_tree(upstream_sdist)
     for p in st["backups"]:
         assert (tree / p).read_bytes() == up[p]

@@ -8,7 +8,6 @@ records how far that output is off. Rank 0 prints one JSON line.
 """
 
 import json
-import os
 import sys
 
 import torch
