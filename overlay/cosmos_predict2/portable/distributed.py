@@ -9,7 +9,6 @@ backend the device layer names (nccl / hccl / gloo).
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 from datetime import timedelta
 
@@ -26,20 +25,14 @@ def _log(msg: str) -> None:
 
 
 def _set_cuda_cpu_affinity(local_rank: int) -> None:
-    try:
-        import pynvml  # optional: only for CPU affinity on NVIDIA hosts
-    except ImportError:
+    from imaginaire.utils.device import Device, pynvml  # pynvml is None where NVML is not installed
+
+    if pynvml is None:
         return
     try:
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(local_rank)
-        elements = math.ceil((os.cpu_count() or 1) / 64)
-        cores = []
-        for j, word in enumerate(pynvml.nvmlDeviceGetCpuAffinity(handle, elements)):
-            cores += [64 * j + i for i in range(64) if (word >> i) & 1]
-        if cores:
-            os.sched_setaffinity(0, cores)
-    except Exception as e:  # NVML missing or unsupported (containers, MIG): affinity is an optimisation only
+        os.sched_setaffinity(0, Device(local_rank).get_cpu_affinity())
+    except Exception as e:  # NVML unsupported (containers, MIG): affinity is an optimisation only
         _log(f"warning: CPU affinity not set ({e})")
 
 

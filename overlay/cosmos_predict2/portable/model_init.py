@@ -57,12 +57,8 @@ def materialize_random(module: nn.Module, device: torch.device | str = "cpu") ->
     for sub in module.modules():
         if sub is not module and hasattr(sub, "reset_parameters") and not hasattr(sub, "init_weights"):
             sub.reset_parameters()
-    if hasattr(module, "init_weights"):
+    if hasattr(module, "init_weights"):  # every Cosmos DiT has one
         module.init_weights()
-    else:
-        for sub in module.modules():
-            if hasattr(sub, "init_weights"):
-                sub.init_weights()
     return module
 
 
