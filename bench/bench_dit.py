@@ -197,8 +197,62 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
                peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
                loss=float(loss), finite=bool(torch.isfinite(loss)), flops_per_step=flops, **fl)
     emit(**row)
+    if args.profile:
+        profile_step(step, dev, res, variant, step_s)
     del net, x, kw, target
     gc.collect()
+
+
+# Kernel-name patterns of each category (first match wins). CUDA kernel names; on CPU the aten op names.
+KERNEL_CATEGORIES = (
+    ("attention", ("fmha", "flash", "attn", "sdpa", "scaled_dot_product", "cudnn_generated_fort_native_sdpa")),
+    ("nccl", ("nccl",)),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_", "cublas", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("compiled_elementwise", ("triton",)),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for cat, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other_elementwise"
+
+
+def profile_step(step, dev, res, variant, step_s) -> None:
+    """One more step under torch.profiler: device time per kernel category, and the step's idle share (the part
+    of the wall time when no kernel ran: host-bound gaps). Printed as one JSON row (bench=dit_profile)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    sync(dev)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        step()
+        sync(dev)
+        wall = time.perf_counter() - t0
+    want = torch.autograd.DeviceType.CUDA if dev.type == "cuda" else torch.autograd.DeviceType.CPU
+    cats: dict = {}
+    top = []
+    for evt in prof.key_averages():
+        if evt.device_type != want or (dev.type == "cpu" and not evt.key.startswith("aten::")):
+            continue
+        us = getattr(evt, "self_device_time_total", None) if dev.type == "cuda" else evt.self_cpu_time_total
+        if us is None:
+            us = getattr(evt, "self_cuda_time_total", 0)
+        if us <= 0:
+            continue
+        cat = kernel_category(evt.key)
+        cats[cat] = cats.get(cat, 0.0) + us / 1e3
+        top.append((us / 1e3, evt.key[:90], cat, evt.count))
+    busy = sum(cats.values())
+    top.sort(reverse=True)
+    emit(bench="dit_profile", res=res, variant=variant, wall_s=wall, timed_step_s=step_s,
+         kernel_ms=busy, idle_share=max(0.0, 1 - busy / 1e3 / wall) if dev.type == "cuda" else None,
+         category_ms={k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+         category_share={k: round(v / busy, 4) for k, v in cats.items()} if busy else {},
+         top_kernels=[dict(ms=round(ms, 2), name=n, cat=c, calls=k) for ms, n, c, k in top[:15]])
 
 
 def main(argv=None) -> int:
@@ -209,6 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="2-block 64-channel net, tiny latents (CPU smoke run)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, profile one more step: device time per kernel category (bench=dit_profile)")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     if not os.path.isdir("cosmos_predict2/portable"):
@@ -241,7 +297,11 @@ def main(argv=None) -> int:
                     torch.cuda.empty_cache()
     print(f"# ---- summary ({info.get('name', dev)}, bf16 matmul {peak or 0:.0f} TFLOP/s) ----")
     for r in ROWS:
-        if "skipped" in r:
+        if r.get("bench") == "dit_profile":
+            cats = " ".join(f"{k} {100 * v:.1f}%" for k, v in r["category_share"].items())
+            idle = f"idle {100 * r['idle_share']:.1f}% " if r["idle_share"] is not None else ""
+            print(f"# profile  {r['res']:>4} {r['variant']:<11} {idle}{cats}")
+        elif "skipped" in r:
             print(f"# {r['mode']:<8} {r['res']:>4} {r['variant']:<11} skipped: {r['skipped'][:90]}")
         else:
             mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] else "  n/a"

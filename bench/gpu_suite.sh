@@ -40,7 +40,7 @@ stage_env() {
   python3 -m pip list 2>/dev/null | grep -i -E "^(torch|triton|numpy|transformers|einops|imageio|pandas|psutil|safetensors|huggingface|opencv|pyyaml|tabulate|portalocker|termcolor|megatron|hydra|omegaconf|antlr4|loguru|fvcore|iopath|yacs|decord|av|webdataset|wandb|diffusers|pydantic|attrs|platformdirs|gitpython|sentry) " | tee -a "$LOG"
 }
 
-stage_ops() { runlog ops python3 bench/bench_ops.py --budget-s 0.6; }
+stage_ops() { runlog ops python3 bench/bench_ops.py --budget-s ${OPS_BUDGET_S:-0.6} --only ${OPS_ONLY:-copy,matmul,rope,rmsnorm,attention,optim}; }
 
 stage_setup() {
   ensure_site || return 1
@@ -66,6 +66,7 @@ print('imports ok')
 
 stage_dit480() { (cd $TREE && runlog dit480 python3 $REPO/bench/bench_dit.py --res 480 --variants ${DIT480_VARIANTS:-anchor,ours,ours_upsac,ours_linsa,ours_nosac}); }
 stage_dit720() { (cd $TREE && runlog dit720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${DIT720_VARIANTS:-anchor,ours,ours_linsa}); }
+stage_prof720() { (cd $TREE && runlog prof720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${PROF_VARIANTS:-ours} --warmup 2 --steps 2 --profile); }
 stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants anchor,ours --steps 3); }
 stage_infer() { (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35}); }
 stage_parity() {
@@ -80,10 +81,10 @@ train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
   (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
      timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc -- \
      model.config.model_manager_config.dit_path="" model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth \
-     trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=2 "$@") \
+     trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
   local rc=$?
-  grep -E "Iteration [0-9]+:|out of memory|Error" /tmp/e2e/$name/log.txt | tail -40 >> "$LOG"
+  grep -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error" /tmp/e2e/$name/log.txt | tail -40 >> "$LOG"
   local mfile; mfile=$(find /tmp/e2e/$name -name "*.metrics.jsonl" | head -1)  # train.sh's per-run metrics file
   python3 - "$name" "$rc" "${mfile:-none}" "$exp" "$nproc" <<'PY' | tee -a "$LOG"
 import json, statistics, sys, os
@@ -93,7 +94,8 @@ st = [r["step_time_s"] for r in rows if r.get("step_time_s") is not None and r["
 tail = st[5:] or st
 loss = [r.get("loss") for r in rows]
 print(json.dumps(dict(bench="e2e", name=name, exp=exp, nproc=int(nproc), rc=int(rc), iters=len(rows),
-      step_s_median=statistics.median(tail) if tail else None, step_s_first=st[:3],
+      step_s_median=statistics.median(tail) if tail else None, step_s_mean=statistics.mean(tail) if tail else None,
+      step_s_first=st[:3], step_s_all=st,
       loss_first=loss[:3], loss_last=loss[-3:], finite=all(l is not None and l == l and abs(l) != float("inf") for l in loss) and bool(loss),
       peak_mem_gib=max((r.get("peak_device_bytes") or r.get("peak_mem_bytes") or 0) for r in rows) / 2**30 if rows else None,
       peak_reserved_note="see log", last_row=rows[-1] if rows else None)))

@@ -45,6 +45,36 @@ def test_bench_dit_tiny_counts_flops_and_variants_agree(applied_tree):
     assert abs(rows[0]["loss"] - rows[1]["loss"]) <= 1e-2 * abs(rows[1]["loss"])
 
 
+def test_bench_dit_profile_row_splits_time_by_category(applied_tree):
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--res", "480", "--variants", "ours",
+                        "--steps", "1", "--warmup", "1", "--profile"],
+                       cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    prof = [x for x in _rows(r.stdout) if x.get("bench") == "dit_profile"]
+    assert len(prof) == 1 and prof[0]["variant"] == "ours"
+    cats = prof[0]["category_ms"]
+    # on CPU the aten ops are profiled: the net's matmuls and its attention must both be found and named
+    assert cats.get("gemm", 0) > 0 and cats.get("attention", 0) > 0, cats
+    assert abs(sum(prof[0]["category_share"].values()) - 1) < 1e-3
+    assert prof[0]["top_kernels"] and all(k["cat"] in cats for k in prof[0]["top_kernels"])
+
+
+def test_kernel_categories_of_known_cuda_kernel_names():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_dit
+    finally:
+        sys.path.remove(str(BENCH))
+    cat = bench_dit.kernel_category
+    assert cat("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x128x128") == "attention"
+    assert cat("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel") == "attention"
+    assert cat("nvjet_tst_256x128_64x4_2x1_v_bz_coopB_TNN") == "gemm"
+    assert cat("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64") == "gemm"
+    assert cat("triton_poi_fused__to_copy_mul_0") == "compiled_elementwise"
+    assert cat("ncclDevKernel_AllGather_RING_LL") == "nccl"
+    assert cat("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add>") == "other_elementwise"
+
+
 def test_bench_dit_refuses_full_size_on_cpu_in_one_line(applied_tree):
     r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--res", "480"], cwd=applied_tree,
                        env=_env(applied_tree), capture_output=True, text=True, timeout=300)
@@ -92,3 +122,7 @@ def test_cp_parity_worker_self_check_on_cpu(applied_tree):
     row = _rows(r.stdout)[0]
     assert row["out_rel_l2"] < 1e-2 and row["grad_rel_l2_all"] < 2e-2  # bf16
     assert row["ignoring_cp_out_rel_l2"] > 10 * max(row["out_rel_l2"], 1e-3)
+    fp32 = row["fp32"]
+    assert fp32["out_rel_l2"] < 1e-5 and fp32["grad_rel_l2_all"] < 1e-4
+    assert fp32["ignoring_cp_out_rel_l2"] > 1e-2
+    assert 0 < row["bf16_ref_vs_fp32_ref_rel_l2"] < 5e-2

@@ -20,6 +20,28 @@ def calls(pkg, op):
     return [c for c in pkg.fake.CALLS if c["op"] == op]
 
 
+def test_run_peak_survives_per_interval_resets(npu_portable, monkeypatch):
+    """Uses the torch_npu TEST DOUBLE with a stateful peak counter: upstream's DeviceMonitor resets the counter at
+    each of its logs (through portable.device); the run's peak must still reach our metrics."""
+    dev, npu = npu_portable.device, npu_portable.fake.npu
+    state = {"peak": 0, "alloc": 0}
+
+    def alloc(n):
+        state["alloc"] = n
+        state["peak"] = max(state["peak"], n)
+
+    monkeypatch.setattr(npu, "max_memory_allocated", lambda *a: state["peak"])
+    monkeypatch.setattr(npu, "max_memory_reserved", lambda *a: state["peak"])
+    monkeypatch.setattr(npu, "reset_peak_memory_stats", lambda *a: state.update(peak=state["alloc"]))
+    monkeypatch.setattr(dev, "_folded_peaks", {"peak": 0, "peak_reserved": 0})
+    alloc(900)
+    alloc(100)
+    dev.reset_peak_memory_stats()  # what DeviceMonitor does after its log
+    alloc(300)
+    assert dev.memory_stats()["peak"] == 300  # per-interval peak, as upstream expects
+    assert dev.peak_memory_since_start()["peak"] == 900
+
+
 def test_detection_and_device_helpers(portable, npu_portable, monkeypatch):
     """Uses the torch_npu TEST DOUBLE: detection picks npu, helpers go to torch.npu, dispatch ignores torch.cuda."""
     dev = npu_portable.device

@@ -49,7 +49,8 @@ def _sync() -> None:
 
 
 def _peak_device_bytes() -> int:
-    return int(_device.memory_stats()["peak"]) if _device is not None else 0
+    # not memory_stats()["peak"]: DeviceMonitor resets that counter at its own logs
+    return int(_device.peak_memory_since_start()["peak"]) if _device is not None else 0
 
 
 def _local_batch(config, data_batch) -> int:
