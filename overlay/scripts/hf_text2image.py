@@ -28,7 +28,9 @@ guardrail blurs are written blurred.
 with random weights, on the device directly: real sizes and speed without downloading weights.
 
 Versions: tested end to end (tiny random pipelines, CPU, torch 2.13) with diffusers 0.35.1 and 0.34.0, each
-with transformers 4.56.2 (tokenizers 0.22) and 4.51.3 (tokenizers 0.21). Cosmos2TextToImagePipeline /
+with transformers 4.56.2 (tokenizers 0.22) and 4.51.3 (tokenizers 0.21); and with transformers 5.17.0 (tokenizers
+0.23.2, huggingface_hub 1.33.0) together with diffusers 0.35.2, 0.36.0, 0.37.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0 and
+0.42.1 (diffusers <= 0.35.1 cannot import under transformers 5). Cosmos2TextToImagePipeline /
 Cosmos2VideoToWorldPipeline need diffusers >= 0.34. Note: diffusers' RMSNorm calls torch_npu.npu_rms_norm whenever
 torch_npu is installed, so on an Ascend host forcing COSMOS_DEVICE=cpu fails inside diffusers; run on the NPU there.
 """
@@ -234,6 +236,28 @@ def _config_folder(model: str, revision: str | None) -> str:
                           "HF_ENDPOINT/HF_TOKEN or pass a local diffusers folder as --model.") from exc
 
 
+def _cast_as_loaded(model, dtype):
+    """A diffusers model in `dtype` the way from_pretrained(torch_dtype=dtype) leaves it: the submodules its class
+    keeps in float32 (`_keep_in_fp32_modules`) stay float32. Cast through torch.nn.Module.to, since diffusers >= 0.39
+    warns on every ModelMixin.to(dtype) (even for a model without such modules)."""
+    import torch
+
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    torch.nn.Module.to(model, dtype)
+    for name, module in model.named_modules():
+        if any(k in name.split(".") for k in keep):
+            torch.nn.Module.to(module, torch.float32)
+    return model
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """The from_pretrained argument carrying the dtype: `dtype` where diffusers resolves it (>= 0.40, which
+    deprecates `torch_dtype` with a FutureWarning), else `torch_dtype` (all releases with the Cosmos2 pipelines)."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype": dtype} if hasattr(deprecation_utils, "_resolve_dtype") else {"torch_dtype": dtype}
+
+
 def build_random_pipeline(cls, model: str, revision: str | None, dtype, device, safety_checker):
     """The pipeline's components built from configs with random weights, created on `device` directly."""
     import torch
@@ -254,8 +278,8 @@ def build_random_pipeline(cls, model: str, revision: str | None, dtype, device, 
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            transformer = diffusers_part("transformer").to(dtype)
-            vae = diffusers_part("vae").to(dtype)
+            transformer = _cast_as_loaded(diffusers_part("transformer"), dtype)
+            vae = _cast_as_loaded(diffusers_part("vae"), dtype)
             text_encoder = T5EncoderModel(T5Config.from_pretrained(os.path.join(folder, "text_encoder"))).to(dtype)
     finally:
         torch.set_default_dtype(saved)
@@ -282,8 +306,8 @@ def load_pipeline(cls, args, device, safety_checker):
     if args.random_weights:
         return build_random_pipeline(cls, args.model, args.revision, dtype, device, safety_checker)
     try:
-        pipe = cls.from_pretrained(args.model, revision=args.revision, torch_dtype=dtype,
-                                   safety_checker=safety_checker)
+        pipe = cls.from_pretrained(args.model, revision=args.revision, safety_checker=safety_checker,
+                                   **_dtype_kwarg(dtype))
     except Exception as exc:  # missing files, hub errors, gated repo, bad folder
         raise ScriptError(
             f"cannot load the pipeline from {args.model}: {type(exc).__name__}: {_first_line(exc)}. Check the path or "

@@ -15,7 +15,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-T5_WORDS = ("a video of sks teal robot an image the moving colour pattern blocked keyword on with "
+# Whole-word pieces of the tiny T5 tokenizer (case-sensitive like T5's: "A"/"An" start the tests' prompts).
+T5_WORDS = ("A An a video of sks teal robot an image the moving colour pattern blocked keyword on with "
             "low quality blurry").split()
 
 
@@ -74,23 +75,27 @@ def write_mp4(path: Path, frames: int, size: int = 64, fps: int = 16, seed: int 
 
 
 def build_tiny_t5(dst: Path, d_model: int = 1024) -> Path:
-    """A random 1-layer T5 encoder with T5-XXL's hidden size and a word-level tokenizer built offline."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    """A random 1-layer T5 encoder with T5-XXL's hidden size and a T5-style tokenizer built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+
+    import string
 
     import torch
 
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in T5_WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Built like T5's own tokenizer (Unigram pieces, "▁" word prefix, Metaspace): transformers 5 rebuilds every
+    # T5 tokenizer as exactly that and cannot load another model type. Whole known words score above any split.
+    pieces = ["<pad>", "</s>", "<unk>"] + [f"\u2581{w}" for w in dict.fromkeys(T5_WORDS)]
+    pieces += ["\u2581"] + list(string.ascii_letters + string.digits + string.punctuation)
+    tok = Tokenizer(models.Unigram([(w, 0.0 if i < 3 else -1.0 if w.startswith("\u2581") and len(w) > 1 else -5.0)
+                                    for i, w in enumerate(pieces)], unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                     extra_ids=0).save_pretrained(dst)
     torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
+    cfg = T5Config(vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     T5EncoderModel(cfg).save_pretrained(dst)
     return dst

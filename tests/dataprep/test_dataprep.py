@@ -76,7 +76,7 @@ def test_video_dataset_embeddings_round_trip(tree, tiny_t5, request):
         assert isinstance(obj, list) and len(obj) == 1
         emb = obj[0]
         assert isinstance(emb, np.ndarray) and emb.dtype == np.float16 and emb.shape == ref.shape
-        assert emb.shape[1] == 1024 and emb.shape[0] == 8  # 6 words + "." (unknown) + </s>
+        assert emb.shape[1] == 1024 and emb.shape[0] == 8  # 6 words + "." + </s>
         np.testing.assert_allclose(emb.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
 
     src = upstream_source(request)

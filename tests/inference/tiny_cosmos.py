@@ -84,7 +84,7 @@ _T5_11B = dict(vocab_size=32128, d_model=1024, d_kv=128, d_ff=65536, num_layers=
 def write_real_size_configs(name: str, dst: Path) -> Path:
     """A diffusers folder with the REAL architecture configs of `name` (2B|14B-Text2Image|Video2World) and no
     weights, for `--random_weights` runs on a machine without hub access (timing and memory at real size). The
-    tokenizer is the tiny word-level one (T5's sentencepiece model cannot be fetched here); prompts are padded to
+    tokenizer is the tiny T5-style one (T5's sentencepiece model cannot be fetched here); prompts are padded to
     512 tokens either way, so the encoder's cost is the real one."""
     import torch
     from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
