@@ -126,3 +126,24 @@ def test_cp_parity_worker_self_check_on_cpu(applied_tree):
     assert fp32["out_rel_l2"] < 1e-5 and fp32["grad_rel_l2_all"] < 1e-4
     assert fp32["ignoring_cp_out_rel_l2"] > 1e-2
     assert 0 < row["bf16_ref_vs_fp32_ref_rel_l2"] < 5e-2
+
+
+def test_real_size_scripts_driver_tiny_on_cpu(applied_tree, tmp_path):
+    """bench/real_size_scripts.py --tiny: every seed command of section 7 runs and its output check passes."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(applied_tree, tree, ignore=shutil.ignore_patterns("datasets", "checkpoints", "outputs"))
+    r = subprocess.run([sys.executable, "-m", "scripts.make_smoke_dataset", "--root", str(tmp_path / "data"),
+                        "--skip-vae"], cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    videos = tmp_path / "data" / "datasets" / "smoke" / "cosmos_nemo_assets" / "videos"
+    r = subprocess.run([sys.executable, str(BENCH / "real_size_scripts.py"), str(tree), "--tiny", "--videos",
+                        str(videos), "--out", str(tmp_path / "out"), "--v2w-steps", "1"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = {x["step"]: x for x in _rows(r.stdout) if x.get("bench") == "scripts"}
+    assert set(rows) == {"t5_videos", "extract_images", "t5_images", "t2i_2B", "t2i_14B", "v2w_2B", "v2w_14B"}
+    assert all(x["rc"] == 0 for x in rows.values()), rows
+    assert rows["t5_videos"]["pickles"] == 2 and rows["t5_images"]["pickles"] == rows["extract_images"]["images"] > 0
+    assert rows["t2i_2B"]["size"] == [64, 64] and rows["v2w_14B"]["frames"] == 9
