@@ -16,6 +16,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hub_server import HubServer, HubState, Repo  # noqa: E402
 
+from tests.dataprep.dataprep_helpers import assert_one_error_line as one_error_line  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 DOWNLOAD = REPO / "installer" / "download.py"
 
@@ -43,14 +45,6 @@ def run_cli(tmp_path: Path, *args: str, endpoint: str | None = None, offline: bo
     cmd = [sys.executable, str(DOWNLOAD), "--checkpoint-dir", str(tmp_path / "checkpoints"),
            "--dataset-dir", str(tmp_path / "datasets"), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def one_error_line(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, r.stderr
-    return lines[0]
 
 
 def fill_cache(cache: Path, repo_id: str, rev: str, files: dict[str, bytes], repo_type: str = "model",
