@@ -60,7 +60,7 @@ TINY_T2I = ["--height", "64", "--width", "64", "--steps", "2"]
 TINY_V2W = ["--height", "64", "--width", "64", "--frames", "9"]
 
 
-def write_random_t5(dst: Path, tokenizer_from: Path) -> float:
+def write_random_t5(dst: Path, tokenizer_from: Path) -> int:
     import torch
 
     if TINY:
@@ -72,8 +72,7 @@ def write_random_t5(dst: Path, tokenizer_from: Path) -> float:
         return 0
     from transformers import T5Config, T5EncoderModel
 
-    sys.path.insert(0, str(REPO / "tests" / "inference"))
-    from tiny_cosmos import _T5_11B
+    from tiny_cosmos import _T5_11B  # main() put tests/inference on sys.path
 
     t0 = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)

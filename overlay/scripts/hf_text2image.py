@@ -383,6 +383,15 @@ def prepare(args):
     return prompt, negative, dev, device, checker
 
 
+def sampling_kwargs(args, prompt: str, negative: str) -> dict:
+    """The pipeline-call arguments both scripts share. The generator is a CPU one, so a seed gives the same initial
+    latents on every device."""
+    import torch
+
+    return dict(prompt=prompt, negative_prompt=negative, generator=torch.Generator("cpu").manual_seed(args.seed),
+                num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width)
+
+
 def run_pipeline(call, what: str, dev=None, verbose: bool = False):
     """Run the pipeline call; a guardrail block becomes one error line. With verbose, print time and peak memory."""
     import time
@@ -411,7 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prompt, negative, dev, device, checker = prepare(args)
         import diffusers
-        import torch
 
         pipe = load_pipeline(diffusers.Cosmos2TextToImagePipeline, args, device, checker)
         attention = select_attention(pipe, dev.device_type())
@@ -419,15 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             print_settings(args, prompt, negative, device, attention)
         os.makedirs(args.output, exist_ok=True)
         print("Generating image...", flush=True)
-        image = run_pipeline(lambda: pipe(
-            prompt=prompt,
-            negative_prompt=negative,
-            generator=torch.Generator("cpu").manual_seed(args.seed),
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            height=args.height,
-            width=args.width,
-        ).images[0], "text2image", dev, args.verbose)
+        image = run_pipeline(lambda: pipe(**sampling_kwargs(args, prompt, negative)).images[0], "text2image", dev,
+                             args.verbose)
         path = os.path.join(args.output, "output.png")
         image.save(path)
         print(f"Saved image to: {path}")

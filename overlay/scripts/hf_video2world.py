@@ -108,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         image, video = load_condition(args)
         prompt, negative, dev, device, checker = common.prepare(args)
         import diffusers
-        import torch
 
         pipe = common.load_pipeline(diffusers.Cosmos2VideoToWorldPipeline, args, device, checker)
         attention = common.select_attention(pipe, dev.device_type())
@@ -119,17 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(args.output, exist_ok=True)
         print("Generating video...", flush=True)
         frames = common.run_pipeline(lambda: pipe(
-            image=image,
-            video=video,
-            prompt=prompt,
-            negative_prompt=negative,
-            generator=torch.Generator("cpu").manual_seed(args.seed),
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            height=args.height,
-            width=args.width,
-            num_frames=args.frames,
-            fps=args.fps,
+            image=image, video=video, num_frames=args.frames, fps=args.fps,
+            **common.sampling_kwargs(args, prompt, negative),
         ).frames[0], "video2world", dev, args.verbose)
         path = os.path.join(args.output, "output.mp4")
         write_mp4(frames, path, args.fps)
