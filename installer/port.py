@@ -123,7 +123,7 @@ def split_patch(data: bytes, where: str) -> tuple[str, str]:
     return subject.strip(), body.strip()
 
 
-def import_series(work: str, base: str, series_dir: str, names: list[str]) -> list[str]:
+def import_series(work: str, base: str, series_dir: str, names: list[str], check: bool = True) -> list[str]:
     """One commit per patch on top of base (checked out in work); checks the byte-exact round trip."""
     commits = []
     for n in names:
@@ -139,14 +139,15 @@ def import_series(work: str, base: str, series_dir: str, names: list[str]) -> li
         _commit(work, f"{subject}\n\n{body}\n\n{NAME_TRAILER}{n}\n")
         c = git(work, "rev-parse", "HEAD").strip()
         name, again = export_commit(work, c)
-        if name != n or again != data:
+        if check and (name != n or again != data):
             a, b = data.split(b"\n"), again.split(b"\n")
             k = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
             raise InstallerError(f"patch {n} does not round-trip byte for byte (line {k + 1}: "
                                  f"{(a[k] if k < len(a) else b'<end>')[:50]!r} vs "
                                  f"{(b[k] if k < len(b) else b'<end>')[:50]!r})", where,
-                                 "write it in canonical form: header 'subject, blank line, why, blank line', then "
-                                 "'git diff --full-index' output (python tools/export_series.py does both)")
+                                 "rewrite the series in canonical form with 'python -m installer port --upstream "
+                                 "CLONE --canonicalize' (header: subject, blank line, why, blank line; then "
+                                 "'git diff --full-index' output), then retry")
         commits.append(c)
     return commits
 
@@ -218,23 +219,38 @@ def default_work() -> str:
     return os.path.join(cache_dir(), "port-work")
 
 
-def start(clone: str, to: str, from_commit: str | None, work: str, root: str, overlay_dir: str | None,
-          launcher: str | None, dry_run: bool) -> int:
+def canonicalize(clone: str, from_commit: str | None, root: str) -> int:
+    """Rewrite patches/<pin>/ in the canonical form the port round-trips (same trees, same names)."""
     src = pin.find(from_commit, root) if from_commit else pin.default(root)
-    objects = _clone_objects(clone)
-    to_sha = _rev(clone, to)
-    if git(clone, "cat-file", "-e", f"{src.commit}^{{commit}}", check=False).returncode != 0:
-        raise InstallerError(f"the clone lacks the from-pin's commit {src.short}", clone,
-                             f"fetch it into the clone or pass --from another pin")
-    if os.path.exists(_state_path(work)):
-        raise InstallerError("a port is already in progress", work, "run 'port --continue' or 'port --abort'")
-    if dry_run:
-        work = tempfile.mkdtemp(prefix="cosmos-port-dry-")
-    elif os.path.exists(work) and os.listdir(work):
-        raise InstallerError("work directory exists and is not empty", work, "remove it or pass another --work")
     from . import patch as patch_mod
 
     names = patch_mod.read_series(src.directory)
+    work = tempfile.mkdtemp(prefix="cosmos-port-canon-")
+    try:
+        _prepare(work, clone, src, names)
+        commits = import_series(work, src.commit, src.directory, names, check=False)
+        changed = []
+        for n, c in zip(names, commits):
+            with open(os.path.join(src.directory, n), "rb") as f:
+                before = f.read()
+            after = export_commit(work, c)[1]
+            if after != before:
+                with open(os.path.join(src.directory, n), "wb") as f:
+                    f.write(after)
+                changed.append(n)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{len(changed)} of {len(names)} patches rewritten in canonical form in {src.directory}"
+          + "".join(f"\n  {n}" for n in changed))
+    return 0
+
+
+def _prepare(work: str, clone: str, src: pin.Pin, names: list[str]) -> None:
+    """A scratch repository borrowing CLONE's objects, at src.commit, with only the series' files checked out."""
+    objects = _clone_objects(clone)
+    if git(clone, "cat-file", "-e", f"{src.commit}^{{commit}}", check=False).returncode != 0:
+        raise InstallerError(f"the clone lacks the from-pin's commit {src.short}", clone,
+                             "fetch it into the clone or pass --from another pin")
     os.makedirs(work, exist_ok=True)
     git(work, "init", "-q")
     with open(os.path.join(work, ".git", "objects", "info", "alternates"), "w", encoding="utf-8") as f:
@@ -246,6 +262,23 @@ def start(clone: str, to: str, from_commit: str | None, work: str, root: str, ov
     # only the series' files are checked out: a partial mirror may lack big media blobs the port never needs
     git(work, "sparse-checkout", "set", "--no-cone", "--stdin", stdin="".join(f"/{p}\n" for p in files).encode())
     git(work, "checkout", "-q", "--detach", src.commit)
+
+
+def start(clone: str, to: str, from_commit: str | None, work: str, root: str, overlay_dir: str | None,
+          launcher: str | None, dry_run: bool) -> int:
+    src = pin.find(from_commit, root) if from_commit else pin.default(root)
+    _clone_objects(clone)
+    to_sha = _rev(clone, to)
+    if os.path.exists(_state_path(work)):
+        raise InstallerError("a port is already in progress", work, "run 'port --continue' or 'port --abort'")
+    if dry_run:
+        work = tempfile.mkdtemp(prefix="cosmos-port-dry-")
+    elif os.path.exists(work) and os.listdir(work):
+        raise InstallerError("work directory exists and is not empty", work, "remove it or pass another --work")
+    from . import patch as patch_mod
+
+    names = patch_mod.read_series(src.directory)
+    _prepare(work, clone, src, names)
     commits = import_series(work, src.commit, src.directory, names)
     source_sha256 = {}
     for n in names:
@@ -627,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--dry-run", action="store_true", help="print the table only; write nothing")
     g.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")
     g.add_argument("--abort", action="store_true", help="drop the port in progress")
+    g.add_argument("--canonicalize", action="store_true",
+                   help="rewrite the --from series in the canonical form the round trip needs (full blob ids, "
+                        "header 'subject, blank, why, blank'), then stop")
     p.add_argument("--work", default=None, help="scratch repository (default: <cache>/port-work)")
     p.add_argument("--patches-root", default=None, help=argparse.SUPPRESS)  # tests: another patches/ folder
     p.add_argument("--overlay-dir", default=None, help=argparse.SUPPRESS)
@@ -638,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
             return resume(work)
         if a.abort:
             return abort(work)
+        if a.canonicalize and a.upstream:
+            return canonicalize(os.path.abspath(a.upstream), a.from_pin,
+                                os.path.abspath(a.patches_root or pin.patches_root()))
         if not a.upstream or not a.to:
             raise InstallerError("--upstream and --to are needed", "port",
                                  "run 'python -m installer port --upstream CLONE --to REV'")
