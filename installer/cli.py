@@ -77,18 +77,22 @@ def _select_pin(ns) -> None:
     """--pin, else the commit recorded in the target's state, else the default pin."""
     chosen = getattr(ns, "pin", None)
     target = getattr(ns, "target", None)
-    if not chosen and target:
+    applied = None
+    if target and not getattr(ns, "from_source", None):  # digest --from-source reads no target
         import json
         try:
             with open(os.path.join(target, ".cosmos-overlay", "state.json"), encoding="utf-8") as f:
-                chosen = json.load(f).get("commit")
+                applied = json.load(f).get("commit")
         except (OSError, ValueError, AttributeError):
-            chosen = None  # no or unreadable state: the engine reports it where it matters
-        if chosen and not any(p.commit == chosen for p in pin.available()):
-            raise InstallerError(f"the target was applied over upstream {str(chosen)[:12]}, which this overlay "
-                                 "version has no series for", target, "pass --pin explicitly or revert with the "
-                                 "overlay version that applied it")
-    pin.select(chosen)
+            applied = None  # no or unreadable state: the engine reports it where it matters
+    if applied and not chosen and not any(p.commit == applied for p in pin.available()):
+        raise InstallerError(f"the target was applied over upstream {str(applied)[:12]}, which this overlay "
+                             "version has no series for", target, "pass --pin explicitly or revert with the "
+                             "overlay version that applied it")
+    selected = pin.select(chosen or applied)
+    if applied and selected.commit != applied and ns.cmd in ("apply", "revert"):
+        raise InstallerError(f"the target was applied over upstream {str(applied)[:8]}, not {selected.short}",
+                             target, f"run 'revert --target {target}' first, then 'apply --pin {selected.short}'")
 
 
 def _source(ns) -> str:

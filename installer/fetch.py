@@ -23,7 +23,8 @@ from .errors import InstallerError
 def _offline_hint() -> str:
     p = pin.active()
     if not p.has_sdist:
-        return f"upstream {p.short} has no sdist: on an offline host run 'apply --pin {p.short} --source /path/to/clone'"
+        return (f"upstream {p.short} has no sdist: on an offline host run "
+                f"'apply --pin {p.short} --source /path/to/clone'")
     return (f"on an offline host copy {p.sdist_name} (sha256 {p.sdist_sha256[:16]}...) here and run "
             f"'apply --source /path/to/{p.sdist_name}'")
 
@@ -229,7 +230,8 @@ def _from_git(path: str) -> Upstream:
     try:
         repo = git.Repo(path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise InstallerError("not a git repository", path, "point --source at a clone of " + pin.active().git_url) from None
+        raise InstallerError("not a git repository", path,
+                             "point --source at a clone of " + pin.active().git_url) from None
     # a mirror may lack core.bare=true: no work tree means there is nothing to be dirty or checked out
     bare = repo.bare or repo.working_tree_dir is None or not os.path.exists(os.path.join(path, ".git"))
     if bare:  # otherwise GitPython runs git in the parent directory, which git may reject or misread

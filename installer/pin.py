@@ -129,7 +129,8 @@ def from_file(path: str) -> Pin:
 def patches_root() -> str:
     """patches/ of the checkout this runs from, else the copy shipped in the wheel (_data/patches)."""
     checkout = os.path.join(os.path.dirname(_HERE), "patches")
-    if os.path.isdir(checkout) and any(os.path.isfile(os.path.join(checkout, d, PIN_FILE)) for d in os.listdir(checkout)):
+    if os.path.isdir(checkout) and any(os.path.isfile(os.path.join(checkout, d, PIN_FILE))
+                                       for d in os.listdir(checkout)):
         return checkout
     return os.path.join(_HERE, "_data", "patches")
 

@@ -286,7 +286,8 @@ def start(clone: str, to: str, from_commit: str | None, work: str, root: str, ov
             source_sha256[n] = _sha256(f.read())
     git(work, "checkout", "-q", "--detach", to_sha)
     st = {"from": src.commit, "to": to_sha, "clone": os.path.abspath(clone), "root": os.path.abspath(root),
-          "series": names, "commits": commits, "source_sha256": source_sha256, "next": 0, "rows": [], "dry_run": dry_run,
+          "series": names, "commits": commits, "source_sha256": source_sha256, "next": 0, "rows": [],
+          "dry_run": dry_run,
           "overlay_dir": overlay_dir, "launcher": launcher}
     _save(work, st)
     try:
@@ -450,7 +451,8 @@ def abort(work: str) -> int:
 
 
 def table(st: dict) -> str:
-    out = [f"port {st['from'][:8]} -> {st['to'][:8]}:", "| patch | result | detail | upstream commits touching its files |",
+    out = [f"port {st['from'][:8]} -> {st['to'][:8]}:",
+           "| patch | result | detail | upstream commits touching its files |",
            "|---|---|---|---|"]
     for r in st["rows"]:
         out.append(f"| {r['name']} | {r['status']} | {r['detail']} | {r['upstream'] or '-'} |")
@@ -567,7 +569,6 @@ def _deps(text: str | None) -> dict:
 
 def _finish(work: str, st: dict) -> int:
     from . import digest, engine, overlay, paths
-    from . import patch as patch_mod
 
     src = pin.find(st["from"], st["root"])
     out = os.path.join(st["root"], st["to"])
@@ -626,7 +627,6 @@ def _finish(work: str, st: dict) -> int:
     print(f"wrote {out}: {len(names)} patches, series, manifest.tsv, upstream.toml, TREE_DIGEST {value[:12]}, "
           "PORT_REPORT.md")
     shutil.rmtree(work)
-    del patch_mod
     return 0
 
 
@@ -655,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     p = P(prog="python -m installer port", description=__doc__.split("\n\n")[0])
     p.add_argument("--upstream", metavar="CLONE", help="local clone or bare mirror of upstream with both commits")
     p.add_argument("--to", metavar="REV", help="upstream commit, tag or branch to move the series to")
-    p.add_argument("--from", dest="from_pin", metavar="PIN", help="the pin whose series moves (default: the default pin)")
+    p.add_argument("--from", dest="from_pin", metavar="PIN",
+                   help="the pin whose series moves (default: the default pin)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--dry-run", action="store_true", help="print the table only; write nothing")
     g.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving a conflict")

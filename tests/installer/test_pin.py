@@ -93,8 +93,9 @@ def test_no_hard_coded_pin_outside_the_pin_files():
         for n in needles:
             if n in text:
                 bad.append(f"{f}: {n[:12]}")
-        if f.endswith(".py") and re.search(r"from \.?\.?(installer\.)?manifest import .*\b(PIN|SDIST_SHA256|PYPI_|GIT_URL)"
-                                           r"|manifest\.(PIN|SDIST_SHA256|PYPI_NAME|PYPI_VERSION|GIT_URL)\b", text):
+        if f.endswith(".py") and re.search(r"from \.?\.?(installer\.)?manifest import .*\b(PIN|SDIST_SHA256|PYPI_"
+                                           r"|GIT_URL)|manifest\.(PIN|SDIST_SHA256|PYPI_NAME|PYPI_VERSION|GIT_URL)\b",
+                                           text):
             bad.append(f"{f}: the pin constants live in installer/pin.py (pin.active()), not in manifest")
     assert not bad, "pinned values hard-coded outside patches/<commit>/upstream.toml: " + "; ".join(sorted(bad))
 
@@ -121,6 +122,8 @@ def test_git_only_pin_applies_and_verifies_from_a_local_clone(tmp_path):
     text = (tree / "cosmos_predict2/pipelines/text2image.py").read_text()
     assert "CosmosTextEncoderConfig.NUM_TOKENS, CosmosTextEncoderConfig.EMBED_DIM" in text  # upstream's change kept
     assert ").cuda()" not in text  # ours applied on top
+    line = one_error_line(cli("apply", "--pin", pin.default().short, "--target", tree))  # no silent pin switch
+    assert f"applied over upstream {PORTED[:8]}, not {pin.default().short}" in line and "revert" in line
     r = cli("digest", "--pin", PORTED[:8], "--from-source", clone, "--check")
     assert r.returncode == 0, r.stdout + r.stderr
     r = cli("revert", "--target", tree)
