@@ -278,13 +278,17 @@ def start(clone: str, to: str, from_commit: str | None, work: str, root: str, ov
     from . import patch as patch_mod
 
     names = patch_mod.read_series(src.directory)
-    _prepare(work, clone, src, names)
-    commits = import_series(work, src.commit, src.directory, names)
+    try:
+        _prepare(work, clone, src, names)
+        commits = import_series(work, src.commit, src.directory, names)
+        git(work, "checkout", "-q", "--detach", to_sha)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # nothing to continue from: leave no half-made work directory
+        raise
     source_sha256 = {}
     for n in names:
         with open(os.path.join(src.directory, n), "rb") as f:
             source_sha256[n] = _sha256(f.read())
-    git(work, "checkout", "-q", "--detach", to_sha)
     st = {"from": src.commit, "to": to_sha, "clone": os.path.abspath(clone), "root": os.path.abspath(root),
           "series": names, "commits": commits, "source_sha256": source_sha256, "next": 0, "rows": [],
           "dry_run": dry_run,

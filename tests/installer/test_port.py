@@ -270,8 +270,9 @@ def test_canonicalize_rewrites_a_git_diff_made_patch_so_the_port_accepts_it(worl
                     flags=re.M)
     assert short != canonical
     p.write_bytes(short)
-    line = one_error_line(run_port(world, tmp_path / "w", "--dry-run"))
+    line = one_error_line(run_port(world, tmp_path / "w"))
     assert "0001-clean-change.patch does not round-trip" in line and "--canonicalize" in line
+    assert not (tmp_path / "w").exists()  # no half-made work directory blocks the retry
     r = cli("port", "--upstream", up, "--canonicalize", "--patches-root", root)
     assert r.returncode == 0 and "1 of 5 patches rewritten" in r.stdout, r.stdout + r.stderr
     assert p.read_bytes() == canonical
