@@ -3,13 +3,17 @@
     python -m installer port --upstream CLONE --to REV [--from PIN] [--dry-run]
     python -m installer port --continue      (after resolving a conflict in the work tree)
     python -m installer port --abort
+    python -m installer port --upstream CLONE --canonicalize [--from PIN]   (rewrite a series made with plain
+                                                                           `git diff` so that it round-trips)
 
 1. Import: a scratch repository (objects borrowed from CLONE through git alternates, nothing copied into CLONE)
    gets the FROM pin's commit and one commit per patch of its series. Every commit is exported again with
    `export_commit` (the code behind tools/export_series.py) and must equal the patch file byte for byte.
 2. Replay onto REV, one patch at a time, each classified: clean / offset / fuzz / 3-way / conflict / drop
    (drop = the patch reverse-applies: upstream already has it). A conflict stops with the conflict markers left in
-   the work tree; resolve them and run --continue (or --abort).
+   the work tree; resolve them and run --continue (or --abort). A hand resolution is recorded in
+   patches/<REV>/RESOLUTIONS (with the sha256 of the source patch) and reused when a later port of the very same
+   source patch conflicts again, so re-running the port after new patches join the series needs no new work.
 3. Export patches/<REV>/: the patches (canonical form, zero offset and fuzz on REV by construction), series,
    manifest.tsv (git blob SHA-1 and size of every file at REV), upstream.toml, TREE_DIGEST (the installer's own
    engine applies the new series to REV's library files plus the overlay) and PORT_REPORT.md (the table, the
