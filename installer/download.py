@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="default: checkpoints")
     parser.add_argument("--dataset-dir", default="datasets", help="default: datasets")
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched and where")
+    parser.add_argument("--pin", default=None, metavar="COMMIT",
+                        help="upstream commit whose checkpoint revisions to use (default: the PyPI-backed pin)")
     return parser
 
 
@@ -343,6 +345,11 @@ def plan(models: list[str], datasets: list[str]) -> list[Item]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        pin.select(args.pin)
+    except Exception as exc:  # InstallerError: already the one line after "error: "
+        _err(str(exc))
+        return 1
     items = plan(args.model, args.dataset)
     if not items:
         _err("nothing to download (command line). Pass --model NAME (or all) and/or --dataset cosmos-nemo-assets.")

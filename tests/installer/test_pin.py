@@ -128,3 +128,11 @@ def test_git_only_pin_applies_and_verifies_from_a_local_clone(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     r = cli("revert", "--target", tree)
     assert r.returncode == 0 and f"pristine upstream {PORTED[:8]}" in r.stdout, r.stdout + r.stderr
+
+
+def test_download_takes_the_revisions_of_the_chosen_pin(tmp_path):
+    r = cli("download", "--pin", PORTED[:8], "--model", "t5-11b", "--dry-run", "--checkpoint-dir", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"revision {pin.find(PORTED).checkpoints['google-t5/t5-11b']}" in r.stdout
+    line = one_error_line(cli("download", "--pin", "0000000", "--model", "t5-11b", "--dry-run"))
+    assert "no pin '0000000'" in line
