@@ -43,7 +43,6 @@ setup(
     python_requires=">=3.10",
     packages=[PKG],
     package_dir={PKG: "installer"},
-    package_data={PKG: ["data/*.tsv"]},
     install_requires=["GitPython>=3.1", "unidiff>=0.7.5", "huggingface_hub>=0.30"],
     entry_points={"console_scripts": [f"cosmos-predict2-overlay = {PKG}.cli:main"]},
     cmdclass={"build_py": BuildWithData},

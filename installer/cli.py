@@ -1,4 +1,4 @@
-"""Command line: apply, status, verify, revert, digest, doctor, download.
+"""Command line: apply, status, verify, revert, digest, doctor, download, port.
 
 Every failure prints one line `error: <what> (<where>). <what to do>.` and exits non-zero; argparse usage
 errors exit 2.
@@ -10,9 +10,8 @@ import argparse
 import os
 import sys
 
-from . import engine
+from . import engine, pin
 from .errors import InstallerError
-from .manifest import PIN
 
 DEFAULT_TARGET = "cosmos-predict2"
 
@@ -24,13 +23,17 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m installer" if __package__ == "installer" else "cosmos-predict2-overlay",
-                description=f"Patch overlay over nvidia-cosmos/cosmos-predict2@{PIN[:8]} for Ascend NPU, CUDA "
-                            "without TransformerEngine, and CPU.")
+                description="Patch overlay over nvidia-cosmos/cosmos-predict2 (pins: "
+                            + ", ".join(p.short + (" default" if p.default else "") for p in pin.available())
+                            + ") for Ascend NPU, CUDA without TransformerEngine, and CPU.")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     def common(sp, target=True):
         if target:
             sp.add_argument("--target", default=DEFAULT_TARGET, help="upstream tree (default: ./cosmos-predict2)")
+        sp.add_argument("--pin", default=None, metavar="COMMIT",
+                        help="upstream commit (a patches/<commit>/ directory; default: the one the target was "
+                             "applied with, else the PyPI-backed pin)")
         # hidden: let tests and maintainers point at another series / overlay
         sp.add_argument("--patches-dir", default=None, help=argparse.SUPPRESS)
         sp.add_argument("--overlay-dir", default=None, help=argparse.SUPPRESS)
@@ -38,9 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("apply", help="fetch upstream (if needed), apply the series and the overlay")
     common(a)
-    a.add_argument("--source", default="pypi",
-                   help="pypi (default, sdist cosmos-predict2==1.0.9), git (GitHub clone of the pinned commit), "
-                        "or PATH: an sdist .tar.gz, its unpacked directory, or a git clone/bare mirror")
+    a.add_argument("--source", default=None,
+                   help="pypi (the pin's sdist; default when it has one), git (GitHub clone of the pinned commit; "
+                        "default otherwise), or PATH: an sdist .tar.gz, its unpacked directory, or a git clone/mirror")
     a.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
     a.add_argument("--force", action="store_true",
                    help="overwrite your edits of managed files (discarded) and foreign files in the way "
@@ -66,7 +69,34 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="machine-readable output")
     doc.add_argument("--table", action="store_true", help="print the support table (Markdown) and exit")
     sub.add_parser("download", help="download checkpoints / datasets (see 'download --help')", add_help=False)
+    sub.add_parser("port", help="move the series to another upstream commit (see 'port --help')", add_help=False)
     return p
+
+
+def _select_pin(ns) -> None:
+    """--pin, else the commit recorded in the target's state, else the default pin."""
+    chosen = getattr(ns, "pin", None)
+    target = getattr(ns, "target", None)
+    applied = None
+    if target and not getattr(ns, "from_source", None):  # digest --from-source reads no target
+        import json
+        try:
+            with open(os.path.join(target, ".cosmos-overlay", "state.json"), encoding="utf-8") as f:
+                applied = json.load(f).get("commit")
+        except (OSError, ValueError, AttributeError):
+            applied = None  # no or unreadable state: the engine reports it where it matters
+    if applied and not chosen and not any(p.commit == applied for p in pin.available()):
+        raise InstallerError(f"the target was applied over upstream {str(applied)[:12]}, which this overlay "
+                             "version has no series for", target, "pass --pin explicitly or revert with the "
+                             "overlay version that applied it")
+    selected = pin.select(chosen or applied)
+    if applied and selected.commit != applied and ns.cmd in ("apply", "revert"):
+        raise InstallerError(f"the target was applied over upstream {str(applied)[:8]}, not {selected.short}",
+                             target, f"run 'revert --target {target}' first, then 'apply --pin {selected.short}'")
+
+
+def _source(ns) -> str:
+    return ns.source or ("pypi" if pin.active().has_sdist else "git")
 
 
 def _config(ns) -> engine.Config:
@@ -123,13 +153,18 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         return download_main(argv[1:])
+    if argv and argv[0] == "port":
+        from .port import main as port_main
+        return port_main(argv[1:])
     ns = _parser().parse_args(argv)
     if ns.cmd is None:
         _parser().print_help()
         return 2
     try:
+        if ns.cmd not in ("doctor",):
+            _select_pin(ns)
         if ns.cmd == "apply":
-            return engine.apply(_config(ns), ns.source)
+            return engine.apply(_config(ns), _source(ns))
         if ns.cmd == "status":
             return engine.status(_config(ns))
         if ns.cmd == "verify":

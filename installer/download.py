@@ -31,16 +31,12 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-# Revisions pinned by upstream's scripts/download_checkpoints.py at ccb40411 (reproducible downloads).
-_PINS = {
-    "google-t5/t5-11b": "90f37703b3334dfe9d2b009bfcbfbf1ac9d28ea3",
-    "meta-llama/Llama-Guard-3-8B": "7327bd9f6efbbe6101dc6cc4736302b3cbb6e425",
-    "nvidia/Cosmos-Guardrail1": "d6d4bfa899a71454a700907664f3e88f503950cf",
-    "nvidia/Cosmos-Predict2-14B-Text2Image": "015332720f70dd7b497c1cff9fd0c936a77f160b",
-    "nvidia/Cosmos-Predict2-14B-Video2World": "03b03a377fede782647afac998f674d9f358e319",
-    "nvidia/Cosmos-Predict2-2B-Text2Image": "acdb5fde992a73ef0355f287977d002cbfd127e0",
-    "nvidia/Cosmos-Predict2-2B-Video2World": "f50c09f5d8ab133a90cac3f4886a6471e9ba3f18",
-}
+try:
+    from . import pin
+except ImportError:  # run as a script: python installer/download.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from installer import pin
+
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,8 @@ class Item:
 
     @property
     def revision(self) -> str:
-        return _PINS.get(self.repo_id, "main")
+        """The revision upstream's scripts/download_checkpoints.py pins at the active pin's commit (upstream.toml)."""
+        return pin.active().checkpoints.get(self.repo_id, "main")
 
     def destination(self, checkpoint_dir: str, dataset_dir: str) -> str:
         if self.repo_type == "dataset":
@@ -327,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", default="checkpoints", help="default: checkpoints")
     parser.add_argument("--dataset-dir", default="datasets", help="default: datasets")
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched and where")
+    parser.add_argument("--pin", default=None, metavar="COMMIT",
+                        help="upstream commit whose checkpoint revisions to use (default: the PyPI-backed pin)")
     return parser
 
 
@@ -346,6 +345,11 @@ def plan(models: list[str], datasets: list[str]) -> list[Item]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        pin.select(args.pin)
+    except Exception as exc:  # InstallerError: already the one line after "error: "
+        _err(str(exc))
+        return 1
     items = plan(args.model, args.dataset)
     if not items:
         _err("nothing to download (command line). Pass --model NAME (or all) and/or --dataset cosmos-nemo-assets.")

@@ -6,9 +6,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import digest, fetch, manifest, overlay, patch, paths, state
+from . import digest, fetch, manifest, overlay, patch, paths, pin, state
 from .errors import InstallerError
-from .manifest import PIN
 from .state import PRISTINE, STATE_DIR, STATE_FILE
 
 
@@ -125,7 +124,7 @@ def pristine_from_tree(target: str) -> fetch.Upstream:
     if bad:
         n_ok = len(manifest.library_paths()) - len(bad)
         what = ("target directory exists and is not a cosmos-predict2 tree" if n_ok == 0 else
-                f"target is not pristine cosmos-predict2@{PIN[:8]}: {_list(bad, 3)} "
+                f"target is not pristine cosmos-predict2@{pin.active().short}: {_list(bad, 3)} "
                 f"{'is' if len(bad) == 1 else 'are'} missing or changed")
         raise InstallerError(what, target, "choose an empty or new --target, or restore the upstream files")
     files = {}
@@ -232,7 +231,8 @@ def _apply(cfg: Config, source: str, say=print) -> int:
             desired[f"{PRISTINE}/{p}"] = old
     tree = digest.tree_digest(managed)
     new_state = {
-        "format": state.FORMAT, "commit": PIN, "source": {"kind": upstream.kind, "identity": upstream.identity},
+        "format": state.FORMAT, "commit": pin.active().commit,
+        "source": {"kind": upstream.kind, "identity": upstream.identity},
         "series_digest": ours.series_digest, "series": ours.names, "tree_digest": tree,
         "files": {p: {"sha256": state.sha256(v[0]), "mode": v[1]} for p, v in sorted(written.items())},
         "created": sorted(p for p in full if p not in up), "deleted": deleted, "backups": backups,
@@ -304,7 +304,7 @@ def _revert(cfg: Config, source: str | None = None, say=print) -> int:
     _prune_created(target, st["created"], st["upstream"])
     state.recover(target)  # removes the now empty state directory
     foreign = [p for p in _foreign(target) if p not in st["created"]]
-    say(f"reverted {target} to pristine upstream {PIN[:8]} ({len(ops) - 1} file operation(s))")
+    say(f"reverted {target} to pristine upstream {pin.active().short} ({len(ops) - 1} file operation(s))")
     if foreign:
         say(f"left in place {len(foreign)} file(s) that are not upstream: {_list(foreign, 10)}")
     edited = [p for p in st["managed"] if p not in ours_paths and not manifest.matches(p, (state.read(target, p)
@@ -351,7 +351,7 @@ def status(cfg: Config, say=print) -> int:
     st = state.load_state(target)
     if st is None:
         pristine_from_tree(target)  # raises when this is not the upstream tree
-        say(f"pristine upstream cosmos-predict2@{PIN[:8]} (no overlay applied)")
+        say(f"pristine upstream cosmos-predict2@{pin.active().short} (no overlay applied)")
         return 0
     changed = drift(target, st)
     if changed:
@@ -383,7 +383,7 @@ def verify(cfg: Config, say=print) -> int:
     if bad:
         raise InstallerError(f"tree differs from this installer's series {short(ours.series_digest)}: {_list(bad)}",
                              target, "run apply to upgrade")
-    say(f"ok: {target} equals series {short(ours.series_digest)} over {PIN[:8]} "
+    say(f"ok: {target} equals series {short(ours.series_digest)} over {pin.active().short} "
         f"(tree digest {digest.tree_digest(managed)})")
     return 0
 

@@ -16,13 +16,17 @@ import sys
 import tarfile
 from dataclasses import dataclass, field
 
-from . import manifest
+from . import manifest, pin
 from .errors import InstallerError
-from .manifest import GIT_URL, PIN, PYPI_NAME, PYPI_VERSION, SDIST_SHA256
 
-SDIST_NAME = f"cosmos_predict2-{PYPI_VERSION}.tar.gz"
-OFFLINE_HINT = (f"on an offline host copy {SDIST_NAME} (sha256 {SDIST_SHA256[:16]}...) here and run "
-                f"'apply --source /path/to/{SDIST_NAME}'")
+
+def _offline_hint() -> str:
+    p = pin.active()
+    if not p.has_sdist:
+        return (f"upstream {p.short} has no sdist: on an offline host run "
+                f"'apply --pin {p.short} --source /path/to/clone'")
+    return (f"on an offline host copy {p.sdist_name} (sha256 {p.sdist_sha256[:16]}...) here and run "
+            f"'apply --source /path/to/{p.sdist_name}'")
 
 
 @dataclass
@@ -59,6 +63,11 @@ def fetch(source: str) -> Upstream:
 
 def download_sdist() -> str:
     """The sdist in the cache dir, downloaded with pip when absent."""
+    p = pin.active()
+    if not p.has_sdist:
+        raise InstallerError(f"upstream {p.short} was never released on PyPI", f"pin {p.commit}",
+                             f"use 'apply --pin {p.short} --source git' or --source PATH to a clone")
+    SDIST_NAME, SDIST_SHA256, PYPI_NAME, PYPI_VERSION = p.sdist_name, p.sdist_sha256, p.pypi_name, p.version
     d = cache_dir()
     path = os.path.join(d, SDIST_NAME)
     if os.path.isfile(path) and _sha256_file(path) == SDIST_SHA256:
@@ -71,7 +80,7 @@ def download_sdist() -> str:
     if r.returncode != 0 or not os.path.isfile(path):
         last = ([ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()] or ["no output"])[-1].strip()
         raise InstallerError(f"cannot download {PYPI_NAME}=={PYPI_VERSION} from PyPI", f"pip: {last[:160]}",
-                             OFFLINE_HINT + ", or try --source git")
+                             _offline_hint() + ", or try --source git")
     return path
 
 
@@ -86,6 +95,7 @@ def _sha256_file(path: str) -> str:
 def read_tar(path: str) -> dict[str, bytes]:
     """Regular files of a .tar.gz, top directory stripped. Refuses links, devices and names escaping the root."""
     out: dict[str, bytes] = {}
+    SDIST_NAME, SDIST_SHA256 = pin.active().sdist_name or "the sdist", pin.active().sdist_sha256 or "-"
     try:
         with tarfile.open(path, "r:*") as tar:
             for m in tar:
@@ -111,6 +121,9 @@ def read_tar(path: str) -> dict[str, bytes]:
 
 
 def from_sdist(path: str) -> Upstream:
+    p = pin.active()
+    SDIST_NAME, SDIST_SHA256, PYPI_NAME, PYPI_VERSION, PIN = (p.sdist_name or "a cosmos-predict2 sdist",
+                                                              p.sdist_sha256 or "-", p.pypi_name, p.version, p.commit)
     digest = _sha256_file(path)
     members = read_tar(path)
     top = members.pop("\0top", b"").decode()
@@ -149,7 +162,7 @@ def _verified(files: dict[str, bytes], kind: str, identity: str, where: str) -> 
         if e is None:
             continue  # PKG-INFO and such: not part of the upstream tree
         if not manifest.matches(p, data):
-            raise InstallerError(f"{p} differs from upstream commit {PIN[:8]} (git blob {manifest.git_blob_sha1(data)[:10]}, "
+            raise InstallerError(f"{p} differs from upstream commit {pin.active().short} (git blob {manifest.git_blob_sha1(data)[:10]}, "
                                  f"expected {e.sha1[:10]})", where,
                                  "use pristine upstream bytes: a fresh download (--source pypi) or a clean clone")
         out[p] = (data, e.mode)
@@ -157,7 +170,8 @@ def _verified(files: dict[str, bytes], kind: str, identity: str, where: str) -> 
     if missing:
         raise InstallerError(f"upstream library file {missing[0]} is missing"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""), where,
-                             f"point --source at {SDIST_NAME}, its unpacked directory, or a clone at {PIN[:8]}")
+                             f"point --source at {pin.active().sdist_name or 'a clone'}, its unpacked directory, "
+                             f"or a clone at {pin.active().short}")
     return Upstream(out, kind, identity)
 
 
@@ -177,7 +191,8 @@ def clone_git() -> str:
     """A bare clone of upstream in the cache dir (COSMOS_OVERLAY_GIT_URL overrides the URL, e.g. a mirror)."""
     import git  # GitPython; imported here so the other sources work without it
 
-    url = os.environ.get("COSMOS_OVERLAY_GIT_URL", GIT_URL)
+    PIN = pin.active().commit
+    url = os.environ.get("COSMOS_OVERLAY_GIT_URL", pin.active().git_url)
     dest = os.path.join(cache_dir(), "cosmos-predict2.git")
     try:
         if os.path.isdir(dest):
@@ -193,7 +208,7 @@ def clone_git() -> str:
     except git.GitCommandError as e:
         last = _last_line(e.stderr)
         raise InstallerError(f"cannot clone {url}", f"git: {last[:160]}",
-                             OFFLINE_HINT + " (the default --source pypi needs only PyPI)") from None
+                             _offline_hint() + " (the default --source pypi needs only PyPI)") from None
     return dest
 
 
@@ -211,10 +226,12 @@ def from_git(path: str) -> Upstream:
 def _from_git(path: str) -> Upstream:
     import git
 
+    PIN, GIT_URL = pin.active().commit, pin.active().git_url
     try:
         repo = git.Repo(path)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise InstallerError("not a git repository", path, "point --source at a clone of " + GIT_URL) from None
+        raise InstallerError("not a git repository", path,
+                             "point --source at a clone of " + pin.active().git_url) from None
     # a mirror may lack core.bare=true: no work tree means there is nothing to be dirty or checked out
     bare = repo.bare or repo.working_tree_dir is None or not os.path.exists(os.path.join(path, ".git"))
     if bare:  # otherwise GitPython runs git in the parent directory, which git may reject or misread

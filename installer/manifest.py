@@ -1,4 +1,7 @@
-"""The manifest of the pinned upstream commit: mode, git blob SHA-1, size and sdist membership of every file."""
+"""The manifest of the pinned upstream commit: mode, git blob SHA-1, size and library membership of every file.
+
+Which commit, and so which manifest file, is the active pin's (installer/pin.py, patches/<commit>/upstream.toml).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-PIN = "ccb40411471d7e37cad7c8a4b4b9f7f088edbdf1"
-PYPI_NAME, PYPI_VERSION = "cosmos-predict2", "1.0.9"
-SDIST_SHA256 = "b9aa0ebe361dd8aa4bac0d757140415916f9dfabecf7301fe2e01aac750eeb4d"
-GIT_URL = "https://github.com/nvidia-cosmos/cosmos-predict2"
+from . import pin
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Entry:
     mode: int  # 0o100644 / 0o100755 as git writes it
     sha1: str  # git blob SHA-1
     size: int
-    in_sdist: bool  # True = library file (managed part of the tree)
+    in_sdist: bool  # True = library file (cosmos_predict2/, imaginaire/: what an sdist holds; the managed part)
     path: str
 
 
@@ -29,9 +29,9 @@ _CACHE: dict[str, dict[str, Entry]] = {}
 
 
 def load(path: str | None = None) -> dict[str, Entry]:
-    """path -> Entry for every file of the pinned commit."""
+    """path -> Entry for every file of the pinned commit (the active pin's manifest unless path is given)."""
     if path is None:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cosmos-predict2-ccb40411.tsv")
+        path = pin.active().manifest_path()
     if path not in _CACHE:
         out: dict[str, Entry] = {}
         with open(path, encoding="utf-8") as f:

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 
-from .manifest import PIN
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
+from . import pin
 
 
 def resource_root() -> str:
     """Directory that holds patches/, overlay/ and train.sh."""
-    checkout = os.path.dirname(_HERE)
-    if os.path.isdir(os.path.join(checkout, "patches", PIN)) and os.path.isfile(os.path.join(checkout, "train.sh")):
-        return checkout
-    return os.path.join(_HERE, "_data")
+    return os.path.dirname(pin.patches_root())
 
 
 def patches_dir() -> str:
-    return os.path.join(resource_root(), "patches", PIN)
+    return pin.active().directory
 
 
 def overlay_dir() -> str:
@@ -30,4 +25,4 @@ def launcher_file() -> str:
 
 
 def manifest_file() -> str:
-    return os.path.join(_HERE, "data", "cosmos-predict2-ccb40411.tsv")
+    return pin.active().manifest_path()

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hub_server import HubServer, HubState, Repo  # noqa: E402
 
+from installer import pin  # noqa: E402
 from tests.dataprep.dataprep_helpers import assert_one_error_line as one_error_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +26,7 @@ _spec = importlib.util.spec_from_file_location("download_under_test", DOWNLOAD)
 download = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = download  # dataclasses look their module up there
 _spec.loader.exec_module(download)
-PINS = download._PINS
+PINS = pin.active().checkpoints  # the revisions of the default pin (patches/<commit>/upstream.toml)
 
 V2W = "nvidia/Cosmos-Predict2-2B-Video2World"
 T5 = "google-t5/t5-11b"

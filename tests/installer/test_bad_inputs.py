@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from inst_helpers import REPO, cli, one_error_line, sdist_members, snapshot
-from installer.manifest import PIN
+from installer import pin
+
+PIN = pin.default().commit
 
 MIRROR = Path(os.environ.get("COSMOS_OVERLAY_TEST_MIRROR", "/work/.mirror/nvidia-cosmos+cosmos-predict2/repo"))
 SAMPLE = "cosmos_predict2/models/video2world_model.py"

@@ -9,8 +9,9 @@ import shutil
 
 
 from inst_helpers import REPO, cli, one_error_line, sdist_members, snapshot
-from installer import manifest
-from installer.manifest import PIN
+from installer import manifest, pin
+
+PIN = pin.default().commit
 
 PATCHES = REPO / "patches" / PIN
 
@@ -191,7 +192,7 @@ def test_foreign_file_in_the_way(tmp_path, upstream_sdist):
 
 def test_state_records_what_was_written(applied_tree):
     st = json.loads((applied_tree / ".cosmos-overlay/state.json").read_text())
-    assert st["source"]["kind"] == "pypi" and st["source"]["identity"] == manifest.SDIST_SHA256
+    assert st["source"]["kind"] == "pypi" and st["source"]["identity"] == pin.default().sdist_sha256
     for p, rec in st["files"].items():
         assert hashlib.sha256((applied_tree / p).read_bytes()).hexdigest() == rec["sha256"]
     assert "train.sh" in st["created"] and "train.sh" in st["managed"]

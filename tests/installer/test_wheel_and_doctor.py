@@ -12,8 +12,9 @@ import zipfile
 import pytest
 
 from inst_helpers import REPO, one_error_line
-from installer import doctor, support
-from installer.manifest import PIN
+from installer import doctor, pin, support
+
+PIN = pin.default().commit
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,9 @@ def test_wheel_has_no_top_level_installer(wheel):
     tops = {n.split("/")[0] for n in names}
     assert "installer" not in tops
     assert {t for t in tops if not t.endswith(".dist-info")} == {"cosmos_predict2_overlay"}
-    for need in ("cosmos_predict2_overlay/cli.py", "cosmos_predict2_overlay/data/cosmos-predict2-ccb40411.tsv",
+    for need in ("cosmos_predict2_overlay/cli.py", "cosmos_predict2_overlay/pin.py",
+                 f"cosmos_predict2_overlay/_data/patches/{PIN}/manifest.tsv",
+                 f"cosmos_predict2_overlay/_data/patches/{PIN}/upstream.toml",
                  "cosmos_predict2_overlay/_data/train.sh", f"cosmos_predict2_overlay/_data/patches/{PIN}/series",
                  "cosmos_predict2_overlay/_data/overlay/cosmos_predict2/portable/device.py"):
         assert need in names, need
