@@ -82,6 +82,48 @@ def npu_module():
     return _NPU
 
 
+# Ascend SoC names as torch.npu.get_device_name() reports them -> product line. The training kernels the portable
+# ops call differ by line (torch_npu 2.7.1 _op_plugin_docs): npu_fusion_attention exists on Atlas A2 training
+# parts only (A3 as its successor); on the first Atlas training series (Ascend910A/B/ProA/ProB/PremiumA)
+# npu_rotary_mul runs only in 'half' mode with head_dim 128. installer/support.py holds the same table for doctor
+# (tests/ops/test_npu_branches.py checks that the two agree).
+NPU_PRODUCTS = (
+    (r"Ascend910B\d", "Atlas A2 training"),
+    (r"Ascend910_93\d*", "Atlas A3 training"),
+    (r"Ascend910(A|B|ProA|ProB|PremiumA)", "Atlas training (910A)"),
+)
+
+
+def npu_product(soc: str | None) -> str | None:
+    """'Atlas A2 training' / 'Atlas A3 training' / 'Atlas training (910A)' for a SoC name, None if unknown."""
+    import re
+
+    for pattern, product in NPU_PRODUCTS:
+        if soc and re.fullmatch(pattern, soc):
+            return product
+    return None
+
+
+_soc: list = []
+
+
+def npu_soc() -> str | None:
+    """The NPU's SoC name (torch.npu.get_device_name(), e.g. 'Ascend910B3'); None off NPU or if unreadable."""
+    if DEVICE_TYPE != "npu":
+        return None
+    if not _soc:
+        try:
+            _soc.append(str(torch.npu.get_device_name(current_device_index())))
+        except Exception:  # a driver that cannot say: the kernels' own checks decide
+            _soc.append(None)
+    return _soc[0]
+
+
+def npu_is_910a() -> bool:
+    """True on the first Atlas training series: no npu_fusion_attention, npu_rotary_mul 'half' mode only."""
+    return npu_product(npu_soc()) == "Atlas training (910A)"
+
+
 def is_npu() -> bool:
     return DEVICE_TYPE == "npu"
 
