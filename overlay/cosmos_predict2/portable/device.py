@@ -13,9 +13,28 @@ torch_npu is only ever imported inside a try; this module imports torch and the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 
-import torch
+
+def _autoload_diagnosis(exc: BaseException) -> str | None:
+    """autoload.diagnose, loaded by path: this file is also loaded standalone (scripts/train_preflight.py)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autoload.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_cosmos_portable_autoload", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.diagnose(exc)
+
+
+try:
+    import torch
+except RuntimeError as _exc:  # torch >= 2.5 autoloads torch_npu; without CANN sourced `import torch` raises
+    _line = _autoload_diagnosis(_exc)
+    if _line is None:
+        raise
+    raise RuntimeError(_line) from _exc
 
 _KINDS = ("cpu", "cuda", "npu")
 _DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
