@@ -125,12 +125,12 @@ def checks() -> tuple[list, str]:
         out.append((OK if cann is None else WARN, "torch_npu",
                     "not installed" + (" but CANN is present: pip install torch_npu for NPU training" if cann else "")))
     else:
-        out.append(torch_npu_version_check(npu_v, tv))
         try:
             import torch_npu  # noqa: F401  (guarded: only when installed)
 
             if torch.npu.is_available():
                 device, count = "npu", torch.npu.device_count()
+            out.append(torch_npu_version_check(npu_v, tv))
             if device == "npu":
                 out.append(npu_soc_check(torch))
         except BaseException as e:  # noqa: BLE001 - torch_npu raises all kinds of errors without CANN
