@@ -225,6 +225,8 @@ def test_version_pairing_matches_the_wheels(x86_wheel, arm_wheel):
     and CANN 8.3.RC1 for torch_npu 2.7.1."""
     x86, arm = x86_wheel.metadata(), arm_wheel.metadata()
     assert "Requires-Dist: torch==2.7.1+cpu" in x86 and "Requires-Dist: torch==2.7.1\n" in arm
+    # why the CPU build on x86_64: torch_npu refuses a torch that brings another accelerator
+    assert "Two accelerators cannot be used at the same time" in x86_wheel.text("torch_npu/__init__.py")
     row = re.search(r"\|\s*CANN ([\w.]+)\s*\|\s*2\.8\.0.*?\n\|\s*\|\s*2\.7\.1\s*\|\s*2\.7\.1\s*\|", x86)
     assert row and row.group(1) == support.TORCH_NPU["2.7.1"][1] == "8.3.RC1"
     assert support.TORCH_NPU["2.7.1"][0] == "2.7.1"

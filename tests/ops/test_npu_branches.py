@@ -334,3 +334,12 @@ def test_npu_product_table_agrees_with_doctor():
     assert dev.npu_product("Ascend910_9391") == "Atlas A3 training"
     assert dev.npu_product("Ascend910ProB") == "Atlas training (910A)"
     assert dev.npu_product("Ascend310P3") is None
+
+
+def test_auto_order_comes_from_the_registry(portable, npu_portable):
+    """Uses the torch_npu TEST DOUBLE for the NPU instance: the registered priorities give the documented orders."""
+    q = torch.randn(1, 4, 2, 8)
+    assert npu_portable.attention.auto_order(npu_portable.fake.to_npu(q)) == ["npu_fusion", "math"]
+    assert npu_portable.attention.auto_order(q, deterministic=True) == ["math"]
+    assert portable.attention.auto_order(q) == ["sdpa_cpu", "math"]
+    assert portable.attention.auto_order(q, deterministic=True) == ["math"]
