@@ -25,7 +25,7 @@ NPU_PRODUCTS = (
 NPU_TRAINING_PRODUCTS = ("Atlas A2 training", "Atlas A3 training")
 NPU_LIMITED = {
     "Atlas training (910A)": "no npu_fusion_attention (attention runs the fp32 math path: slower, memory "
-    "quadratic in sequence length), npu_rotary_mul only in 'half' mode with head_dim 128",
+    "quadratic in sequence length), npu_rotary_mul only in 'half' mode with head_dim 128; a bf16 training run there is untested",
 }
 # (distribution, import name, minimum version, required for training, why)
 LIBRARIES = (
