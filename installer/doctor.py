@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from . import support
+from . import paths, support
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -45,6 +45,50 @@ def cann_version() -> tuple[str | None, str]:
     return None, "no CANN toolkit (ASCEND_TOOLKIT_HOME or /usr/local/Ascend/ascend-toolkit/latest)"
 
 
+def torch_import_failure(exc: BaseException) -> str:
+    """The detail line for a failed `import torch`: the autoload diagnosis shared with the device layer
+    (overlay/cosmos_predict2/portable/autoload.py, loaded by path: torch cannot be imported) when a backend
+    extension such as torch_npu broke it, else the exception itself."""
+    path = os.path.join(paths.overlay_dir(), "cosmos_predict2", "portable", "autoload.py")
+    try:
+        spec = importlib.util.spec_from_file_location("_cosmos_overlay_autoload", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        line = mod.diagnose(exc)
+    except OSError:  # resources missing: fall back to the raw exception
+        line = None
+    if line:
+        return line[len("error: "):] if line.startswith("error: ") else line
+    return f"import failed: {type(exc).__name__}: {exc}"[:200]
+
+
+def npu_soc_check(torch) -> tuple[str, str, str]:
+    """(status, 'npu part', detail) for the NPU's SoC (torch.npu.get_device_name): Atlas A2/A3 training ok, the
+    first Atlas training series (910A) a warning naming what is missing there, anything else a failure."""
+    try:
+        soc = str(torch.npu.get_device_name(0))
+    except Exception as e:  # noqa: BLE001 - driver errors of any kind
+        return WARN, "npu part", f"SoC name unreadable ({type(e).__name__}: {e})"[:200]
+    product = support.npu_product(soc)
+    if product in support.NPU_TRAINING_PRODUCTS:
+        return OK, "npu part", f"{soc} ({product})"
+    if product is not None:
+        return WARN, "npu part", f"{soc} ({product}): {support.NPU_LIMITED[product]}"
+    return FAIL, "npu part", (f"{soc} is not an Ascend training part this overlay supports "
+                              f"(supported: {', '.join(support.NPU_TRAINING_PRODUCTS)})")
+
+
+def torch_npu_version_check(npu_v: str, torch_v: str) -> tuple[str, str, str]:
+    """torch_npu must be a release of the support table, built for the installed torch."""
+    row = support.TORCH_NPU.get(npu_v)
+    listing = "; ".join(f"torch_npu {n} = torch {t} + CANN {c}" for n, (t, c) in support.TORCH_NPU.items())
+    if row is None:
+        return FAIL, "torch_npu", f"{npu_v} is not in the support table ({listing})"
+    if _ver(torch_v) != _ver(row[0]):
+        return FAIL, "torch_npu", f"{npu_v} is built for torch {row[0]}, not {torch_v} ({listing})"
+    return OK, "torch_npu", f"{npu_v} (torch {row[0]}, CANN {row[1]})"
+
+
 def checks() -> tuple[list, str]:
     """[(status, component, detail)], device kind."""
     out = []
@@ -72,7 +116,7 @@ def checks() -> tuple[list, str]:
     try:
         import torch
     except Exception as e:  # a broken install: report, do not crash
-        out.append((FAIL, "torch", f"import failed: {type(e).__name__}: {e}"[:200]))
+        out.append((FAIL, "torch", torch_import_failure(e)))
         return out, "none"
 
     npu_v = _dist("torch-npu") or _dist("torch_npu")
@@ -81,24 +125,27 @@ def checks() -> tuple[list, str]:
         out.append((OK if cann is None else WARN, "torch_npu",
                     "not installed" + (" but CANN is present: pip install torch_npu for NPU training" if cann else "")))
     else:
-        want = support.TORCH_NPU_FOR_TORCH.get(t)
         try:
             import torch_npu  # noqa: F401  (guarded: only when installed)
 
             if torch.npu.is_available():
                 device, count = "npu", torch.npu.device_count()
-            good = want is not None and _ver(npu_v)[:3] == _ver(want)
-            out.append((OK if good else FAIL, "torch_npu",
-                        npu_v + ("" if good else f" does not match torch {tv} (supported: "
-                                 + ", ".join(f"torch {'.'.join(map(str, k))} + torch_npu {v}"
-                                             for k, v in support.TORCH_NPU_FOR_TORCH.items()) + ")")))
+            out.append(torch_npu_version_check(npu_v, tv))
+            if device == "npu":
+                out.append(npu_soc_check(torch))
         except BaseException as e:  # noqa: BLE001 - torch_npu raises all kinds of errors without CANN
             if isinstance(e, KeyboardInterrupt):
                 raise
             out.append((WARN, "torch_npu", f"{npu_v} installed but import failed: {type(e).__name__}: {e}"[:200]))
     if cann is not None:
-        out.append((OK if cann == support.CANN else WARN, "CANN", f"{cann} ({cann_where})"
-                    + ("" if cann == support.CANN else f"; supported {support.CANN}")))
+        want = support.cann_for_torch_npu(npu_v) if npu_v else None
+        if want is not None:  # an installed torch_npu names its CANN exactly
+            out.append((OK if cann == want else FAIL, "CANN", f"{cann} ({cann_where})" + (
+                "" if cann == want else f"; torch_npu {npu_v} pairs with CANN {want}: install that CANN, or the "
+                f"torch_npu release for CANN {cann} if the support table has one")))
+        else:
+            out.append((OK if cann == support.CANN else WARN, "CANN", f"{cann} ({cann_where})"
+                        + ("" if cann == support.CANN else f"; supported {support.CANN}")))
     elif device == "npu":
         out.append((FAIL, "CANN", cann_where))
 

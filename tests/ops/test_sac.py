@@ -42,3 +42,18 @@ def test_policy_saves_portable_attention_under_real_sac(portable):
     assert x.grad is not None
     assert seen["portable"], "the attention op of the CPU path was not recognised"
     assert seen["upstream_rule"] == [], "upstream's 'flash_attn' rule would have recomputed it"
+
+
+def test_sac_follows_the_backend_registry(portable):
+    """A backend registered in portable/attention.py is saved by checkpointing without touching sac.py."""
+    att = portable.attention
+    assert portable.sac.is_attention_op("npu.npu_fusion_attention.default")
+    assert not portable.sac.is_attention_op("myns.my_new_attention.default")
+    att.register(att.Backend("mine", ("cpu",), lambda q, k, v, p: "not for auto use", lambda q, k, v, p: q,
+                             saved_ops=("my_new_attention",)))
+    try:
+        assert portable.sac.is_attention_op("myns.my_new_attention.default")
+        assert not portable.sac.is_attention_op("myns.my_new_attention_backward.default")
+    finally:
+        del att.BACKENDS["mine"]
+    assert not portable.sac.is_attention_op("myns.my_new_attention.default")

@@ -8,8 +8,9 @@ when first needed):
 - rmsnorm:    RMSNorm with TE module semantics (ones init, fp32 math, _extra_state).
 - te_compat:  `pytorch` namespace for `te.pytorch.RMSNorm`.
 - optim:      FusedAdam (AdamW with fp32 master weights, DTensor/FSDP2 aware).
-- sac:        is_attention_op() for selective activation checkpointing policies.
+- sac:        is_attention_op() for selective activation checkpointing policies (op names from attention's registry).
+- autoload:   one-line diagnosis when `import torch` fails inside torch_npu's autoload (standard library only).
 Only torch and the standard library are imported (torch_npu only inside a try).
 """
 
-__all__ = ["device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac"]
+__all__ = ["device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac", "autoload"]

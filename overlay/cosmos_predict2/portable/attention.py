@@ -5,16 +5,24 @@
 differences: `dtype=None` computes in the input dtype (upstream always casts to bf16), and CPU works (upstream
 limits SDPA to CUDA kernels and fails with "No viable backend").
 
-Backends (diffusers' attention_dispatch style: each has a `supports()` check that names the failing
-constraint):
+Backends register where they are defined (`register(Backend(...))`), each with everything other modules need to
+know about it: the devices it runs on, a `check` that names the failing constraint, its auto-selection priority,
+whether it is deterministic, whether it can run under context parallelism (the all-to-all CP op hands it the full
+sequence and a slice of the heads), and the op names selective activation checkpointing must save for it
+(portable/sac.py derives its list from here). A new kernel is one `register` call in this file.
 - "npu_fusion": torch_npu.npu_fusion_attention, layout BSND, scale passed explicitly (the kernel's default is
   1.0, not 1/sqrt(D)), output taken at index [0] of the 7-tuple, causal mask inverted (True = masked out).
+  Atlas A2/A3 training parts only; query heads <= 256, head_dim <= 768, value head_dim <= key head_dim.
 - "cudnn", "flash", "efficient": torch SDPA restricted to that CUDA kernel.
-- "math": SDPA's reference math kernel, any device (also the only deterministic choice).
+- "math": the reference math. On CPU/CUDA SDPA's MATH kernel. On NPU an explicit fp32 matmul-softmax-matmul:
+  torch_npu overrides F.scaled_dot_product_attention for NPU tensors and sends 4-D inputs with head_dim <= 512 to
+  npu_fusion_attention whatever sdpa_kernel says, so "SDPA restricted to MATH" is not the math kernel there.
+  `deterministic=True` selects it (its matmuls and softmax have deterministic kernels; the fused kernels'
+  backward does not promise that); it has no head-count limit, so it is also the NPU fallback beyond 256 heads.
 - "sdpa_cpu": SDPA's default CPU dispatch (its fused CPU flash kernel where it applies).
 Auto order: NPU -> npu_fusion; CUDA -> cudnn, flash, efficient on sm90/sm100, flash first elsewhere, efficient
-for fp32; CPU -> sdpa_cpu. `COSMOS_ATTN_BACKEND=<name>` forces one backend and fails with one clear line if
-its constraints do not hold.
+for fp32; CPU -> sdpa_cpu; math last everywhere. `COSMOS_ATTN_BACKEND=<name>` forces one backend and fails with
+one clear line if its constraints do not hold.
 
 `DotProductAttention` stands in for TransformerEngine's module of the same name as upstream's DiT uses it.
 """
@@ -55,12 +63,28 @@ class Backend:
     devices: tuple[str, ...]
     check: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnParams], str | None]
     run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttnParams], torch.Tensor]
+    # Auto-selection rank for an input (lower first), None = not in the auto order for it.
+    priority: Callable[[torch.Tensor], float | None] = lambda q: None
+    deterministic: bool = False  # may serve deterministic=True calls
+    supports_cp: bool = True  # runs under the all-to-all CP op (full sequence, a slice of the heads)
+    # Name fragments of the forward op(s) this backend's call shows a checkpoint policy (str(func)); empty when
+    # it decomposes into matmuls/softmax (nothing single to save).
+    saved_ops: tuple[str, ...] = ()
 
     def supports(self, q, k, v, p: AttnParams) -> str | None:
         """None if this backend can run the call, else the constraint that fails (one phrase)."""
         if device.DEVICE_TYPE not in self.devices:
             return f"needs device {'/'.join(self.devices)}, running on {device.DEVICE_TYPE}"
         return self.check(q, k, v, p)
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add (or replace) a backend; the auto order, forcing by name and sac.py's saved ops all read BACKENDS."""
+    BACKENDS[backend.name] = backend
+    return backend
 
 
 # ---------------------------------------------------------------- shared checks
@@ -148,6 +172,29 @@ def _math_check(q, k, v, p):
     return _common_check(q, k, v)
 
 
+def _math_explicit(q, k, v, p: AttnParams) -> torch.Tensor:
+    """softmax(scale * q k^T [+ causal mask]) v in fp32 from plain matmuls (no fused kernel anywhere)."""
+    qt, kt, vt = (x.transpose(1, 2).float() for x in (q, k, v))
+    if kt.shape[1] != qt.shape[1]:
+        rep = qt.shape[1] // kt.shape[1]
+        kt, vt = kt.repeat_interleave(rep, dim=1), vt.repeat_interleave(rep, dim=1)
+    scores = torch.matmul(qt, kt.transpose(-1, -2)) * p.scale
+    if p.causal:
+        sq, sk = scores.shape[-2:]
+        # SDPA's is_causal: aligned top-left (query i sees keys 0..i)
+        scores = scores.masked_fill(q.new_ones((sq, sk), dtype=torch.bool).triu(1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if p.dropout_p > 0:
+        probs = F.dropout(probs, p=p.dropout_p)
+    return torch.matmul(probs, vt).to(q.dtype).transpose(1, 2)
+
+
+def _math_run(q, k, v, p: AttnParams) -> torch.Tensor:
+    if device.DEVICE_TYPE == "npu":  # SDPA would go to npu_fusion_attention there (see the module docstring)
+        return _math_explicit(q, k, v, p)
+    return _sdpa(q, k, v, p, [SDPBackend.MATH])
+
+
 def _sdpa_cpu_check(q, k, v, p):
     why = _common_check(q, k, v)
     if why:
@@ -156,56 +203,6 @@ def _sdpa_cpu_check(q, k, v, p):
         return f"tensors must be on cpu, got {q.device}"
     return None
 
-
-# ---------------------------------------------------------------- NPU backend
-
-_NPU_MASK_SIDE = 2048  # sparse_mode 2/3 take a compressed 2048x2048 upper-triangular mask
-_npu_masks: dict = {}
-
-
-def _npu_causal_mask(dev: torch.device) -> torch.Tensor:
-    key = str(dev)
-    if key not in _npu_masks:
-        # True = masked out (inverted vs SDPA's boolean attn_mask): strictly above the diagonal.
-        ones = torch.ones(_NPU_MASK_SIDE, _NPU_MASK_SIDE, dtype=torch.bool, device=dev)
-        _npu_masks[key] = torch.triu(ones, diagonal=1)
-    return _npu_masks[key]
-
-
-def _npu_check(q, k, v, p):
-    why = _common_check(q, k, v)
-    if why:
-        return why
-    if device.npu_module() is None:
-        return "torch_npu is not loaded"
-    # Dispatch follows DEVICE_TYPE: on an NPU host the DiT's tensors live on the NPU (no per-tensor check, so
-    # the torch_npu test double can run this path on host tensors).
-    if q.shape[-1] > 768:
-        return f"npu_fusion_attention needs head_dim <= 768, got {q.shape[-1]}"
-    if q.shape[2] > 256:
-        return f"npu_fusion_attention needs heads <= 256, got {q.shape[2]}"
-    if p.deterministic:
-        return "npu_fusion_attention is not guaranteed deterministic"
-    return None
-
-
-def _npu_run(q, k, v, p: AttnParams) -> torch.Tensor:
-    npu = device.npu_module()
-    kwargs = dict(
-        head_num=q.shape[2],
-        input_layout="BSND",
-        scale=p.scale,  # the kernel's default is 1.0: always pass 1/sqrt(D) (or the caller's scale)
-        keep_prob=1.0 - p.dropout_p,
-    )
-    if p.causal:
-        # sparse_mode 2 = "leftUpCausal": the mask is aligned top-left, as SDPA's is_causal; the kernel then
-        # expects the compressed 2048x2048 upper-triangular mask whatever the sequence lengths.
-        kwargs.update(atten_mask=_npu_causal_mask(q.device), sparse_mode=2)
-    # BSND views (e.g. from sbhd) are made dense first; a no-op for the DiT's contiguous q/k/v.
-    return npu.npu_fusion_attention(q.contiguous(), k.contiguous(), v.contiguous(), **kwargs)[0]
-
-
-# ---------------------------------------------------------------- registry
 
 _CUDA_SDPA = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -222,31 +219,103 @@ def _cuda_run(name: str):
     return run
 
 
-BACKENDS: dict[str, Backend] = {
-    "npu_fusion": Backend("npu_fusion", ("npu",), _npu_check, _npu_run),
-    "cudnn": Backend("cudnn", ("cuda",), _cuda_half_check("cudnn", 80, 256), _cuda_run("cudnn")),
-    "flash": Backend("flash", ("cuda",), _cuda_half_check("flash", 80, 256), _cuda_run("flash")),
-    "efficient": Backend("efficient", ("cuda",), _efficient_check, _cuda_run("efficient")),
-    "math": Backend(
-        "math", ("cpu", "cuda", "npu"), _math_check, lambda q, k, v, p: _sdpa(q, k, v, p, [SDPBackend.MATH])
-    ),
-    "sdpa_cpu": Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa(q, k, v, p, None)),
-}
+def _cuda_half_rank(first_on_hopper: bool):
+    """cuDNN first on sm90/sm100, flash first elsewhere; neither for fp32."""
+    def rank(q):
+        if q.dtype not in _HALF:
+            return None
+        return 0 if (_cuda_cc(q) in (90, 100)) == first_on_hopper else 1
+
+    return rank
+
+
+register(Backend("cudnn", ("cuda",), _cuda_half_check("cudnn", 80, 256), _cuda_run("cudnn"),
+                 priority=_cuda_half_rank(True), saved_ops=("_scaled_dot_product_cudnn_attention",)))
+register(Backend("flash", ("cuda",), _cuda_half_check("flash", 80, 256), _cuda_run("flash"),
+                 priority=_cuda_half_rank(False), saved_ops=("_scaled_dot_product_flash_attention",)))
+register(Backend("efficient", ("cuda",), _efficient_check, _cuda_run("efficient"), priority=lambda q: 2,
+                 saved_ops=("_scaled_dot_product_efficient_attention",)))
+register(Backend("math", ("cpu", "cuda", "npu"), _math_check, _math_run, priority=lambda q: 9, deterministic=True,
+                 # only seen where the composite is not decomposed first (and never for the NPU's explicit math)
+                 saved_ops=("_scaled_dot_product_attention_math",)))
+register(Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa(q, k, v, p, None),
+                 priority=lambda q: 0,
+                 # the CPU flash kernel (…_flash_attention_for_cpu) and the privateuse1 hook SDPA may pick
+                 saved_ops=("_scaled_dot_product_flash_attention_for_cpu",
+                            "_scaled_dot_product_fused_attention_overrideable")))
+
+
+# ---------------------------------------------------------------- NPU backend
+
+_NPU_MASK_SIDE = 2048  # sparse_mode 2/3 take a compressed 2048x2048 upper-triangular mask
+_npu_masks: dict = {}
+
+
+def _npu_causal_mask(q: torch.Tensor) -> torch.Tensor:
+    key = str(q.device)
+    if key not in _npu_masks:
+        # True = masked out (inverted vs SDPA's boolean attn_mask): strictly above the diagonal. new_ones: on q's
+        # device, whatever that is.
+        ones = q.new_ones((_NPU_MASK_SIDE, _NPU_MASK_SIDE), dtype=torch.bool)
+        _npu_masks[key] = torch.triu(ones, diagonal=1)
+    return _npu_masks[key]
+
+
+def _npu_check(q, k, v, p):
+    why = _common_check(q, k, v)
+    if why:
+        return why
+    if device.npu_module() is None:
+        return "torch_npu is not loaded"
+    soc = device.npu_soc()
+    if soc is not None and device.npu_product(soc) not in ("Atlas A2 training", "Atlas A3 training"):
+        return f"npu_fusion_attention needs an Atlas A2/A3 training part, this NPU is {soc}"
+    if q.shape[-1] > 768:
+        return f"npu_fusion_attention needs head_dim <= 768, got {q.shape[-1]}"
+    if v.shape[-1] > k.shape[-1]:
+        return f"npu_fusion_attention needs value head_dim <= key head_dim, got {v.shape[-1]} > {k.shape[-1]}"
+    if q.shape[2] > 256:
+        return f"npu_fusion_attention needs query heads <= 256, got {q.shape[2]}"
+    if p.deterministic:
+        return "npu_fusion_attention is not guaranteed deterministic"
+    return None
+
+
+def _npu_run(q, k, v, p: AttnParams) -> torch.Tensor:
+    npu = device.npu_module()
+    kwargs = dict(
+        head_num=q.shape[2],
+        input_layout="BSND",
+        scale=p.scale,  # the kernel's default is 1.0: always pass 1/sqrt(D) (or the caller's scale)
+        keep_prob=1.0 - p.dropout_p,
+    )
+    if p.causal:
+        # sparse_mode 2 = "leftUpCausal": the mask is aligned top-left, as SDPA's is_causal; the kernel then
+        # expects the compressed 2048x2048 upper-triangular mask whatever the sequence lengths.
+        kwargs.update(atten_mask=_npu_causal_mask(q), sparse_mode=2)
+    # BSND views (e.g. from sbhd) are made dense first; a no-op for the DiT's contiguous q/k/v.
+    return npu.npu_fusion_attention(q.contiguous(), k.contiguous(), v.contiguous(), **kwargs)[0]
+
+
+register(Backend("npu_fusion", ("npu",), _npu_check, _npu_run, priority=lambda q: 0,
+                 saved_ops=("npu_fusion_attention",)))  # its grad op is a backward op: never reaches a policy
 
 
 def auto_order(q: torch.Tensor, deterministic: bool = False) -> list[str]:
-    """Backend names to try, best first, for this device and input."""
-    if deterministic:
-        return ["math"]
-    if device.DEVICE_TYPE == "npu":
-        return ["npu_fusion", "math"]
-    if device.DEVICE_TYPE == "cuda":
-        if q.dtype not in _HALF:
-            return ["efficient", "math"]
-        if _cuda_cc(q) in (90, 100):
-            return ["cudnn", "flash", "efficient", "math"]
-        return ["flash", "cudnn", "efficient", "math"]
-    return ["sdpa_cpu", "math"]
+    """Backend names to try, best first, for this device and input (from the registered priorities)."""
+    ranked = []
+    for b in BACKENDS.values():
+        if device.DEVICE_TYPE not in b.devices or (deterministic and not b.deterministic):
+            continue
+        rank = b.priority(q)
+        if rank is not None:
+            ranked.append((rank, b.name))
+    return [name for _, name in sorted(ranked)]
+
+
+def saved_op_fragments() -> tuple[str, ...]:
+    """Every registered backend's forward op names (for selective activation checkpointing)."""
+    return tuple(dict.fromkeys(f for b in BACKENDS.values() for f in b.saved_ops))
 
 
 def forced_backend() -> str | None:

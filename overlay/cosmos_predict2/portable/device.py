@@ -13,9 +13,28 @@ torch_npu is only ever imported inside a try; this module imports torch and the 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 
-import torch
+
+def _autoload_diagnosis(exc: BaseException) -> str | None:
+    """autoload.diagnose, loaded by path: this file is also loaded standalone (scripts/train_preflight.py)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autoload.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_cosmos_portable_autoload", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.diagnose(exc)
+
+
+try:
+    import torch
+except RuntimeError as _exc:  # torch >= 2.5 autoloads torch_npu; without CANN sourced `import torch` raises
+    _line = _autoload_diagnosis(_exc)
+    if _line is None:
+        raise
+    raise RuntimeError(_line) from _exc
 
 _KINDS = ("cpu", "cuda", "npu")
 _DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
@@ -80,6 +99,48 @@ def device_type() -> str:
 def npu_module():
     """torch_npu when running on NPU, else None."""
     return _NPU
+
+
+# Ascend SoC names as torch.npu.get_device_name() reports them -> product line. The training kernels the portable
+# ops call differ by line (torch_npu 2.7.1 _op_plugin_docs): npu_fusion_attention exists on Atlas A2 training
+# parts only (A3 as its successor); on the first Atlas training series (Ascend910A/B/ProA/ProB/PremiumA)
+# npu_rotary_mul runs only in 'half' mode with head_dim 128. installer/support.py holds the same table for doctor
+# (tests/ops/test_npu_branches.py checks that the two agree).
+NPU_PRODUCTS = (
+    (r"Ascend910B\d", "Atlas A2 training"),
+    (r"Ascend910_93\d*", "Atlas A3 training"),
+    (r"Ascend910(A|B|ProA|ProB|PremiumA)", "Atlas training (910A)"),
+)
+
+
+def npu_product(soc: str | None) -> str | None:
+    """'Atlas A2 training' / 'Atlas A3 training' / 'Atlas training (910A)' for a SoC name, None if unknown."""
+    import re
+
+    for pattern, product in NPU_PRODUCTS:
+        if soc and re.fullmatch(pattern, soc):
+            return product
+    return None
+
+
+_soc: list = []
+
+
+def npu_soc() -> str | None:
+    """The NPU's SoC name (torch.npu.get_device_name(), e.g. 'Ascend910B3'); None off NPU or if unreadable."""
+    if DEVICE_TYPE != "npu":
+        return None
+    if not _soc:
+        try:
+            _soc.append(str(torch.npu.get_device_name(current_device_index())))
+        except Exception:  # a driver that cannot say: the kernels' own checks decide
+            _soc.append(None)
+    return _soc[0]
+
+
+def npu_is_910a() -> bool:
+    """True on the first Atlas training series: no npu_fusion_attention, npu_rotary_mul 'half' mode only."""
+    return npu_product(npu_soc()) == "Atlas training (910A)"
 
 
 def is_npu() -> bool:

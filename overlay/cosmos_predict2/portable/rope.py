@@ -17,7 +17,8 @@ Speed:
   the graph's static freqs buffer).
 - CUDA: the apply step is one torch.compile'd kernel (eager if compile is unavailable or fails, or with
   COSMOS_DISABLE_COMPILE=1).
-- NPU: torch_npu.npu_rotary_mul (rotary_mode 'half' / 'interleave') with cos/sin [1, S, 1, D2] for BSND.
+- NPU: torch_npu.npu_rotary_mul (rotary_mode 'half' / 'interleave') with cos/sin [1, S, 1, D2] for BSND. On
+  the Atlas training series (910A) the kernel has only 'half' mode for head_dim 128; other calls take the torch path.
   For fp32 input that is exactly the TE math. For bf16/fp16 input the kernel wants cos/sin in the input dtype,
   which would round cos/sin before the multiply; by default the input is therefore upcast to fp32, rotated in
   fp32 and cast back once (exact TE semantics, about 2x the memory traffic of the rotate itself). Set
@@ -179,8 +180,11 @@ def _npu_apply(t, cos, sin, interleaved, tensor_format):
     return torch.cat((out, t[..., d2:]), dim=-1)
 
 
-def _npu_ok(t, d2) -> bool:
+def _npu_ok(t, d2, interleaved: bool = False) -> bool:
     # Kernel contract: 4-D input, rotated dim even and < 896. Dispatch follows DEVICE_TYPE, not t.device.
+    # Atlas training series (910A): only the 'half' mode, head_dim 128 (_op_plugin_docs); else the torch path.
+    if device.npu_is_910a() and (interleaved or d2 != 128):
+        return False
     return device.npu_module() is not None and t.dim() == 4 and d2 % 2 == 0 and d2 < 896
 
 
@@ -223,6 +227,6 @@ def apply_rotary_pos_emb(
             "Build freqs for the full sequence."
         )
     cos, sin = _cos_sin(freqs, seqlen, tensor_format)
-    if device.DEVICE_TYPE == "npu" and _npu_ok(t, d2):
+    if device.DEVICE_TYPE == "npu" and _npu_ok(t, d2, interleaved):
         return _npu_apply(t, cos, sin, interleaved, tensor_format)
     return _apply_fast(t, cos, sin, interleaved)

@@ -2,34 +2,30 @@
 
 Upstream's policies save ops whose name contains "flash_attn" only, so with torch SDPA or
 torch_npu.npu_fusion_attention the attention (the costliest op of a block) would be recomputed in backward.
-`is_attention_op(func)` also recognises the aten SDPA kernels and the NPU fusion-attention ops.
+`is_attention_op(func)` recognises upstream's flash-attn ops and every op a registered attention backend declares
+in its `saved_ops` (portable/attention.py): a backend registered there is saved here without editing this file.
 """
 
 from __future__ import annotations
 
-# Name fragments of the forward attention ops as they reach a checkpoint policy (str(func) of an OpOverload,
-# e.g. "aten._scaled_dot_product_cudnn_attention.default", "npu.npu_fusion_attention.default").
-_ATTENTION_OP_FRAGMENTS = (
-    "flash_attn",  # flash-attn 2/3 registered ops (upstream's original rule)
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_flash_attention",  # also matches _scaled_dot_product_flash_attention_for_cpu
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-    "_scaled_dot_product_attention_math",  # only seen where the composite is not decomposed first
-    "npu_fusion_attention",  # torch_npu forward op (its grad op is a backward op and never reaches the policy)
-    "npu_flash_attention",
-)
+from . import attention
 
-# SDPA's math fallback normally decomposes into matmuls/softmax before a policy sees it, so there is no single
-# op to save there. Backward ops never reach a forward policy; the name test below excludes them regardless.
+# flash-attn 2/3 registered ops: upstream's original rule (not a portable backend, kept for upstream's nets).
+_UPSTREAM_FRAGMENTS = ("flash_attn",)
+
+
+def attention_op_fragments() -> tuple[str, ...]:
+    """Name fragments of the forward attention ops as they reach a checkpoint policy (str(func) of an OpOverload,
+    e.g. "aten._scaled_dot_product_cudnn_attention.default", "npu.npu_fusion_attention.default")."""
+    return _UPSTREAM_FRAGMENTS + attention.saved_op_fragments()
 
 
 def is_attention_op(func) -> bool:
-    """True for a forward attention op (aten SDPA kernels, NPU fusion attention, flash-attn)."""
+    """True for a forward attention op of a registered backend or flash-attn; never for a backward op."""
     name = str(func)
     if "backward" in name or "_grad" in name:
         return False
-    return any(fragment in name for fragment in _ATTENTION_OP_FRAGMENTS)
+    return any(fragment in name for fragment in attention_op_fragments())
 
 
-__all__ = ["is_attention_op"]
+__all__ = ["attention_op_fragments", "is_attention_op"]
