@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the download command is unavailable ({e}). Reinstall cosmos-predict2-overlay.",
                   file=sys.stderr)
             return 1
-        return download_main(argv[1:])
+        prog = "python -m installer" if __package__ == "installer" else "cosmos-predict2-overlay"
+        return download_main(argv[1:], prog=f"{prog} download")
     ns = _parser().parse_args(argv)
     if ns.cmd is None:
         _parser().print_help()

@@ -45,6 +45,11 @@ def cann_version() -> tuple[str | None, str]:
     return None, "no CANN toolkit (ASCEND_TOOLKIT_HOME or /usr/local/Ascend/ascend-toolkit/latest)"
 
 
+def _progress(what: str) -> None:
+    """One progress line on stderr before each slow step (importing torch alone can take half a minute)."""
+    print(f"doctor: checking {what}...", file=sys.stderr, flush=True)
+
+
 def checks() -> tuple[list, str]:
     """[(status, component, detail)], device kind."""
     out = []
@@ -69,12 +74,14 @@ def checks() -> tuple[list, str]:
         out.append((WARN, "torch", f"{tv} (tested up to {thi[0]}.{thi[1]})"))
     else:
         out.append((OK, "torch", tv))
+    _progress(f"torch {tv} (importing it)")
     try:
         import torch
     except Exception as e:  # a broken install: report, do not crash
         out.append((FAIL, "torch", f"import failed: {type(e).__name__}: {e}"[:200]))
         return out, "none"
 
+    _progress("torch_npu, CANN and devices")
     npu_v = _dist("torch-npu") or _dist("torch_npu")
     cann, cann_where = cann_version()
     if npu_v is None or importlib.util.find_spec("torch_npu") is None:
@@ -113,6 +120,7 @@ def checks() -> tuple[list, str]:
     else:
         out.append((OK, "device", f"{device} x{count}: {support.DEVICES[device]}"))
 
+    _progress("libraries")
     for dist, mod, minimum, required, why in support.LIBRARIES:
         v = _dist(dist)
         if v is None or importlib.util.find_spec(mod.split(".")[0]) is None:
