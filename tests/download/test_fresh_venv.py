@@ -120,3 +120,11 @@ def test_download_suite_against_the_resolved_huggingface_hub(fresh_venv, tmp_pat
     r = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", tmp_path / "t",
               REPO / "tests" / "download" / "test_download.py"], env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:]
+
+
+def test_doctor_says_what_it_checks_while_it_works():
+    """Importing torch can take half a minute on a loaded host: doctor names each slow step on stderr first."""
+    r = _run([sys.executable, "-m", "installer", "doctor"], cwd=REPO, timeout=180)
+    steps = [ln for ln in r.stderr.splitlines() if ln.startswith("doctor: checking")]
+    assert [s.split()[2] for s in steps] == ["torch", "torch_npu,", "libraries..."], r.stderr
+    assert "(importing it)" in steps[0] and "doctor:" not in r.stdout
