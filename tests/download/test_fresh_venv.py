@@ -128,3 +128,13 @@ def test_doctor_says_what_it_checks_while_it_works():
     steps = [ln for ln in r.stderr.splitlines() if ln.startswith("doctor: checking")]
     assert [s.split()[2] for s in steps] == ["torch", "torch_npu,", "libraries..."], r.stderr
     assert "(importing it)" in steps[0] and "doctor:" not in r.stdout
+
+
+def test_apply_and_verify_with_only_the_declared_dependencies(fresh_venv, tmp_path, upstream_sdist):
+    """The patch engine (unidiff) and the sdist source run with what setup.py installs and nothing else."""
+    exe = fresh_venv / "bin" / "cosmos-predict2-overlay"
+    tree = tmp_path / "tree"
+    r = _run([exe, "apply", "--source", upstream_sdist, "--target", tree], env=_env(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([exe, "verify", "--target", tree], env=_env(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
