@@ -138,3 +138,19 @@ def test_apply_and_verify_with_only_the_declared_dependencies(fresh_venv, tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     r = _run([exe, "verify", "--target", tree], env=_env(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hint_names_the_installed_package_and_runs(fresh_venv, tmp_path):
+    """overlay/scripts/hints.py run by an interpreter that has the package installed (and is no checkout's venv):
+    the hint is `PY -m cosmos_predict2_overlay ... --target TREE`, and that command runs as printed."""
+    py = fresh_venv / "bin" / "python"
+    tree = tmp_path / "tree"
+    (tree / "cosmos_predict2").mkdir(parents=True)
+    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('h', sys.argv[1]); m = u.module_from_spec(s); "
+            "s.loader.exec_module(m); print(m.installer('download --model t5-11b --dry-run', sys.argv[2]))")
+    r = _run([py, "-c", code, REPO / "overlay" / "scripts" / "hints.py", tree], env=_env(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout.strip()
+    assert cmd == f"{py} -m cosmos_predict2_overlay download --model t5-11b --dry-run --target {tree}", cmd
+    r = _run(["bash", "-c", cmd], env=_env(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0 and f"-> {tree}/checkpoints/google-t5/t5-11b" in r.stdout, r.stdout + r.stderr
