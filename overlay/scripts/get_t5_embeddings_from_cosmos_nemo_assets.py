@@ -6,8 +6,9 @@
 
 The dataset ships videos only, so the prompt is written to metas/<stem>.txt for each video/image (existing files
 are kept) and embedded once. The default prompt is the seed's caption, "A video of sks teal robot." (with
---is_image: "An image of sks teal robot."); --prompt replaces it. Output format, flags (--t5_path/--cache_dir, --dtype, --num_frames, --overwrite) and
-the too-few-frames warning are those of scripts/get_t5_embeddings.py, which does the work.
+--is_image: "An image of sks teal robot."); --prompt replaces it. Output format, flags (--t5_path/--cache_dir,
+--dtype, --num_frames, --overwrite) and the too-few-frames warning are those of scripts/get_t5_embeddings.py, which
+does the work.
 """
 
 from __future__ import annotations

@@ -146,8 +146,9 @@ def test_hint_names_the_installed_package_and_runs(fresh_venv, tmp_path):
     py = fresh_venv / "bin" / "python"
     tree = tmp_path / "tree"
     (tree / "cosmos_predict2").mkdir(parents=True)
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('h', sys.argv[1]); m = u.module_from_spec(s); "
-            "s.loader.exec_module(m); print(m.installer('download --model t5-11b --dry-run', sys.argv[2]))")
+    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('h', sys.argv[1]); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); "
+            "print(m.installer('download --model t5-11b --dry-run', sys.argv[2]))")
     r = _run([py, "-c", code, REPO / "overlay" / "scripts" / "hints.py", tree], env=_env(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.strip()
