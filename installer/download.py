@@ -376,13 +376,14 @@ def plan(models: list[str], datasets: list[str]) -> list[Item]:
     return items
 
 
-def _destinations(args, items: list[Item]) -> tuple[str, str] | None:
+def _destinations(args, items: list[Item], prog: str) -> tuple[str, str] | None:
     """(checkpoint_dir, dataset_dir); None after printing the error when --target is needed and is no tree."""
     need_target = (args.checkpoint_dir is None and any(it.repo_type != "dataset" for it in items)) or (
         args.dataset_dir is None and any(it.repo_type == "dataset" for it in items))
     if need_target and not os.path.isdir(os.path.join(args.target, "cosmos_predict2")):
         what = "does not exist" if not os.path.exists(args.target) else "is not a cosmos-predict2 tree"
-        _err(f"{os.path.abspath(args.target)} {what} (--target). Run `apply` first, pass --target with the patched "
+        apply = f"{prog.removesuffix(' download')} apply --target {args.target}"
+        _err(f"{os.path.abspath(args.target)} {what} (--target). Run `{apply}` first, pass --target with the patched "
              "tree, or choose folders with --checkpoint-dir/--dataset-dir.")
         return None
     return (args.checkpoint_dir or os.path.join(args.target, "checkpoints"),
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m installer downloa
     if not items:
         _err(f"nothing to download ({prog}). Pass --model NAME (or all) and/or --dataset cosmos-nemo-assets.")
         return 2
-    dirs = _destinations(args, items)
+    dirs = _destinations(args, items, prog)
     if dirs is None:
         return 2
     try:
