@@ -43,7 +43,10 @@ setup(
     python_requires=">=3.10",
     packages=[PKG],
     package_dir={PKG: "installer"},
-    install_requires=["GitPython>=3.1", "unidiff>=0.7.5", "huggingface_hub>=0.30"],
+    # Tested ranges (CI: GitPython 3.1.45, unidiff 0.7.5, huggingface_hub 0.35.3; tests/download/test_fresh_venv.py
+    # installs the wheel into a new venv, which resolves the newest release inside these ranges). huggingface_hub 1.x
+    # moved from requests to httpx; download.py needs neither directly. 2.x is untested, so excluded.
+    install_requires=["GitPython>=3.1.30,<4", "unidiff>=0.7.5,<0.8", "huggingface_hub>=0.30,<2"],
     entry_points={"console_scripts": [f"cosmos-predict2-overlay = {PKG}.cli:main"]},
     cmdclass={"build_py": BuildWithData},
 )

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the download command is unavailable ({e}). Reinstall cosmos-predict2-overlay.",
                   file=sys.stderr)
             return 1
-        return download_main(argv[1:])
+        prog = "python -m installer" if __package__ == "installer" else "cosmos-predict2-overlay"
+        return download_main(argv[1:], prog=f"{prog} download")
     if argv and argv[0] == "port":
         from .port import main as port_main
         return port_main(argv[1:])

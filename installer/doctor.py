@@ -89,6 +89,11 @@ def torch_npu_version_check(npu_v: str, torch_v: str) -> tuple[str, str, str]:
     return OK, "torch_npu", f"{npu_v} (torch {row[0]}, CANN {row[1]})"
 
 
+def _progress(what: str) -> None:
+    """One progress line on stderr before each slow step (importing torch alone can take half a minute)."""
+    print(f"doctor: checking {what}...", file=sys.stderr, flush=True)
+
+
 def checks() -> tuple[list, str]:
     """[(status, component, detail)], device kind."""
     out = []
@@ -113,12 +118,14 @@ def checks() -> tuple[list, str]:
         out.append((WARN, "torch", f"{tv} (tested up to {thi[0]}.{thi[1]})"))
     else:
         out.append((OK, "torch", tv))
+    _progress(f"torch {tv} (importing it)")
     try:
         import torch
     except Exception as e:  # a broken install: report, do not crash
         out.append((FAIL, "torch", torch_import_failure(e)))
         return out, "none"
 
+    _progress("torch_npu, CANN and devices")
     npu_v = _dist("torch-npu") or _dist("torch_npu")
     cann, cann_where = cann_version()
     if npu_v is None or importlib.util.find_spec("torch_npu") is None:
@@ -160,6 +167,7 @@ def checks() -> tuple[list, str]:
     else:
         out.append((OK, "device", f"{device} x{count}: {support.DEVICES[device]}"))
 
+    _progress("libraries")
     for dist, mod, minimum, required, why in support.LIBRARIES:
         v = _dist(dist)
         if v is None or importlib.util.find_spec(mod.split(".")[0]) is None:

@@ -1,10 +1,15 @@
 """Download the checkpoints and the Cosmos-NeMo-Assets dataset into the layout upstream's configs read.
 
     python -m installer download --model 2B-Video2World --model t5-11b [--dataset cosmos-nemo-assets]
-                                 [--checkpoint-dir checkpoints] [--dataset-dir datasets] [--dry-run]
+                                 [--target cosmos-predict2] [--checkpoint-dir DIR] [--dataset-dir DIR] [--dry-run]
 
 Targets (`--model`, repeatable): 2B-Text2Image, 2B-Video2World, 14B-Text2Image, 14B-Video2World, t5-11b,
 guardrail, all (= every one of them). `--dataset cosmos-nemo-assets` fetches the videos.
+
+Files go into the patched tree --target (default ./cosmos-predict2, as for `apply`): TREE/checkpoints/ and
+TREE/datasets/, where train.sh and the data scripts look for them (relative to the tree). --checkpoint-dir and
+--dataset-dir put them elsewhere. A --target that is not a cosmos-predict2 tree is refused (a download into a new
+folder there would make the later `apply` refuse that folder).
 
 Layout produced (what upstream's experiment configs and our data scripts read):
     checkpoints/nvidia/Cosmos-Predict2-{2B,14B}-Video2World/{model-720p-16fps.pt, tokenizer/tokenizer.pth}
@@ -128,9 +133,19 @@ def _repo_url(item: Item) -> str:
     return f"{base}/datasets/{item.repo_id}" if item.repo_type == "dataset" else f"{base}/{item.repo_id}"
 
 
+def _is_connection_error(exc: BaseException) -> bool:
+    """A dropped or timed-out connection, whichever HTTP client huggingface_hub uses: `requests` (< 1.0) or
+    `httpx` (>= 1.0, which no longer installs requests). Recognised by type name so neither must be installed."""
+    names = {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "ConnectError", "ReadError",
+             "RemoteProtocolError", "TimeoutException", "NetworkError", "ChunkedEncodingError"}
+    for klass in type(exc).__mro__:
+        if klass.__name__ in names and klass.__module__.split(".")[0] in ("requests", "httpx", "urllib3"):
+            return True
+    return False
+
+
 def _explain(exc: BaseException, item: Item) -> str:
     """Turn a huggingface_hub exception into one actionable line (without the 'error: ' prefix)."""
-    import requests
     from huggingface_hub import constants, get_token
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -174,13 +189,16 @@ def _explain(exc: BaseException, item: Item) -> str:
         return (
             f"{endpoint} requires authentication ({where}). Export HF_TOKEN=<token> or run `huggingface-cli login`."
         )
+    offline_msg = (
+        f"HF_HUB_OFFLINE=1 and {item.repo_id} is not in the Hugging Face cache {constants.HF_HUB_CACHE} "
+        f"({where}). Unset HF_HUB_OFFLINE on a connected host, or copy a filled cache there (HF_HUB_CACHE)."
+    )
+    if isinstance(exc, OfflineModeIsEnabled):  # huggingface_hub >= 1.0 raises it directly (an OSError)
+        return offline_msg
     if isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__
         if isinstance(cause, OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
-            return (
-                f"HF_HUB_OFFLINE=1 and {item.repo_id} is not in the Hugging Face cache {constants.HF_HUB_CACHE} "
-                f"({where}). Unset HF_HUB_OFFLINE on a connected host, or copy a filled cache there (HF_HUB_CACHE)."
-            )
+            return offline_msg
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             return (
                 f"{endpoint} answered HTTP {cause.response.status_code} ({where}). Retry later, or use a mirror: "
@@ -190,10 +208,10 @@ def _explain(exc: BaseException, item: Item) -> str:
             f"cannot reach {endpoint} and {item.repo_id} is not cached ({where}). Check the network/proxy, use a "
             "mirror (export HF_ENDPOINT=https://hf-mirror.com), or copy the files into the Hugging Face cache."
         )
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if _is_connection_error(exc):
         return (
-            f"connection to {endpoint} failed during the download ({where}). Run again to resume, or use a mirror: "
-            "export HF_ENDPOINT=https://hf-mirror.com."
+            f"cannot reach {endpoint} or the connection dropped ({where}). Check the network/proxy and run again "
+            "(finished files are kept), or use a mirror: export HF_ENDPOINT=https://hf-mirror.com."
         )
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         return (
@@ -255,7 +273,7 @@ def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = Fal
     print(f"{item.repo_id} ({item.repo_type}, revision {item.revision}) -> {dest}", flush=True)
     if dry_run:
         return dest
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.utils import filter_repo_objects
 
     allow = list(item.allow) if item.allow else None
@@ -267,6 +285,9 @@ def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = Fal
             revision=item.revision,
             allow_patterns=allow,
             ignore_patterns=ignore or None,
+            # huggingface_hub >= 1.0 goes online for a commit-hash revision unless told (HF_HUB_OFFLINE alone
+            # only makes that call fail); 0.x treats both the same.
+            local_files_only=bool(constants.HF_HUB_OFFLINE),
         )
     except KeyboardInterrupt:
         raise
@@ -307,9 +328,17 @@ def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = Fal
     return dest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m installer download",
+DEFAULT_TARGET = "cosmos-predict2"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line (naming the valid choices) instead of usage + message
+        self.exit(2, f"error: {message} ({self.prog}). Run '{self.prog} --help'.\n")
+
+
+def build_parser(prog: str = "python -m installer download") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
         description="Download Cosmos-Predict2 checkpoints, T5-11B, the guardrail models and Cosmos-NeMo-Assets "
         "through huggingface_hub (honours HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE).",
     )
@@ -321,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to fetch; repeatable. 'all' = every model, t5-11b and guardrail.",
     )
     parser.add_argument("--dataset", action="append", default=[], choices=list(DATASET_TARGETS))
-    parser.add_argument("--checkpoint-dir", default="checkpoints", help="default: checkpoints")
-    parser.add_argument("--dataset-dir", default="datasets", help="default: datasets")
+    parser.add_argument("--target", default=DEFAULT_TARGET,
+                        help="the patched tree; files go to TARGET/checkpoints and TARGET/datasets "
+                        "(default: ./cosmos-predict2, as for apply)")
+    parser.add_argument("--checkpoint-dir", default=None, help="instead of TARGET/checkpoints")
+    parser.add_argument("--dataset-dir", default=None, help="instead of TARGET/datasets")
     parser.add_argument("--dry-run", action="store_true", help="print what would be fetched and where")
     parser.add_argument("--pin", default=None, metavar="COMMIT",
                         help="upstream commit whose checkpoint revisions to use (default: the PyPI-backed pin)")
@@ -343,8 +375,22 @@ def plan(models: list[str], datasets: list[str]) -> list[Item]:
     return items
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _destinations(args, items: list[Item], prog: str) -> tuple[str, str] | None:
+    """(checkpoint_dir, dataset_dir); None after printing the error when --target is needed and is no tree."""
+    need_target = (args.checkpoint_dir is None and any(it.repo_type != "dataset" for it in items)) or (
+        args.dataset_dir is None and any(it.repo_type == "dataset" for it in items))
+    if need_target and not os.path.isdir(os.path.join(args.target, "cosmos_predict2")):
+        what = "does not exist" if not os.path.exists(args.target) else "is not a cosmos-predict2 tree"
+        apply = f"{prog.removesuffix(' download')} apply --target {args.target}"
+        _err(f"{os.path.abspath(args.target)} {what} (--target). Run `{apply}` first, pass --target with the patched "
+             "tree, or choose folders with --checkpoint-dir/--dataset-dir.")
+        return None
+    return (args.checkpoint_dir or os.path.join(args.target, "checkpoints"),
+            args.dataset_dir or os.path.join(args.target, "datasets"))
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m installer download") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         pin.select(args.pin)
     except Exception as exc:  # InstallerError: already the one line after "error: "
@@ -352,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     items = plan(args.model, args.dataset)
     if not items:
-        _err("nothing to download (command line). Pass --model NAME (or all) and/or --dataset cosmos-nemo-assets.")
+        _err(f"nothing to download ({prog}). Pass --model NAME (or all) and/or --dataset cosmos-nemo-assets.")
+        return 2
+    dirs = _destinations(args, items, prog)
+    if dirs is None:
         return 2
     try:
         import huggingface_hub  # noqa: F401
@@ -362,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for item in items:
         try:
-            fetch(item, args.checkpoint_dir, args.dataset_dir, dry_run=args.dry_run)
+            fetch(item, *dirs, dry_run=args.dry_run)
         except DownloadError as exc:
             _err(str(exc))
             failed += 1

@@ -11,11 +11,20 @@ if ! command -v "$py" >/dev/null 2>&1; then
   echo "error: $py not found (tools/setup_venv.sh). Install Python 3.11 or set PYTHON=/path/to/python3.10-or-3.11." >&2
   exit 1
 fi
+say() { echo "setup_venv: $*" >&2; }
 if [ ! -x "$venv/bin/python" ]; then
+  say "creating $venv with $("$py" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
   "$py" -m venv "$venv"
+else
+  say "using the existing $venv"
 fi
+say "upgrading pip"
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+n="$(grep -cEv '^[[:space:]]*(#|$)' "$here/requirements/cpu-ci.txt")"
+say "installing $n pinned packages from requirements/cpu-ci.txt (torch CPU, upstream's training stack, diffusers," \
+    "the installer's and the tests'; the first run downloads about 2 GB and takes minutes)"
 "$venv/bin/python" -m pip install -q -r "$here/requirements/cpu-ci.txt"
+say "checking that torchvision imports beside the CPU torch"
 # torchvision from PyPI is a CUDA build; beside the CPU torch its compiled ops cannot load and its import aborts.
 if ! tv_err="$("$venv/bin/python" -c "import torchvision" 2>&1)"; then
   if [[ "$tv_err" == *"operator torchvision::nms does not exist"* ]]; then

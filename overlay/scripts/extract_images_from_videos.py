@@ -49,12 +49,21 @@ def extract(video_path: str, out_dir: str, stride: int, quality: int) -> int:
     return saved
 
 
+def _hints():
+    """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
+    try:  # `python -m scripts.<name>` from the tree root
+        from scripts import hints
+    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
+        import hints
+    return hints
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     videos_dir = os.path.join(args.input_dataset_dir, "videos")
     if not os.path.isdir(videos_dir):
-        die(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir "
-            "(download it with `python -m installer download --dataset cosmos-nemo-assets`).")
+        die(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir, or download the "
+            f"dataset: `{_hints().installer('download --dataset cosmos-nemo-assets')}`.")
     videos = sorted(f for f in os.listdir(videos_dir) if f.endswith(".mp4"))
     if not videos:
         die(f"no *.mp4 files in {videos_dir}. Put the videos there first.")

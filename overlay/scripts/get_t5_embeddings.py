@@ -14,7 +14,7 @@ needs strictly more than --num_frames, 93 for the Cosmos-NeMo-Assets experiments
 because upstream's loader would only fail on them later, inside training.
 
 The encoder is transformers' T5EncoderModel + T5TokenizerFast loaded from --t5_path (alias --cache_dir; default
-checkpoints/google-t5/t5-11b as `python -m installer download --model t5-11b` lays it out). Upstream's helper
+checkpoints/google-t5/t5-11b as the installer's `download --model t5-11b --target TREE` lays it out). Upstream's helper
 class is not used: importing it reaches a module-level flash-attn assert. The device (NPU, CUDA or CPU) is
 detected once by cosmos_predict2.portable.device (COSMOS_DEVICE=cpu|cuda|npu forces it).
 """
@@ -55,6 +55,15 @@ def device_layer():
     except RuntimeError as exc:  # COSMOS_DEVICE asks for a device that is absent; already one line
         raise ScriptError(str(exc).removeprefix("error: ")) from exc
     return device
+
+
+def _hints():
+    """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
+    try:  # `python -m scripts.<name>` from the tree root
+        from scripts import hints
+    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
+        import hints
+    return hints
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_dataset: str, default_prompt: str | None) -> None:
@@ -158,8 +167,9 @@ class T5Encoder:
     def __init__(self, path: str, device, dtype: str = "float32") -> None:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ScriptError(
-                f"no T5 checkpoint at {path} (--t5_path). Run `python -m installer download --model t5-11b` or "
-                "point --t5_path at a folder with config.json, the weights and the tokenizer."
+                f"no T5 checkpoint at {path} (--t5_path). Run `{_hints().installer('download --model t5-11b')}` "
+                "(then run this from the tree), or point --t5_path at a folder with config.json, the weights and "
+                "the tokenizer."
             )
         import torch
         from transformers import T5EncoderModel, T5TokenizerFast
@@ -171,7 +181,8 @@ class T5Encoder:
             self.model = T5EncoderModel.from_pretrained(path, torch_dtype=getattr(torch, _DTYPES[dtype]))
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ScriptError(f"cannot load T5 from {path}: {first}. Re-download it (installer download).") from exc
+            raise ScriptError(f"cannot load T5 from {path}: {first}. Download it again: "
+                              f"`{_hints().installer('download --model t5-11b')}`.") from exc
         if self.model.config.d_model != T5_DIM:
             raise ScriptError(
                 f"{path} has hidden size {self.model.config.d_model}, not {T5_DIM} (T5-XXL). Point --t5_path at "
@@ -196,7 +207,8 @@ class T5Encoder:
 def run(args) -> int:
     dataset = args.dataset_path
     if not os.path.isdir(dataset):
-        raise ScriptError(f"dataset folder not found ({dataset}). Check --dataset_path.")
+        raise ScriptError(f"dataset folder not found ({dataset}). Check --dataset_path (Cosmos-NeMo-Assets: "
+                          f"`{_hints().installer('download --dataset cosmos-nemo-assets')}`).")
     folder, stems = media_stems(dataset, args.is_image)
     if not args.is_image:
         short = short_videos(folder, stems, args.num_frames)

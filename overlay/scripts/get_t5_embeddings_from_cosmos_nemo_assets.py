@@ -1,13 +1,14 @@
 """T5-XXL embeddings for Cosmos-NeMo-Assets: one caption for every video (or every extracted image).
 
-    python -m scripts.get_t5_embeddings_from_cosmos_nemo_assets --dataset_path datasets/cosmos_nemo_assets \
-        --prompt "A video of sks teal robot."
+    python -m scripts.get_t5_embeddings_from_cosmos_nemo_assets --dataset_path datasets/cosmos_nemo_assets
     python -m scripts.get_t5_embeddings_from_cosmos_nemo_assets --dataset_path datasets/cosmos_nemo_assets_images \
-        --prompt "An image of sks teal robot." --is_image
+        --is_image
 
 The dataset ships videos only, so the prompt is written to metas/<stem>.txt for each video/image (existing files
-are kept) and embedded once. Output format, flags (--t5_path/--cache_dir, --dtype, --num_frames, --overwrite) and
-the too-few-frames warning are those of scripts/get_t5_embeddings.py, which does the work.
+are kept) and embedded once. The default prompt is the seed's caption, "A video of sks teal robot." (with
+--is_image: "An image of sks teal robot."); --prompt replaces it. Output format, flags (--t5_path/--cache_dir,
+--dtype, --num_frames, --overwrite) and the too-few-frames warning are those of scripts/get_t5_embeddings.py, which
+does the work.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.pat
 
 DEFAULT_DATASET = "datasets/cosmos_nemo_assets"
 DEFAULT_PROMPT = "A video of sks teal robot."
+IMAGE_PROMPT = "An image of sks teal robot."
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _main(argv, default_dataset=DEFAULT_DATASET, default_prompt=DEFAULT_PROMPT,
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prompt = IMAGE_PROMPT if "--is_image" in argv else DEFAULT_PROMPT
+    return _main(argv, default_dataset=DEFAULT_DATASET, default_prompt=prompt,
                  description="Compute T5-XXL embeddings for Cosmos-NeMo-Assets (one prompt for all files).")
 
 

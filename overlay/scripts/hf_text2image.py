@@ -3,7 +3,7 @@
     python -m scripts.hf_text2image outputs/t2i --prompt "A teal robot on a workbench."     # or --prompt file.txt
         [--model nvidia/Cosmos-Predict2-2B-Text2Image | <local diffusers folder>] [--height 768 --width 1360]
         [--steps 35 --guidance 7 --seed 42 --dtype bfloat16] [--negative_prompt TEXT|FILE]
-        [--use_safety_checker] [--random_weights] [-v]
+        [--use_safety_checker] [--random_weights | --tiny] [-v]
 
 Writes OUTPUT/output.png. Upstream's flags are kept (output, --prompt, --negative_prompt, --model, --revision,
 -v, --seed, --steps, --guidance, --height, --width); --prompt/--negative_prompt take text or a file path.
@@ -25,7 +25,12 @@ accelerator memory. A blocked prompt or output stops the run with one line and w
 guardrail blurs are written blurred.
 
 --random_weights builds the pipeline from --model's configs (only *.json and the tokenizer are read or fetched)
-with random weights, on the device directly: real sizes and speed without downloading weights.
+with random weights, on the device directly: real sizes and speed without downloading weights. With a hub id it
+still fetches those configs (a few hundred KB); offline, pass a local diffusers folder as --model.
+
+--tiny is the offline demo: a tiny random pipeline (scripts/tiny_pipelines.py) built locally with no network and no
+files, --model ignored, small defaults (64x96 pixels, 4 steps, float32; video: 9 frames) unless you pass them. The
+picture is noise; everything else (encoder, DiT, VAE, scheduler, pipeline, writing the file) is the real path.
 
 Versions: tested end to end (tiny random pipelines, CPU, torch 2.13) with diffusers 0.35.1 and 0.34.0, each
 with transformers 4.56.2 (tokenizers 0.22) and 4.51.3 (tokenizers 0.21); and with transformers 5.17.0 (tokenizers
@@ -129,7 +134,7 @@ def build_safety_checker(use: bool, checkpoint: str | None):
     except Exception as exc:  # its model downloads/loads: gated Llama-Guard, offline, ...
         raise ScriptError(
             f"cannot build the Cosmos guardrail: {type(exc).__name__}: {_first_line(exc)}. Check HF_TOKEN and access "
-            "to its models (python -m installer download --model guardrail), or drop --use_safety_checker."
+            f"to its models (`{_hints().installer('download --model guardrail')}`), or drop --use_safety_checker."
         ) from exc
     return CpuGuardrail(checker)
 
@@ -214,6 +219,47 @@ def add_common_args(parser: argparse.ArgumentParser, default_model: str, height:
     parser.add_argument("--guardrail_checkpoint", help="checkpoint id or folder for CosmosSafetyChecker")
     parser.add_argument("--random_weights", action="store_true",
                         help="random weights from --model's configs (no weight download): sizes and speed only")
+    parser.add_argument("--tiny", action="store_true",
+                        help="offline demo: a tiny random pipeline built locally (no download, output is noise)")
+
+
+# --tiny's defaults for the flags the user did not give (the real defaults would be slow and beyond its RoPE tables)
+TINY_DEFAULTS = {"height": 64, "width": 96, "steps": 4, "dtype": "float32", "frames": 9}
+
+
+def apply_tiny_defaults(parser: argparse.ArgumentParser, args) -> None:
+    """With --tiny: small defaults for what was left at the parser's default, and the tiny model's size limits."""
+    if not args.tiny:
+        return
+    if args.random_weights:
+        raise ScriptError("--tiny and --random_weights exclude each other. Pass one of them.")
+    for key, value in TINY_DEFAULTS.items():
+        if hasattr(args, key) and getattr(args, key) == parser.get_default(key):
+            setattr(args, key, value)
+    from_tiny = _tiny_module()
+    if args.height > from_tiny.MAX_PIXELS or args.width > from_tiny.MAX_PIXELS:
+        raise ScriptError(f"--height {args.height} / --width {args.width} exceed the tiny model's "
+                          f"{from_tiny.MAX_PIXELS} pixels (--tiny). Use a smaller size, e.g. 64x96.")
+    if getattr(args, "frames", 0) > from_tiny.MAX_FRAMES:
+        raise ScriptError(f"--frames {args.frames} exceeds the tiny model's {from_tiny.MAX_FRAMES} (--tiny). "
+                          "Use e.g. --frames 9.")
+
+
+def _hints():
+    """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
+    try:  # `python -m scripts.<name>` from the tree root
+        from scripts import hints
+    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
+        import hints
+    return hints
+
+
+def _tiny_module():
+    try:  # `python -m scripts.<name>` from the tree root
+        from scripts import tiny_pipelines
+    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
+        import tiny_pipelines
+    return tiny_pipelines
 
 
 def check_size(args) -> None:
@@ -303,6 +349,9 @@ def load_pipeline(cls, args, device, safety_checker):
 
     dtype = getattr(torch, args.dtype)
     _quiet_checker_type_warning()
+    if getattr(args, "tiny", False):
+        kind = "text2image" if cls.__name__ == "Cosmos2TextToImagePipeline" else "video2world"
+        return _tiny_module().tiny_pipeline(kind, safety_checker, dtype, device)
     if args.random_weights:
         return build_random_pipeline(cls, args.model, args.revision, dtype, device, safety_checker)
     try:
@@ -342,6 +391,8 @@ def print_settings(args, prompt: str, negative: str, device, attention: str) -> 
     print(textwrap.indent(prompt.rstrip(), "  "))
     print(f"Negative Prompt ({getattr(args, 'negative_source', '--negative_prompt')}):")
     print(textwrap.indent(negative.rstrip() or "(none)", "  "))
+    if getattr(args, "tiny", False):
+        print("Model: tiny random pipeline built locally (--tiny; the output is noise)")
     print(f"Device: {device}  dtype: {args.dtype}  attention: {attention}")
     print(f"Safety checker: {'cosmos_guardrail on CPU' if args.use_safety_checker else 'off (NoOpSafetyChecker)'}")
     print(f"torch {torch.__version__}  diffusers {diffusers.__version__}  transformers {transformers.__version__}")
@@ -364,7 +415,8 @@ def check_model_arg(model: str) -> None:
 def prepare(args):
     """Shared start of both scripts: validated inputs (cheap checks first), safety checker, device."""
     check_size(args)
-    check_model_arg(args.model)
+    if not getattr(args, "tiny", False):
+        check_model_arg(args.model)
     prompt = read_text_arg(args.prompt, "--prompt")
     negative = read_text_arg(args.negative_prompt, "--negative_prompt")
     args.negative_source = "--negative_prompt"
@@ -418,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, "nvidia/Cosmos-Predict2-2B-Text2Image", 768, 1360)
     args = parser.parse_args(argv)
     try:
+        apply_tiny_defaults(parser, args)
         prompt, negative, dev, device, checker = prepare(args)
         import diffusers
 

@@ -4,13 +4,14 @@
         [--image clip.mp4 | --video clip.mp4] [--num_conditional_frames 5]
         [--model nvidia/Cosmos-Predict2-2B-Video2World | <local diffusers folder>]
         [--height 704 --width 1280 --frames 93 --fps 16] [--steps 35 --guidance 7 --seed 42 --dtype bfloat16]
-        [--negative_prompt TEXT|FILE] [--use_safety_checker] [--random_weights] [-v]
+        [--negative_prompt TEXT|FILE] [--use_safety_checker] [--random_weights | --tiny] [-v]
 
 Writes OUTPUT/output.mp4 (H.264 through PyAV, no ffmpeg binary needed). Upstream's flags are kept (output,
 --prompt, --negative_prompt, --image, --video, --model, --revision, -v, --seed, --steps, --guidance, --height,
 --width, --frames, --fps). --image takes an image or a video file; a video conditions on its last
 --num_conditional_frames frames (default 5; diffusers would otherwise use every frame, and a clip as long as
---frames would leave nothing to generate). --frames must be 4k+1 (the VAE compresses time by 4).
+--frames would leave nothing to generate). --frames must be 4k+1 (the VAE compresses time by 4). With --tiny (the
+offline demo, see scripts/hf_text2image.py) and no --image/--video, a generated colour gradient is the condition.
 
 Device selection, attention on NPU, the no-op and CPU-pinned safety checkers, --random_weights and the tested
 diffusers/transformers versions are described in scripts/hf_text2image.py, which holds the shared code.
@@ -50,6 +51,8 @@ def load_condition(args):
     from PIL import Image
 
     sources = [p for p in (args.image, args.video) if p]
+    if not sources and getattr(args, "tiny", False):
+        return gradient_image(args.height, args.width), None
     if len(sources) != 1:
         raise ScriptError("pass exactly one conditioning input: --image IMAGE_OR_VIDEO or --video VIDEO "
                           f"(got {len(sources)}).")
@@ -64,6 +67,16 @@ def load_condition(args):
     except Exception as exc:
         raise ScriptError(f"cannot read the conditioning image {path}: {common._first_line(exc)}. Pass a JPEG/PNG "
                           "or a video.") from exc
+
+
+def gradient_image(height: int, width: int):
+    """A smooth colour gradient: the conditioning image of the --tiny demo when none is given."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), np.full_like(x, 128)], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8))
 
 
 def write_mp4(frames, path: str, fps: int) -> None:
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=int, default=16, help="frame rate given to the model and the mp4 (default 16)")
     args = parser.parse_args(argv)
     try:
+        common.apply_tiny_defaults(parser, args)
         if args.frames < 1 or (args.frames - 1) % 4:
             raise ScriptError(f"--frames {args.frames} must be 4k+1 (e.g. 93, 121): the VAE compresses time by 4.")
         if args.num_conditional_frames < 1:
@@ -113,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         attention = common.select_attention(pipe, dev.device_type())
         if args.verbose:
             common.print_settings(args, prompt, negative, device, attention)
-            print(f"Conditioning: {'image' if image is not None else f'{len(video)} video frame(s)'}; "
+            what = "generated gradient image" if image is not None and not (args.image or args.video) else "image"
+            print(f"Conditioning: {what if image is not None else f'{len(video)} video frame(s)'}; "
                   f"{args.frames} frames at {args.fps} fps, {args.height}x{args.width}", flush=True)
         os.makedirs(args.output, exist_ok=True)
         print("Generating video...", flush=True)

@@ -259,12 +259,14 @@ def check_data(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) ->
         raise _fail(f"{K_DATASET} and {K_SAMPLER_DATASET} differ", "overrides after --",
                     f"Override both to the same directory: {K_DATASET}={rel} {K_SAMPLER_DATASET}={rel}")
     path = rel if os.path.isabs(rel) else os.path.join(tree, rel)
+    h = _hints()  # runnable as written: the interpreter, the tree, and where the installer is
+    get = h.installer(DOWNLOAD_VIDEO.split(" installer ", 1)[1], tree)
     if exp.smoke:
-        todo = f"Run `{MAKE_SMOKE}` in {tree}"
+        todo = f"Run `{h.in_tree(MAKE_SMOKE[7:], tree)}`"
     elif exp.task == "video2world":
-        todo = f"Run `{DOWNLOAD_VIDEO}` then `{T5_VIDEO}` in {tree}"
+        todo = f"Run `{get}` then `{h.in_tree(T5_VIDEO[7:], tree)}`"
     else:
-        todo = f"Run `{DOWNLOAD_VIDEO}`, `{EXTRACT_IMAGES}` then `{T5_IMAGES}` in {tree}"
+        todo = f"Run `{get}`, `{h.in_tree(EXTRACT_IMAGES[7:], tree)}` then `{h.in_tree(T5_IMAGES[7:], tree)}`"
     media = ("videos", "*.mp4") if exp.task == "video2world" else ("images", "*.jpg")
     if not os.path.isdir(path):
         raise _fail(f"dataset directory {path} does not exist", exp_name, todo)
@@ -285,10 +287,18 @@ def _checkpoints_root() -> str | None:
     return None
 
 
+def _hints():
+    """scripts/hints.py beside this file (loaded by path: this runs as a file and is imported by tests)."""
+    spec = importlib.util.spec_from_file_location("_cosmos_hints", os.path.join(os.path.dirname(__file__), "hints.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def check_checkpoints(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) -> None:
     root = _checkpoints_root()
-    todo = (f"Run `{MAKE_SMOKE}` in {tree}" if exp.smoke else
-            f"Run `python -m installer download --model {exp.model_id}` in {tree}")
+    todo = (f"Run `{_hints().in_tree(MAKE_SMOKE[7:], tree)}`" if exp.smoke else
+            f"Run `{_hints().installer(f'download --model {exp.model_id}', tree)}`")
     for key, default in ((K_DIT, exp.dit_path), (K_VAE, exp.vae_path)):
         rel = _ov_str(ov, key, default)
         if not rel:

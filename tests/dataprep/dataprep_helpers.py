@@ -74,31 +74,23 @@ def write_mp4(path: Path, frames: int, size: int = 64, fps: int = 16, seed: int 
             container.mux(packet)
 
 
+def tiny_pipelines():
+    """overlay/scripts/tiny_pipelines.py (the builders the scripts' --tiny uses), loaded by path."""
+    import importlib.util
+
+    name = "overlay_tiny_pipelines"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "overlay" / "scripts" / "tiny_pipelines.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 def build_tiny_t5(dst: Path, d_model: int = 1024) -> Path:
-    """A random 1-layer T5 encoder with T5-XXL's hidden size and a T5-style tokenizer built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
-
-    import string
-
-    import torch
-
-    # Built like T5's own tokenizer (Unigram pieces, "▁" word prefix, Metaspace): transformers 5 rebuilds every
-    # T5 tokenizer as exactly that and cannot load another model type. Whole known words score above any split.
-    pieces = ["<pad>", "</s>", "<unk>"] + [f"\u2581{w}" for w in dict.fromkeys(T5_WORDS)]
-    pieces += ["\u2581"] + list(string.ascii_letters + string.digits + string.punctuation)
-    tok = Tokenizer(models.Unigram([(w, 0.0 if i < 3 else -1.0 if w.startswith("\u2581") and len(w) > 1 else -5.0)
-                                    for i, w in enumerate(pieces)], unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-                    extra_ids=0).save_pretrained(dst)
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(pieces), d_model=d_model, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    T5EncoderModel(cfg).save_pretrained(dst)
-    return dst
+    """A random 1-layer T5 encoder with T5-XXL's hidden size and a T5-style tokenizer built offline, knowing the
+    tests' words (the overlay's builder)."""
+    return tiny_pipelines().build_tiny_t5(dst, d_model=d_model, words=T5_WORDS)
 
 
 def upstream_source(request) -> Path | None:

@@ -3,6 +3,8 @@
 It is not a double of our code: the code under test (installer/download.py) and huggingface_hub itself run
 unmodified against it through HF_ENDPOINT, exactly as they would against a mirror. Endpoints:
   GET  /api/{models|datasets}/<repo>/revision/<rev>   repo info (sha + siblings) or a hub-style error
+  GET  /api/{models|datasets}/<repo>/tree/<rev>       file listing (huggingface_hub >= 1.0 lists the tree of a
+                                                       commit-hash revision instead of asking for repo info)
   HEAD/GET /[datasets/]<repo>/resolve/<rev>/<path>     file bytes with X-Repo-Commit / ETag headers (Range ok)
 Per-repo `access` reproduces the hub's answers: "public"; "gated" (403 + X-Error-Code: GatedRepo unless the
 request carries `Authorization: Bearer <good_token>`); "missing" (401 + X-Error-Code: RepoNotFound). Any request
@@ -40,6 +42,7 @@ class HubState:
 
 
 _API = re.compile(r"^/api/(models|datasets)/(.+?)/revision/([^/]+)$")
+_TREE = re.compile(r"^/api/(models|datasets)/(.+?)/tree/([^/]+)/?$")
 _RESOLVE = re.compile(r"^/(?:(datasets)/)?(.+?)/resolve/([^/]+)/(.+)$")
 
 
@@ -88,6 +91,19 @@ def _handler(state: HubState):
                     "id": repo.repo_id, "sha": repo.sha, "private": False,
                     "siblings": [{"rfilename": name} for name in sorted(repo.files)],
                 }).encode()
+                self._send(200, body, {"Content-Type": "application/json"})
+                return
+            m = _TREE.match(path)
+            if m and not head:
+                kind = "dataset" if m.group(1) == "datasets" else "model"
+                repo = state.repos.get((kind, m.group(2)))
+                if self._denied(repo, head):
+                    return
+                body = json.dumps([
+                    {"type": "file", "path": name, "size": len(data),
+                     "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+                    for name, data in sorted(repo.files.items())
+                ]).encode()
                 self._send(200, body, {"Content-Type": "application/json"})
                 return
             m = _RESOLVE.match(path)

@@ -28,6 +28,9 @@ sys.modules[_spec.name] = download  # dataclasses look their module up there
 _spec.loader.exec_module(download)
 PINS = pin.active().checkpoints  # the revisions of the default pin (patches/<commit>/upstream.toml)
 
+# The interpreter that runs the CLI: this one, or (test_fresh_venv.py) a venv holding the newest huggingface_hub
+# that setup.py allows, so the whole suite also runs against that release.
+DOWNLOAD_PYTHON = os.environ.get("COSMOS_TEST_DOWNLOAD_PYTHON") or sys.executable
 V2W = "nvidia/Cosmos-Predict2-2B-Video2World"
 T5 = "google-t5/t5-11b"
 
@@ -43,7 +46,7 @@ def run_cli(tmp_path: Path, *args: str, endpoint: str | None = None, offline: bo
         env["HF_HUB_OFFLINE"] = "1"
     if token:
         env["HF_TOKEN"] = token
-    cmd = [sys.executable, str(DOWNLOAD), "--checkpoint-dir", str(tmp_path / "checkpoints"),
+    cmd = [DOWNLOAD_PYTHON, str(DOWNLOAD), "--checkpoint-dir", str(tmp_path / "checkpoints"),
            "--dataset-dir", str(tmp_path / "datasets"), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
@@ -210,3 +213,32 @@ def test_nothing_requested_and_plan_of_all(tmp_path):
     ]
     r = run_cli(tmp_path, "--model", "all", "--dry-run")
     assert r.returncode == 0 and "checkpoints/nvidia/Cosmos-Predict2-14B-Text2Image" in r.stdout
+
+
+def test_target_tree_is_the_default_destination(tmp_path):
+    """Without --checkpoint-dir/--dataset-dir the files go into the patched tree (--target, default
+    ./cosmos-predict2 like apply), where train.sh and the data scripts look; a folder that is no tree is refused
+    before anything is created in it (a later apply would refuse that folder)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    fill_cache(tmp_path / "hub", V2W, PINS[V2W], {"model-720p-16fps.pt": b"w", "tokenizer/tokenizer.pth": b"t"})
+    tree = tmp_path / "cosmos-predict2"
+    cmd = [DOWNLOAD_PYTHON, str(DOWNLOAD), "--model", "2B-Video2World"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    line = one_error_line(r)
+    assert f"{tree} does not exist (--target)" in line and not tree.exists(), line
+    (tree / "other").mkdir(parents=True)
+    line = one_error_line(subprocess.run([*cmd, "--target", str(tree / "other")], cwd=tmp_path, env=env,
+                                         capture_output=True, text=True, timeout=120))
+    assert "is not a cosmos-predict2 tree (--target)" in line and os.listdir(tree / "other") == [], line
+    (tree / "cosmos_predict2").mkdir()
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tree / "checkpoints/nvidia/Cosmos-Predict2-2B-Video2World/model-720p-16fps.pt").read_bytes() == b"w"
+
+
+def test_bad_model_is_one_line_naming_the_models(tmp_path):
+    r = run_cli(tmp_path, "--model", "bogus")
+    line = one_error_line(r)
+    assert r.returncode == 2 and r.stderr.strip() == line
+    assert "'bogus'" in line and all(m in line for m in [*download.MODEL_TARGETS, "all"]), line

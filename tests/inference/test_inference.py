@@ -104,6 +104,38 @@ def test_video2world_from_video_with_random_weights(tree, models, tmp_path):
     assert video_info(out / "output.mp4") == (5, (96, 64), 8.0)
 
 
+def test_tiny_offline_demo_writes_a_real_image_and_video(tree, tmp_path):
+    """--tiny: no --model, no files, HF_HUB_OFFLINE=1 (script_env) and no hub cache: a tiny random pipeline is
+    built locally and a decodable PNG and mp4 come out, at --tiny's small defaults."""
+    from PIL import Image
+
+    hub = {"HF_HOME": str(tmp_path / "empty_hf_home"), "HF_HUB_CACHE": str(tmp_path / "empty_hub")}
+    r = run_script(tree, "hf_text2image", str(tmp_path / "t2i"), "--prompt", "a robot arm picks up a red cube",
+                   "--tiny", "-v", **hub)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tiny random pipeline built locally" in r.stdout and "dtype: float32" in r.stdout
+    with Image.open(tmp_path / "t2i" / "output.png") as im:
+        im.load()
+        assert im.size == (96, 64) and im.mode == "RGB" and np.asarray(im).std() > 0
+    assert not (tmp_path / "empty_hub").exists() or not any((tmp_path / "empty_hub").iterdir())
+    r = run_script(tree, "hf_video2world", str(tmp_path / "v2w"), "--prompt", "a robot arm picks up a red cube",
+                   "--tiny", "--frames", "5", "-v", as_file=True, **hub)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Conditioning: generated gradient image; 5 frames at 16 fps, 64x96" in r.stdout
+    assert video_info(tmp_path / "v2w" / "output.mp4") == (5, (96, 64), 16.0)
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("hf_text2image", ("--random_weights",), "exclude each other"),
+    ("hf_text2image", ("--height", "512"), "exceed the tiny model's 256 pixels"),
+    ("hf_video2world", ("--frames", "33"), "exceeds the tiny model's 29"),
+])
+def test_tiny_limits_are_one_line(tree, tmp_path, script, args, expect):
+    line = assert_one_error_line(run_script(tree, script, str(tmp_path / "o"), "--prompt", "a robot", "--tiny",
+                                            *args))
+    assert expect in line and not (tmp_path / "o").exists()
+
+
 def test_guardrail_on_runs_on_cpu_and_blurs(tree, models, tmp_path):
     out = tmp_path / "out"
     r = run_script(tree, "hf_text2image", str(out), "--prompt", "a teal robot", "--model", str(models["t2i"]), *SMALL,

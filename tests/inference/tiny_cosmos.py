@@ -1,7 +1,5 @@
-"""Tiny random Cosmos-Predict2 diffusers pipelines (text2image, video2world) built from configs and saved as
-pipeline folders, so the inference scripts run end to end on CPU in seconds. Architecture kept where it matters
-for the scripts (VAE 8x spatial / 4x temporal compression, 16 latent channels, video2world's extra mask channel,
-T5-XXL's 1024-wide text embeddings); everything else is shrunk."""
+"""Test-side access to the tiny random pipelines (built by overlay/scripts/tiny_pipelines.py, which the scripts'
+--tiny uses too), and real-size configs without weights for --random_weights timing runs."""
 
 from __future__ import annotations
 
@@ -11,62 +9,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataprep"))
-from dataprep_helpers import build_tiny_t5  # noqa: E402
+from dataprep_helpers import build_tiny_t5, tiny_pipelines  # noqa: E402
 
 
-def tiny_components(kind: str, t5_dir: Path):
-    import torch
-    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, FlowMatchEulerDiscreteScheduler
-    from transformers import T5EncoderModel, T5TokenizerFast
-
-    torch.manual_seed(0)
-    transformer = CosmosTransformer3DModel(
-        in_channels=16 + (1 if kind == "video2world" else 0),  # video2world: + the conditioning-mask channel
-        out_channels=16,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        num_layers=1,
-        mlp_ratio=2.0,
-        text_embed_dim=1024,
-        adaln_lora_dim=8,
-        max_size=(8, 16, 16),
-        patch_size=(1, 2, 2),
-        rope_scale=(1.0, 1.0, 1.0) if kind == "text2image" else (1.0, 3.0, 3.0),
-        concat_padding_mask=True,
-        extra_pos_embed_type=None,
-    )
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, attn_scales=[],
-                           temperal_downsample=[False, True, True], dropout=0.0)
-    scheduler = FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
-    return dict(text_encoder=T5EncoderModel.from_pretrained(t5_dir), tokenizer=T5TokenizerFast.from_pretrained(t5_dir),
-                transformer=transformer, vae=vae, scheduler=scheduler)
+def tiny_components(kind: str, t5_dir: Path | None = None):
+    return tiny_pipelines().tiny_components(kind, t5_dir)
 
 
 def save_tiny_pipeline(kind: str, dst: Path, t5_dir: Path | None = None) -> Path:
-    """Write <dst>/{model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/} in diffusers'
-    layout, with safety_checker recorded as absent (the scripts always pass their own)."""
+    """The overlay's builder, with the tests' tiny T5 (tests/dataprep's vocabulary) when none is given."""
     if t5_dir is None:
         t5_dir = build_tiny_t5(dst.parent / f"{dst.name}-t5")
-    comps = tiny_components(kind, t5_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("transformer", "vae", "text_encoder", "tokenizer"):
-        comps[name].save_pretrained(dst / name)
-    comps["scheduler"].save_pretrained(dst / "scheduler")
-    import diffusers
-
-    cls = "Cosmos2TextToImagePipeline" if kind == "text2image" else "Cosmos2VideoToWorldPipeline"
-    index = {
-        "_class_name": cls,
-        "_diffusers_version": diffusers.__version__,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "CosmosTransformer3DModel"],
-        "vae": ["diffusers", "AutoencoderKLWan"],
-    }
-    (dst / "model_index.json").write_text(json.dumps(index, indent=2))
-    return dst
+    return tiny_pipelines().save_tiny_pipeline(kind, dst, t5_dir)
 
 
 # Real Cosmos-Predict2 sizes (the parameters diffusers' public conversion script uses for these checkpoints).
