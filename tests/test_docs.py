@@ -62,8 +62,11 @@ NOT_RUN = {  # first line -> why not here
     "bash tools/smoke_run.sh": "the whole set-up (venv, PyPI) plus a CPU training run; tests/launcher runs the same "
                                "steps (apply, make_smoke_dataset, train.sh smoke) one by one",
     "bash tools/setup_venv.sh && .venv/bin/python -m pytest -q tests": "it is CI itself (checked against .ci/run)",
-    "python -m installer apply   [--target DIR] [--source pypi|git|PATH] [--dry-run] [--force]":
+    "python -m installer apply   [--target DIR] [--pin COMMIT] [--source pypi|git|PATH] [--dry-run] [--force]":
         "a synopsis of the subcommands, not a command",
+    "source /usr/local/Ascend/ascend-toolkit/set_env.sh":
+        "an Ascend host with CANN installed; tests/npu_contract checks the requirements files' pairing against the "
+        "real torch-npu wheels",
     "bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \\":
         "8 NPUs, HCCL and the real checkpoints; tests/launcher checks these flags with --dry-run",
     'python scripts/hf_text2image.py outputs/t2i --prompt "a robot arm picks up a red cube" -v':
