@@ -102,6 +102,7 @@ def write_plot(rows: list[dict], rep: dict, path: str) -> str:
 
         matplotlib.use("Agg")  # headless: no display needed, never opens a window
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "note: matplotlib is not installed, so no plot (pip install matplotlib)."
     rows = sorted(rows, key=lambda r: r["iteration"])
@@ -117,6 +118,7 @@ def write_plot(rows: list[dict], rep: dict, path: str) -> str:
                         label=f"median {med:.3g} s (steady window, {rep['warmup_skipped']} warm-up skipped)")
     ax_time.set_ylabel("step time (s)")
     ax_time.set_xlabel("iteration")
+    ax_time.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_time.legend(loc="upper right")
     fig.suptitle(f"{rep['steps']} steps on {rep['world_size']} rank(s), {rep['device']}")
     fig.tight_layout()
