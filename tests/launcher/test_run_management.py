@@ -212,3 +212,21 @@ def test_train_sh_copied_out_of_its_tree(skeleton_tree, tmp_path):
                      script=str(alone))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1] == f"cd {skeleton_tree}"
+
+
+def test_smoke_run_passes_train_sh_flags_through(launch_tree, tmp_path):
+    """tools/smoke_run.sh TARGET [train.sh flags] [-- overrides]: what follows the target reaches train.sh."""
+    target = str(tmp_path / "tree")
+    shutil.copytree(launch_tree, target, symlinks=True)
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    r = run_train_sh([target, "--dry-run", f"--master_port={port}", "--fresh", "--", "trainer.max_iter=7"],
+                     env={"SMOKE_SETUP_VENV": "0", "COSMOS_DEVICE": "cpu", "IMAGINAIRE_OUTPUT_ROOT": None},
+                     script=os.path.join(REPO, "tools/smoke_run.sh"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    run = next(i for i, ln in enumerate(lines) if ln.startswith("run: "))
+    assert lines[run] == f"run: new run in {target}/outputs/{JOB} (--fresh)"
+    cmd = shlex.split(lines[run + 2])
+    assert f"--master_port={port}" in cmd and cmd[-1] == "trainer.max_iter=7" and f"experiment={EXP}" in cmd
