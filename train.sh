@@ -9,9 +9,12 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TREE_ARG=""
+prev=""
 for arg in "$@"; do
     [[ "$arg" == "--" ]] && break
     [[ "$arg" == --tree=* ]] && TREE_ARG="${arg#--tree=}"
+    [[ "$prev" == "--tree" ]] && TREE_ARG="$arg"
+    prev="$arg"
 done
 # Installed into a tree root by `apply`: scripts/ is beside us. In the overlay repo checkout: overlay/scripts/.
 # A copy of train.sh elsewhere finds them through --tree=DIR.
