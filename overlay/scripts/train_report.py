@@ -129,9 +129,13 @@ def write_plot(rows: list[dict], rep: dict, path: str) -> str:
 
 def write_tensorboard(rows: list[dict], logdir: str) -> str | None:
     """The same scalars as TensorBoard events when the tensorboard package is installed; None otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:  # optional; checked first so torch is not imported for nothing
+        return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard (or torch) not installed: optional
+    except ImportError:  # torch missing, or a tensorboard torch cannot use
         return None
     with SummaryWriter(log_dir=logdir) as w:
         for r in sorted(rows, key=lambda r: r["iteration"]):
