@@ -77,3 +77,18 @@ def test_timed_out_training_leaves_no_process(launch_tree, tmp_path):
         if "process group up" in (e.value.output or ""):  # the worker had started: the kill reached it
             return
     pytest.fail(f"the training worker never started within {timeout} s; output:\n{(e.value.output or '')[-2000:]}")
+
+
+def test_every_test_that_starts_torchrun_goes_through_procgroup():
+    """Static guard: a test module that launches torch.distributed.run (or train.sh) uses the group-safe runner."""
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for root, _, files in os.walk(tests):
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.endswith(".py") or name == "procgroup.py" or path == os.path.abspath(__file__):
+                continue
+            text = open(path, encoding="utf-8").read()
+            if '"torch.distributed.run"' in text and "procgroup" not in text and "run_group" not in text:
+                offenders.append(os.path.relpath(path, tests))
+    assert offenders == []
