@@ -56,6 +56,7 @@ class Experiment:
     dit_path: str  # "" = random init (smoke)
     vae_path: str
     job: tuple[str, str, str]  # project, group, name
+    max_iter: int  # trainer.max_iter (a resumed run at or past it trains nothing)
 
     @property
     def smoke(self) -> bool:
@@ -82,6 +83,7 @@ def _seed(task: str, size: str, cp: int) -> Experiment:
         dit_path=f"{model_dir}/{'model-720p-16fps.pt' if video else 'model.pt'}",
         vae_path=f"{model_dir}/tokenizer/tokenizer.pth",
         job=("posttraining", task, f"{size.lower()}_cosmos_nemo_assets"),
+        max_iter=1000,
     )
 
 
@@ -99,6 +101,7 @@ def _smoke(seed: Experiment) -> Experiment:
         dit_path="",
         vae_path="checkpoints/smoke/tokenizer.pth",
         job=(seed.job[0], f"{seed.task}_smoke", f"{seed.job[2]}_smoke"),
+        max_iter=3,
     )
 
 
@@ -121,6 +124,9 @@ K_SAMPLER_DATASET = "dataloader_train.sampler.dataset.dataset_dir"
 K_DIT = "model.config.model_manager_config.dit_path"
 K_VAE = "model.config.pipe_config.tokenizer.vae_pth"
 K_JOB = ("job.project", "job.group", "job.name")
+K_MAX_ITER = "trainer.max_iter"
+# train.sh --resume=<checkpoint>: the checkpoint file name the patched Checkpointer.load takes instead of the latest
+ENV_RESUME = "COSMOS_RESUME_CHECKPOINT"
 
 NPU_ENV_DEFAULTS = {
     "TASK_QUEUE_ENABLE": "2",  # level-2 task queue: operator dispatch pipelined with the host
@@ -153,7 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate, set up the device environment and run torchrun -m scripts.train for one experiment.",
         epilog="Config overrides go after `--`, e.g. `bash train.sh --EXP=... -- trainer.max_iter=100`.\n"
         "Each run writes $IMAGINAIRE_OUTPUT_ROOT (default <tree>/outputs)/<project>/<group>/<name>/logs/\n"
-        "train-<UTC time>-<pid>.log (console copy), .metrics.jsonl (per iteration) and .report.json (summary).\n"
+        "train-<UTC time>-<pid>.log (console copy), .metrics.jsonl (per iteration), .report.json (summary)\n"
+        "and .report.png (loss and step-time curves); checkpoints go to <name>/checkpoints/.\n"
         "On NPU it sets " + ", ".join(NPU_ENV_DEFAULTS) + " and HCCL_IF_IP, each only if unset.\n"
         "Experiments:\n  " + "\n  ".join(EXPERIMENTS),
     )
@@ -162,9 +169,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", default="1", help="number of nodes, >= 1 (default 1)")
     p.add_argument("--node_rank", default="0", help="this node's rank, 0 <= node_rank < nnodes (default 0)")
     p.add_argument("--master_addr", default=None, help="rendezvous host (default 127.0.0.1; required if nnodes > 1)")
-    p.add_argument("--master_port", default="29500", help="rendezvous port 1..65535 (default 29500)")
+    p.add_argument("--master_port", default=None,
+                   help="rendezvous port 1..65535, or auto: a free port found on this host (default auto on one "
+                   "node, 29500 on several); a given port is checked to be free on node 0")
     p.add_argument("--hccl_if_ip", default=None, help="IPv4 address for HCCL_IF_IP (NPU only)")
     p.add_argument("--tree", default=None, help="patched cosmos-predict2 tree (default: train.sh's directory)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new run: never resume; a run directory that holds checkpoints is left as it is "
+                   "and the run goes to <name>-2 (-3, ...) beside it")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help="resume the run's latest checkpoint (an error if there is none), or =CHECKPOINT: a run "
+                   "directory, its checkpoints/ or a checkpoint file .../checkpoints/model/iter_N.pt. Without "
+                   "--fresh or --resume a run resumes when its directory has a checkpoint; the first line says which")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help=f"training dataset directory (sets {K_DATASET} and {K_SAMPLER_DATASET})")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="validate, print the command and the environment it would set, exit")
     p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
@@ -261,13 +279,19 @@ def check_data(exp_name: str, exp: Experiment, tree: str, ov: dict[str, str]) ->
     path = rel if os.path.isabs(rel) else os.path.join(tree, rel)
     h = _hints()  # runnable as written: the interpreter, the tree, and where the installer is
     get = h.installer(DOWNLOAD_VIDEO.split(" installer ", 1)[1], tree)
-    if exp.smoke:
+    media = ("videos", "*.mp4") if exp.task == "video2world" else ("images", "*.jpg")
+    if K_DATASET in ov:  # the user's own directory (--dataset or the overrides): the seed's download hints do not fit
+        todo = f"Pass --dataset=<a directory with {media[0]}/{media[1]} and t5_xxl/*.pickle>"
+        if os.path.isdir(path) and _nonempty(os.path.join(path, media[0]), media[1]):
+            t5 = (f"-m scripts.get_t5_embeddings --dataset_path {shlex.quote(os.path.abspath(path))}"
+                  f"{' --is_image' if exp.task != 'video2world' else ''}")
+            todo = f"Put one prompt per {media[0][:-1]} in {path}/metas/<name>.txt, then run `{h.in_tree(t5, tree)}`"
+    elif exp.smoke:
         todo = f"Run `{h.in_tree(MAKE_SMOKE[7:], tree)}`"
     elif exp.task == "video2world":
         todo = f"Run `{get}` then `{h.in_tree(T5_VIDEO[7:], tree)}`"
     else:
         todo = f"Run `{get}`, `{h.in_tree(EXTRACT_IMAGES[7:], tree)}` then `{h.in_tree(T5_IMAGES[7:], tree)}`"
-    media = ("videos", "*.mp4") if exp.task == "video2world" else ("images", "*.jpg")
     if not os.path.isdir(path):
         raise _fail(f"dataset directory {path} does not exist", exp_name, todo)
     if not _nonempty(os.path.join(path, media[0]), media[1]):
@@ -365,6 +389,151 @@ def npu_env(environ: dict[str, str], hccl_if_ip: str | None) -> tuple[dict[str, 
     return out, notes
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on (the affinity mask, e.g. a container's cpuset), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def free_port() -> int:
+    """A port nothing listens on now: the kernel's pick for an ephemeral bind (torchrun binds it moments later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when binding the rendezvous port the way torchrun's store does (SO_REUSEADDR, all interfaces) fails."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("::" if ":" in host else "", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_job(ov: dict[str, str], exp: Experiment) -> tuple[str, str, str]:
+    """project/group/name are one directory level each: never absolute, never '..', so logs stay in the root."""
+    parts = tuple(_ov_str(ov, k, d) for k, d in zip(K_JOB, exp.job))
+    for key, val in zip(K_JOB, parts):
+        if not val or val in (".", "..") or "/" in val or "\\" in val or "\0" in val:
+            raise _fail(f"{key}={val} would put the run outside the output root", "override after --",
+                        f"Use a plain directory name for {key}, without '/' or '..'")
+    return parts  # type: ignore[return-value]
+
+
+def check_output_root(root: str) -> None:
+    """The output root must be creatable and writable; probed without leaving anything behind."""
+    import tempfile
+
+    probe = root
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    where = f"IMAGINAIRE_OUTPUT_ROOT={root}"
+    if not os.path.isdir(probe):
+        raise _fail(f"output root {root} cannot be created: {probe} is not a directory", where,
+                    "Set IMAGINAIRE_OUTPUT_ROOT to a writable directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".train-probe-", dir=probe))
+    except OSError as e:
+        raise _fail(f"output root {root} is not writable ({probe}: {e.strerror})", where,
+                    "Set IMAGINAIRE_OUTPUT_ROOT to a writable directory, or fix its permissions") from None
+
+
+_ITER_FILE = re.compile(r"iter_(\d+)\.pt")
+_CKPT_KINDS = ("model", "optim", "scheduler", "trainer")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The file name upstream's Checkpointer resumes from (checkpoints/latest_checkpoint.txt), if any."""
+    try:
+        with open(os.path.join(run_dir, "checkpoints", "latest_checkpoint.txt")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return name or None
+
+
+def _iteration(ckpt_file: str) -> int | None:
+    m = _ITER_FILE.fullmatch(ckpt_file)
+    return int(m.group(1)) if m else None
+
+
+def _resume_target(raw: str) -> tuple[str, str | None]:
+    """--resume=PATH -> (run directory, checkpoint file name or None for the latest)."""
+    path = os.path.abspath(os.path.expanduser(raw))
+    where = f"--resume={raw}"
+    if os.path.isfile(path):
+        kind_dir = os.path.dirname(path)
+        if not (_ITER_FILE.fullmatch(os.path.basename(path)) and os.path.basename(kind_dir) in _CKPT_KINDS
+                and os.path.basename(os.path.dirname(kind_dir)) == "checkpoints"):
+            raise _fail(f"{path} is not a training checkpoint (<run>/checkpoints/model/iter_N.pt)", where,
+                        "Pass a run directory or one of its checkpoints/model/iter_N.pt files")
+        return os.path.dirname(os.path.dirname(kind_dir)), os.path.basename(path)
+    if os.path.isdir(path):
+        return (os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path), None
+    raise _fail(f"{path} does not exist", where, "Pass a run directory or one of its checkpoints/model/iter_N.pt files")
+
+
+def plan_run(a: argparse.Namespace, job_dir: str, ov: dict[str, str], max_iter: int
+             ) -> tuple[str, str, str | None, int | None, str]:
+    """Fresh or resumed: (run directory, run line for the log's first line, checkpoint file to resume from or None
+    for upstream's latest, iteration resumed at or None, job name override or "")."""
+    if a.fresh and a.resume is not None:
+        raise _fail("--fresh and --resume both given", "train.sh arguments", "Pass one of them")
+    name_override = ""
+    if a.fresh:
+        run_dir = job_dir
+        if latest_checkpoint(job_dir) is not None:  # the old run stays untouched; the new one goes beside it
+            n = 2
+            while os.path.exists(f"{job_dir}-{n}"):
+                n += 1
+            run_dir, name_override = f"{job_dir}-{n}", f"{os.path.basename(job_dir)}-{n}"
+        why = f"; {job_dir} holds an earlier run, left as it is" if name_override else ""
+        return run_dir, f"run: new run in {run_dir} (--fresh{why})", None, None, name_override
+    pick = None
+    run_dir = job_dir
+    if a.resume:
+        run_dir, pick = _resume_target(a.resume)
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        if a.resume is not None:
+            raise _fail(f"nothing to resume: {run_dir} has no checkpoints/latest_checkpoint.txt", "--resume",
+                        "Drop --resume to start a new run, or pass --resume=<run directory or checkpoint file>")
+        return run_dir, f"run: new run in {run_dir} (no checkpoint there)", None, None, ""
+    ckpt = pick or latest
+    it = _iteration(ckpt)
+    for kind in _CKPT_KINDS:
+        f = os.path.join(run_dir, "checkpoints", kind, ckpt)
+        if not os.path.isfile(f):
+            raise _fail(f"checkpoint {f} is missing", "--resume" if a.resume is not None else run_dir,
+                        "Pass --resume=<another checkpoints/model/iter_N.pt>, or --fresh to start a new run")
+    if it is not None and it >= max_iter:
+        raise _fail(f"the run already reached iteration {it} and {K_MAX_ITER} is {max_iter}, so it would train "
+                    "nothing", os.path.join(run_dir, "checkpoints", "model", ckpt),
+                    f"Pass --fresh for a new run, or raise {K_MAX_ITER} after -- to continue this one")
+    how = "--resume" if a.resume is not None else "a checkpoint is there; --fresh starts a new run instead"
+    older = f", not the latest {latest}: later checkpoints get overwritten" if pick and pick != latest else ""
+    line = (f"run: resuming {run_dir} from iteration {it} ({os.path.join('checkpoints', 'model', ckpt)}{older}; "
+            f"{how})")
+    return run_dir, line, (ckpt if pick and pick != latest else None), it, ""
+
+
+def _set_override(overrides: list[str], key: str, value: str) -> list[str]:
+    """overrides with every `key=`/`+key=`/`++key=` replaced by one key=value at the end."""
+    return [t for t in overrides if t.split("=", 1)[0].lstrip("+") != key] + [f"{key}={value}"]
+
+
 @dataclass
 class Plan:
     cmd: list[str]
@@ -378,6 +547,8 @@ class Plan:
     dry_run: bool
     plan_file: str | None
     node_rank: int
+    run: str = ""  # the log's first line: new run or resumed, and where
+    resume_iteration: int | None = None
 
 
 def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
@@ -398,7 +569,14 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
-    port = _int("master_port", a.master_port, 1, 65535)
+    raw_port = a.master_port if a.master_port is not None else ("auto" if nnodes == 1 else "29500")
+    if raw_port.strip().lower() == "auto":
+        if nnodes > 1:  # every node must name the same port; only node 0 could look for a free one
+            raise _fail("--master_port=auto needs a single node", "--master_port",
+                        "Pass the same --master_port=N on every node")
+        port = None
+    else:
+        port = _int("master_port", raw_port, 1, 65535)
     if a.master_addr is None or not a.master_addr.strip():
         if nnodes > 1:
             raise _fail(f"--nnodes={nnodes} needs the rendezvous host", "--master_addr",
@@ -419,6 +597,16 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if not os.path.isfile(os.path.join(tree, CONFIG_FILE)):
         raise _fail(f"{tree} is not a cosmos-predict2 tree (no {CONFIG_FILE})", "--tree",
                     "Pass --tree=<patched tree> or run the train.sh installed in it")
+    if a.dataset is not None:  # one flag for the two copies of the dataset in the config (loader and sampler)
+        if not a.dataset.strip():
+            raise _fail("--dataset is empty", "--dataset", "Pass --dataset=<dataset directory>")
+        data_dir = os.path.abspath(os.path.expanduser(a.dataset.strip()))  # relative to where train.sh was called
+        for key in (K_DATASET, K_SAMPLER_DATASET):
+            given = parse_overrides(overrides).get(key)
+            if given is not None and given.strip().strip("'\"") != a.dataset.strip():
+                raise _fail(f"--dataset={a.dataset} and {key}={given} both given", "train.sh arguments",
+                            "Pass only --dataset")
+            overrides = _set_override(overrides, key, data_dir)
     ov = parse_overrides(overrides)
     world = nproc * nnodes
     cp = check_parallel(a.EXP, exp, world, ov)
@@ -427,8 +615,12 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
 
     kind, count, note = detect_device(tree, a.dry_run)
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
+    if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
+        count, kind_name = usable_cpus(), "CPU cores usable by this process"
+    else:
+        kind_name = f"{kind} device(s)"
     if count is not None and nproc > count:
-        raise _fail(f"--nproc_per_node={nproc} but this node has {count} {kind} device(s)", "--nproc_per_node",
+        raise _fail(f"--nproc_per_node={nproc} but this node has {count} {kind_name}", "--nproc_per_node",
                     f"Pass --nproc_per_node <= {count}")
     env: dict[str, str] = {}
     if kind == "npu":
@@ -439,9 +631,32 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
     if out_root is None:
         out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)
-    project, group, name = (_ov_str(ov, k, d) for k, d in zip(K_JOB, exp.job))
-    job_dir = os.path.join(out_root if os.path.isabs(out_root) else os.path.join(tree, out_root), project, group, name)
+    project, group, name = check_job(ov, exp)
+    abs_root = out_root if os.path.isabs(out_root) else os.path.join(tree, out_root)
+    job_dir = os.path.join(abs_root, project, group, name)
+    max_iter = _ov_int(ov, K_MAX_ITER, exp.max_iter)
+    run_dir, run_line, resume_file, resume_iter, fresh_name = plan_run(a, job_dir, ov, max_iter)
+    if fresh_name:
+        overrides = _set_override(overrides, "job.name", fresh_name)
+    elif run_dir != job_dir:  # --resume=<another run>: train in that run's directory
+        r_root, r_project, r_group, r_name = (os.path.dirname(os.path.dirname(os.path.dirname(run_dir))),
+                                              *run_dir.rstrip("/").split("/")[-3:])
+        for key, val in zip(K_JOB, (r_project, r_group, r_name)):
+            overrides = _set_override(overrides, key, val)
+        if os.path.abspath(r_root) != os.path.abspath(abs_root):
+            env["IMAGINAIRE_OUTPUT_ROOT"] = abs_root = r_root
+            notes.append(f"IMAGINAIRE_OUTPUT_ROOT={r_root} for this run (the root of --resume's run)")
+    if resume_file:
+        env[ENV_RESUME] = resume_file
+    check_output_root(abs_root)
+    if port is None:
+        port = free_port()
+        notes.append(f"port {port} (free on this host, picked by --master_port=auto)")
+    elif node_rank == 0 and port_in_use(master_addr, port):
+        raise _fail(f"port {port} is in use on this host", "--master_port",
+                    "Pass --master_port=auto (single node) or another free port")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    job_dir = run_dir
     stem = os.path.join(job_dir, "logs", f"train-{stamp}")
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
     cmd = [
@@ -456,7 +671,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     ]
     notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")
     return Plan(cmd, env, stem + ".log", stem + ".metrics.jsonl", stem + ".report.json", tree, kind, notes,
-                a.dry_run, a.plan_file, node_rank)
+                a.dry_run, a.plan_file, node_rank, run_line, resume_iter)
 
 
 def write_plan(plan: Plan, path: str) -> None:
@@ -471,6 +686,7 @@ def write_plan(plan: Plan, path: str) -> None:
         f"TRAIN_PYTHON={q(sys.executable)}",
         f"TRAIN_DRY_RUN={1 if plan.dry_run else 0}",
         f"TRAIN_NODE_RANK={plan.node_rank}",
+        f"TRAIN_RESUME_ITERATION={'' if plan.resume_iteration is None else plan.resume_iteration}",
         f"TRAIN_HEADER={q(describe(plan))}",
     ]
     with open(path, "w") as f:
@@ -480,7 +696,7 @@ def write_plan(plan: Plan, path: str) -> None:
 def describe(plan: Plan) -> str:
     env = "\n".join(f"  {k}={v}" for k, v in plan.env.items()) or "  (none)"
     notes = "\n".join(f"  {n}" for n in plan.notes)
-    return (f"cd {shlex.quote(plan.tree)}\n{' '.join(shlex.quote(c) for c in plan.cmd)}\n"
+    return (f"{plan.run}\ncd {shlex.quote(plan.tree)}\n{' '.join(shlex.quote(c) for c in plan.cmd)}\n"
             f"environment set by train.sh:\n{env}\nnotes:\n{notes}\nlog: {plan.log}\n")
 
 

@@ -1,11 +1,15 @@
 """Summarise one training run from the JSON lines TrainMetricsCallback wrote.
 
     python scripts/train_report.py --metrics=RUN.metrics.jsonl [--out=RUN.report.json] [--log=RUN.log]
-                                   [--skip=K] [--training-rc=RC]
+                                   [--skip=K] [--training-rc=RC] [--resumed-at=N]
 
 Step time is taken over a steady window that skips warm-up (first min(3, n // 3) logged iterations unless --skip):
-median and mean. Throughput (FPS) = samples per step (global: local batch x grad accumulation x data-parallel
-size) / step time. Peak memory is per rank, the maximum over the run. Prints a short summary, writes JSON.
+median and mean. It is the same per-step time the training log prints (IterSpeed and TrainMetricsCallback read one
+clock: cosmos_predict2.portable.metrics.step_clock). Throughput (FPS) = samples per step (global: local batch x grad
+accumulation x data-parallel size) / step time. Peak memory is per rank, the maximum over the run (not shown on
+CPU, which has no device memory counter). Prints a short summary, writes JSON, draws loss and step time per
+iteration to RUN.report.png (matplotlib, headless; one note line if matplotlib is missing) and, when the
+tensorboard package is installed, writes the same scalars to RUN.tensorboard/.
 Exit status: 0 with a report, 1 when there is nothing to report (no or unreadable metrics).
 """
 
@@ -91,7 +95,61 @@ def _gib(b: int) -> str:
     return f"{b / 2**30:.2f}"
 
 
+def write_plot(rows: list[dict], rep: dict, path: str) -> str:
+    """Loss and step time per iteration in one PNG; returns the line to print (where it is, or why not)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # headless: no display needed, never opens a window
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        return "note: matplotlib is not installed, so no plot (pip install matplotlib)."
+    rows = sorted(rows, key=lambda r: r["iteration"])
+    its = [r["iteration"] for r in rows]
+    fig, (ax_loss, ax_time) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax_loss.plot(its, [float(r["loss"]) for r in rows], marker=".", label="loss (mean over ranks)")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(loc="upper right")
+    ax_time.plot(its, [r["step_time_s"] for r in rows], marker=".", color="tab:orange", label="step time")
+    med = rep["step_time_median_s"]
+    if math.isfinite(med):
+        ax_time.axhline(med, color="tab:gray", linestyle="--",
+                        label=f"median {med:.3g} s (steady window, {rep['warmup_skipped']} warm-up skipped)")
+    ax_time.set_ylabel("step time (s)")
+    ax_time.set_xlabel("iteration")
+    ax_time.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax_time.legend(loc="upper right")
+    fig.suptitle(f"{rep['steps']} steps on {rep['world_size']} rank(s), {rep['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot: {path}"
+
+
+def write_tensorboard(rows: list[dict], logdir: str) -> str | None:
+    """The same scalars as TensorBoard events when the tensorboard package is installed; None otherwise."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:  # optional; checked first so torch is not imported for nothing
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch missing, or a tensorboard torch cannot use
+        return None
+    with SummaryWriter(log_dir=logdir) as w:
+        for r in sorted(rows, key=lambda r: r["iteration"]):
+            w.add_scalar("train/loss", float(r["loss"]), r["iteration"])
+            if math.isfinite(r["step_time_s"]):
+                w.add_scalar("train/step_time_s", r["step_time_s"], r["iteration"])
+    return f"tensorboard: {logdir}"
+
+
 def render(rep: dict) -> str:
+    peaks = rep["peak_mem_bytes_per_rank"]
+    # CPU has no device memory counter (always 0): a row of zeros would read as "used nothing"
+    peak_line = ("peak device memory: none on cpu (host memory is the max RSS below)" if rep["device"] == "cpu"
+                 else "peak device memory GiB per rank: " + " ".join(_gib(b) for b in peaks))
     return "\n".join([
         f"steps {rep['steps']} (iterations {rep['first_iteration']}..{rep['last_iteration']}), "
         f"steady window {rep['steady_steps']} after skipping {rep['warmup_skipped']} warm-up",
@@ -101,7 +159,7 @@ def render(rep: dict) -> str:
         f"{rep['samples_per_step']} samples/step on {rep['world_size']} rank(s) "
         f"(dp {rep['dp_size']}, cp {rep['cp_size']}, {rep['device']})",
         f"loss mean {rep['loss_mean']:.5f}, final {rep['loss_final']:.5f}",
-        "peak device memory GiB per rank: " + " ".join(_gib(b) for b in rep["peak_mem_bytes_per_rank"]),
+        peak_line,
         "max RSS GiB per rank: " + " ".join(_gib(b) for b in rep["max_rss_bytes_per_rank"]),
     ])
 
@@ -113,13 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log", default=None, help="the run's log, recorded in the report")
     p.add_argument("--skip", type=int, default=None, help="warm-up iterations to leave out of step time")
     p.add_argument("--training-rc", dest="training_rc", type=int, default=None)
+    p.add_argument("--resumed-at", dest="resumed_at", default="",
+                   help="iteration the run resumed from (train.sh), to explain a run that trained nothing")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not draw RUN.report.png")
     a = p.parse_args(argv)
     try:
         rows = read_metrics(a.metrics)
     except ReportError as e:
-        hint = ("training failed before its first logged iteration" if a.training_rc else
-                "register the callback: trainer.callbacks.train_metrics=L(TrainMetricsCallback)()")
-        level = "note" if a.training_rc else "warning"  # train.sh's own line reports a failed run
+        if a.training_rc:  # train.sh's own error line reports the failed run
+            level, hint = "note", "training failed before its first logged iteration"
+        elif a.training_rc == 0 and a.resumed_at:
+            level, hint = "warning", (f"training ran no iteration: it resumed at iteration {a.resumed_at} and "
+                                      "trainer.max_iter is not above it. Pass --fresh for a new run, or raise "
+                                      "trainer.max_iter")
+        elif a.training_rc == 0:  # train.sh registers the callback: no line means no iteration ran
+            level, hint = "warning", "training exited 0 without running an iteration; read the log"
+        else:
+            level, hint = "warning", "register the callback: trainer.callbacks.train_metrics=L(TrainMetricsCallback)()"
         print(f"{level}: {e} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
         return 1
     rep = summarise(rows, a.skip)
@@ -133,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         f.write("\n")
     print(render(rep))
     print(f"report: {out}")
+    stem = out[: -len(".json")] if out.endswith(".json") else out
+    if a.plot:
+        print(write_plot(rows, rep, stem + ".png"))
+    tb = write_tensorboard(rows, (stem[: -len(".report")] if stem.endswith(".report") else stem) + ".tensorboard")
+    if tb:
+        print(tb)
     return 0
 
 

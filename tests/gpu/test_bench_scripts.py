@@ -114,10 +114,12 @@ def test_cp_parity_worker_self_check_on_cpu(applied_tree):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                        str(BENCH / "cp_parity_cuda.py"), "--cpu", "--res", "tiny", "--frames", "4",
-                        "--exp", "predict2_video2world_training_2b_cosmos_nemo_assets_smoke"],
-                       cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
+    from tests import procgroup  # torchrun's workers die with it on timeout
+
+    r = procgroup.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                       str(BENCH / "cp_parity_cuda.py"), "--cpu", "--res", "tiny", "--frames", "4",
+                       "--exp", "predict2_video2world_training_2b_cosmos_nemo_assets_smoke"],
+                      cwd=applied_tree, env=_env(applied_tree), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     row = _rows(r.stdout)[0]
     assert row["out_rel_l2"] < 1e-2 and row["grad_rel_l2_all"] < 2e-2  # bf16

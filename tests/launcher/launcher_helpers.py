@@ -14,6 +14,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from tests import procgroup  # noqa: E402  (torchrun under train.sh: the whole process group dies on timeout)
 TRAIN_SH = os.path.join(REPO, "train.sh")
 PYTHON = sys.executable
 SMOKE = {
@@ -57,8 +60,21 @@ def run_train_sh(args: list[str], tree: str | None = None, env: dict | None = No
     e.update(env or {})
     e = {k: v for k, v in e.items() if v is not None}
     argv = ["bash", script] + ([f"--tree={tree}"] if tree is not None and script == TRAIN_SH else []) + args
-    return subprocess.run(argv, capture_output=True, text=True, env=e, timeout=timeout,
-                          cwd=tree if tree is not None else None)
+    return procgroup.run(argv, timeout=timeout, env=e, cwd=tree if tree is not None else None)
+
+
+def refused(tree: str, args: list[str], env: dict | None = None, script: str = TRAIN_SH) -> str:
+    """train.sh's one `error:` line for args that must be refused before torchrun (the output root stays absent)."""
+    out_root = os.path.join(tree, "outputs")
+    r = run_train_sh(args, tree=tree, env={"IMAGINAIRE_OUTPUT_ROOT": out_root, **(env or {})}, timeout=120,
+                     script=script)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert len(lines) == 1, f"expected one line, got:\n{r.stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    assert r.stdout == "", r.stdout
+    assert not os.path.exists(out_root), "output root created: the launcher went past validation"
+    return lines[0]
 
 
 def copy_code(src: str, dst: str) -> None:

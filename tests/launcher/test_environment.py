@@ -101,7 +101,9 @@ def test_dry_run_command_and_default_output_root(skeleton_tree):
                       "model_parallel.context_parallel_size=2"],
                      tree=skeleton_tree, env=_clean_env({"COSMOS_DEVICE": "cpu", "IMAGINAIRE_OUTPUT_ROOT": None}))
     assert r.returncode == 0, r.stderr
-    cmd = r.stdout.splitlines()[1]
+    run, cmd = r.stdout.splitlines()[0], r.stdout.splitlines()[2]
+    assert run == ("run: new run in " + os.path.join(skeleton_tree, "outputs/posttraining/video2world_smoke/"
+                                                     "2b_cosmos_nemo_assets_smoke") + " (no checkpoint there)")
     assert cmd.startswith(f"{sys.executable} -m torch.distributed.run --nproc_per_node=2 --nnodes=1 --node_rank=0 "
                           "--master_addr=127.0.0.1 --master_port=29611 -m scripts.train "
                           "--config=cosmos_predict2/configs/base/config.py -- "
@@ -125,12 +127,13 @@ def test_user_output_root_kept(skeleton_tree, tmp_path):
 
 
 def test_multi_node_command(skeleton_tree):
-    args = [f"--EXP={SMOKE['v2w_14b']}", "--nproc_per_node=8", "--nnodes=2", "--node_rank=1",
+    # one process per node: a CPU host allows no more processes than cores
+    args = [f"--EXP={SMOKE['v2w_14b']}", "--nproc_per_node=1", "--nnodes=16", "--node_rank=1",
             "--master_addr=10.0.0.5", "--master_port=6000", "--dry-run"]
     r = run_train_sh(args, tree=skeleton_tree, env=_clean_env({"COSMOS_DEVICE": "cpu"}))
     assert r.returncode == 0, r.stderr
-    assert ("--nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.5 --master_port=6000 -m scripts.train "
-            in r.stdout.splitlines()[1])
+    assert ("--nproc_per_node=1 --nnodes=16 --node_rank=1 --master_addr=10.0.0.5 --master_port=6000 -m scripts.train "
+            in r.stdout.splitlines()[2])
     assert "world size 16, context parallel 1, data parallel 16" in r.stdout
     # only node 0 runs the report (global rank 0 writes the metrics)
     env = sourced_env(skeleton_tree, args, {"COSMOS_DEVICE": "cpu"})  # also leaves plan.sh for the check below

@@ -37,6 +37,7 @@ for exp in sys.argv[1:]:
         vae_path=mc.pipe_config.tokenizer.vae_pth,
         job=[config.job.project, config.job.group, config.job.name],
         model_target=str(config.model._target_),
+        max_iter=config.trainer.max_iter,
     )
 print("JSON" + json.dumps(out))
 """
@@ -64,6 +65,7 @@ def test_table_matches_upstream_configs(launch_tree):
             cp=exp.cp, num_heads=exp.num_heads, num_frames=exp.num_frames, sampler_num_frames=exp.num_frames,
             dataset_dir=exp.dataset_dir, sampler_dataset_dir=exp.dataset_dir, batch_size=exp.batch_size,
             fsdp_shard_size=exp.fsdp_shard_size, dit_path=exp.dit_path, vae_path=exp.vae_path, job=list(exp.job),
+            max_iter=exp.max_iter,
         )
         for k, v in want.items():
             assert g[k] == v, f"{name}: {k} table={v!r} config={g[k]!r}"

@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+import re
 import shlex
 import socket
 import statistics
@@ -28,9 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tree: str, out_root: str, exp: str, nproc: int, overrides: list[str]):
+def launch(tree: str, out_root: str, exp: str, nproc: int, overrides: list[str], flags: tuple[str, ...] = ()):
     args = [f"--EXP={exp}", f"--nproc_per_node={nproc}", "--nnodes=1", "--node_rank=0",
-            "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--", *overrides]
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", *flags, "--", *overrides]
     return run_train_sh(args, tree=tree, env={"IMAGINAIRE_OUTPUT_ROOT": out_root, "COSMOS_DEVICE": "cpu"},
                         script=os.path.join(tree, "train.sh"), timeout=900)
 
@@ -48,9 +49,11 @@ def check_run(r, tree: str, exp: str, out_root: str, job: str, world: int, cp: i
     assert "Done with training." in text
     assert r.stdout.startswith(text), "console output differs from the log (tee)"
     head = text.splitlines()
-    assert head[0] == f"cd {shlex.quote(tree)}"
-    assert " -m torch.distributed.run " in head[1] and f"experiment={exp}" in head[1]
+    assert head[0] == f"run: new run in {os.path.join(out_root, job)} (no checkpoint there)"
+    assert head[1] == f"cd {shlex.quote(tree)}"
+    assert " -m torch.distributed.run " in head[2] and f"experiment={exp}" in head[2]
     rows = [json.loads(ln) for ln in open(log[: -len(".log")] + ".metrics.jsonl")]
+    check_quiet_true_log(text, rows)
     assert [row["iteration"] for row in rows] == list(range(1, MAX_ITER + 1))
     for row in rows:
         assert math.isfinite(row["loss"]) and row["step_time_s"] > 0
@@ -72,6 +75,23 @@ def check_run(r, tree: str, exp: str, out_root: str, job: str, world: int, cp: i
     assert rep["log"] == os.path.abspath(log)
     assert f"report: {log[: -len('.log')]}.report.json" in r.stdout
     return rep
+
+
+def check_quiet_true_log(text: str, rows: list[dict]) -> None:
+    """CPU: no device table of zeros, parameter counts with their unit, the log's step times are the metrics'."""
+    for field in ("temp", "power", "util", "clock", "nvml_used_gpu_mem_gb", "peak_gpu_mem_gb"):
+        assert not re.search(rf"^{field}\s", text, re.M), f"DeviceMonitor row {field} on CPU"
+    assert len(re.findall(r"DeviceMonitor: host memory \d+\.\d\d GiB per rank", text)) == len(rows)
+    assert "Total parameters: 0.00B" not in text
+    assert re.search(r"Total parameters: \d+\.\d\d[KMBT] \([\d,]+\), Frozen", text)
+    by_it = {r["iteration"]: r["step_time_s"] for r in rows}
+    shown = {int(i): t for i, t in re.findall(r"Iteration (\d+): Hit counter: \d+/\d+ \| Loss: \S+ \| Time: (\S+)s",
+                                              text)}
+    shown.update({int(i): t for i, t in re.findall(r"(\d+) : iter_speed (\S+) seconds per iteration \(mean of the last "
+                                                   r"1\)", text)})
+    assert shown, "IterSpeed printed no step time"
+    for it, t in shown.items():  # one clock: IterSpeed's number is the metrics line's, to its 2 decimals
+        assert t == f"{by_it[it]:.2f}", (it, t, by_it[it])
 
 
 @pytest.mark.parametrize("key", list(SMOKE))
@@ -103,3 +123,38 @@ def test_crashing_training_fails_train_sh(launch_tree, tmp_path):
     assert "Traceback" in text and "imaginaire/trainer.py" in text  # it crashed inside the training loop
     assert "error: training exited with status" in r.stderr and log in r.stderr
     assert not glob.glob(os.path.join(os.path.dirname(log), "*.report.json"))
+
+
+def _this_run(r) -> tuple[str, str, list[int]]:
+    """(log text, first line, iterations in this run's metrics) from train.sh's output."""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = r.stdout.split("\nlog: ", 1)[1].split("\n", 1)[0]
+    text = open(log).read()
+    metrics = log[: -len(".log")] + ".metrics.jsonl"
+    its = [json.loads(ln)["iteration"] for ln in open(metrics)] if os.path.exists(metrics) else []
+    return text, text.splitlines()[0], its
+
+
+def test_rerun_resumes_fresh_starts_over_resume_picks_a_checkpoint(launch_tree, tmp_path):
+    """The user's path through run management with real training (1-3 iterations per run)."""
+    out = str(tmp_path / "out")
+    job = os.path.join(out, "posttraining/video2world_smoke/2b_cosmos_nemo_assets_smoke")
+    exp = SMOKE["v2w_2b"]
+    _, first, its = _this_run(launch(launch_tree, out, exp, 1, ["trainer.max_iter=2", "checkpoint.save_iter=1"]))
+    assert first == f"run: new run in {job} (no checkpoint there)" and its == [1, 2]
+    # a re-run resumes, and its first line says so (it used to resume silently)
+    text, first, its = _this_run(launch(launch_tree, out, exp, 1, ["trainer.max_iter=3", "checkpoint.save_iter=1"]))
+    assert first.startswith(f"run: resuming {job} from iteration 2 (checkpoints/model/iter_000000002.pt; ")
+    assert its == [3] and "checkpoints/model/iter_000000002.pt" in text
+    # at max_iter a re-run trains nothing: refused in one line before torchrun (it used to exit 0 with no iteration)
+    r = launch(launch_tree, out, exp, 1, ["trainer.max_iter=3"])
+    assert r.returncode == 2 and r.stderr.startswith("error: the run already reached iteration 3 ")
+    # --resume=<an earlier checkpoint>: training goes on from that iteration
+    text, first, its = _this_run(launch(launch_tree, out, exp, 1, ["trainer.max_iter=2"],
+                                        (f"--resume={job}/checkpoints/model/iter_000000001.pt",)))
+    assert first.startswith(f"run: resuming {job} from iteration 1 ") and its == [2]
+    assert re.search(r"Loading checkpoint \(local\): \S*/checkpoints/model/iter_000000001\.pt", text)
+    # --fresh: a new run directory beside the old one, from iteration 1
+    _, first, its = _this_run(launch(launch_tree, out, exp, 1, ["trainer.max_iter=1"], ("--fresh",)))
+    assert first.startswith(f"run: new run in {job}-2 (--fresh; ") and its == [1]
+    assert os.path.isfile(f"{job}-2/checkpoints/model/iter_000000001.pt")

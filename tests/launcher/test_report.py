@@ -98,5 +98,75 @@ def test_missing_metrics_one_line(tmp_path):
     r, rep = report(str(tmp_path / "none.metrics.jsonl"), "--training-rc=1")
     assert r.returncode == 1 and rep is None
     assert r.stderr.count("\n") == 1 and "training failed before its first logged iteration" in r.stderr
-    r, _ = report(str(tmp_path / "none.metrics.jsonl"), "--training-rc=0")
+    r, _ = report(str(tmp_path / "none.metrics.jsonl"))  # standalone: the callback may not be registered
     assert "trainer.callbacks.train_metrics=L(TrainMetricsCallback)()" in r.stderr
+
+
+def test_resumed_run_that_trained_nothing_is_not_blamed_on_the_callback(tmp_path):
+    """train.sh registers the callback itself: a run that exits 0 with no line resumed at max_iter (or ran none)."""
+    r, rep = report(str(tmp_path / "none.metrics.jsonl"), "--training-rc=0", "--resumed-at=3")
+    assert r.returncode == 1 and rep is None and r.stderr.count("\n") == 1
+    assert "resumed at iteration 3" in r.stderr and "--fresh" in r.stderr and "TrainMetricsCallback" not in r.stderr
+    r, _ = report(str(tmp_path / "none.metrics.jsonl"), "--training-rc=0", "--resumed-at=")
+    assert r.stderr.count("\n") == 1 and "without running an iteration" in r.stderr
+    assert "TrainMetricsCallback" not in r.stderr
+
+
+def _rows(n=6, device="cpu"):
+    return [{**_line(i, 2.0 + (i % 2), 1.0 / i, (0,), rss=(100,)), "device": device} for i in range(1, n + 1)]
+
+
+def test_plot_next_to_the_json(tmp_path):
+    import matplotlib.image as mpimg
+
+    metrics = str(tmp_path / "run.metrics.jsonl")
+    write(metrics, _rows())
+    r, rep = report(metrics)
+    assert r.returncode == 0, r.stderr
+    png = str(tmp_path / "run.report.png")
+    assert f"plot: {png}" in r.stdout.splitlines()
+    img = mpimg.imread(png)
+    assert img.shape[:2] == (600, 700)
+    # the loss curve is drawn in matplotlib's first colour (tab:blue), the step time in tab:orange
+    rgb = (img[..., :3] * 255).round()
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert ((abs(rgb - colour).sum(axis=-1)) < 30).sum() > 50, colour
+
+
+def test_plot_without_matplotlib_is_one_note(tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "matplotlib.py").write_text("raise ImportError('No module named matplotlib')\n")
+    metrics = str(tmp_path / "run.metrics.jsonl")
+    write(metrics, _rows())
+    r = subprocess.run([sys.executable, REPORT, f"--metrics={metrics}"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(shadow)})
+    assert r.returncode == 0, r.stderr
+    assert "note: matplotlib is not installed, so no plot (pip install matplotlib)." in r.stdout.splitlines()
+    assert os.path.exists(tmp_path / "run.report.json") and not os.path.exists(tmp_path / "run.report.png")
+
+
+def test_cpu_report_shows_no_device_memory_zeros(tmp_path):
+    metrics = str(tmp_path / "run.metrics.jsonl")
+    write(metrics, _rows())
+    r, _ = report(metrics, "--no-plot")
+    assert "peak device memory: none on cpu" in r.stdout and "peak device memory GiB" not in r.stdout
+    write(metrics, _rows(device="cuda"))
+    r, _ = report(metrics, "--no-plot")
+    assert "peak device memory GiB per rank: 0.00" in r.stdout
+
+
+def test_tensorboard_scalars_when_installed(tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    metrics = str(tmp_path / "run.metrics.jsonl")
+    write(metrics, _rows())
+    r, _ = report(metrics, "--no-plot")
+    logdir = str(tmp_path / "run.tensorboard")
+    assert f"tensorboard: {logdir}" in r.stdout
+    acc = EventAccumulator(logdir)
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([1.0 / i for i in range(1, 7)])

@@ -11,25 +11,13 @@ import os
 
 import pytest
 
-from launcher_helpers import SMOKE, make_real_dataset, run_train_sh
+from launcher_helpers import SMOKE, make_real_dataset, refused, run_train_sh
 
 V2W_2B = "predict2_video2world_training_2b_cosmos_nemo_assets"
 V2W_14B = "predict2_video2world_training_14b_cosmos_nemo_assets"
 T2I_2B = "predict2_text2image_training_2b_cosmos_nemo_assets"
 T2I_14B = "predict2_text2image_training_14b_cosmos_nemo_assets"
 ALL = [T2I_2B, T2I_14B, V2W_2B, V2W_14B, *SMOKE.values()]
-
-
-def refused(tree: str, args: list[str], env: dict | None = None) -> str:
-    out_root = os.path.join(tree, "outputs")
-    r = run_train_sh(args, tree=tree, env={"IMAGINAIRE_OUTPUT_ROOT": out_root, **(env or {})}, timeout=120)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode != 0, (r.stdout, r.stderr)
-    assert len(lines) == 1, f"expected one line, got:\n{r.stderr}"
-    assert lines[0].startswith("error: "), lines[0]
-    assert r.stdout == "", r.stdout
-    assert not os.path.exists(out_root), "output root created: the launcher went past validation"
-    return lines[0]
 
 
 def test_unknown_experiment_lists_all_valid_ones(skeleton_tree):

@@ -5,12 +5,11 @@ The same run shows the test has teeth: once the attention ops ignore the CP grou
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from .trainer_runs import cpu_env, free_port
+from .trainer_runs import cpu_env, free_port, run_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -20,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_cp2_equals_cp1(smoke_tree, exp):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", os.path.join(HERE, "cp_parity_worker.py"), exp]
-    proc = subprocess.run(cmd, cwd=smoke_tree, env=cpu_env(smoke_tree), capture_output=True, text=True, timeout=600)
+    proc = run_group(cmd, cwd=smoke_tree, env=cpu_env(smoke_tree), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
     assert res["out_max_abs_err"] <= 1e-5 * max(1.0, res["out_scale"]), res

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import procgroup
+
 CONFIG = "cosmos_predict2/configs/base/config.py"
 METRICS = "++trainer.callbacks.train_metrics={_target_:cosmos_predict2.portable.metrics.TrainMetricsCallback}"
 
@@ -48,9 +50,14 @@ def train(tree: Path, exp: str, out_root: Path, overrides: list[str], nproc: int
         "-m", "scripts.train", f"--config={CONFIG}", "--", f"experiment={exp}", METRICS, *overrides,
     ]
     env = cpu_env(tree, IMAGINAIRE_OUTPUT_ROOT=str(out_root), COSMOS_TRAIN_METRICS=str(metrics))
-    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_group(cmd, cwd=tree, env=env, timeout=timeout)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     return proc, rows
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """torchrun in its own process group, killed as a whole on timeout (tests/procgroup.py)."""
+    return procgroup.run(cmd, timeout=timeout, **kwargs)
 
 
 def tail(proc: subprocess.CompletedProcess, n: int = 60) -> str:

@@ -10,7 +10,9 @@ Rank 0 appends to `path` (constructor), else $COSMOS_TRAIN_METRICS, else `<job.p
      "peak_mem_bytes", "peak_mem_bytes_per_rank", "max_rss_bytes", "max_rss_bytes_per_rank"}
 `step_time_s` is wall time from the previous step's end (or from training start) to this step's end, after one
 device synchronize, so it covers data loading, forward, backward, optimizer and any checkpoint save of that step.
-Loss and memory are gathered from every rank with one small all_gather per logged step (all ranks call this hook).
+The ends come from `step_clock`, the one clock of the run: upstream's IterSpeed (patched) reads the same stamps, so
+the log's per-iteration times and the report's are one definition. Loss and memory are gathered from every rank
+with one small all_gather per logged step (all ranks call this hook).
 """
 
 from __future__ import annotations
@@ -51,6 +53,42 @@ def _sync() -> None:
 def _peak_device_bytes() -> int:
     # not memory_stats()["peak"]: DeviceMonitor resets that counter at its own logs
     return int(_device.peak_memory_since_start()["peak"]) if _device is not None else 0
+
+
+class StepClock:
+    """The end time of each training step, stamped once by whichever callback asks first in that step.
+
+    The first `step_end(iteration)` of an iteration synchronizes the device and records perf_counter(); later calls
+    for the same iteration get the same stamp. So every callback that times steps (IterSpeed, TrainMetricsCallback)
+    sees the same interval, whatever their order, and the work done after the stamp (other callbacks, logging,
+    gathers) is billed to the next step: step times add up to the wall time of training.
+    """
+
+    def __init__(self) -> None:
+        self._it: int | None = None
+        self._now: float | None = None
+        self._prev: float | None = None
+
+    def start(self, iteration: int = 0) -> float:
+        """Training (re)starts after `iteration`: the stamp the first step is measured from (shared, like ends)."""
+        if self._it != iteration or self._now is None:
+            _sync()
+            self._it, self._now, self._prev = iteration, time.perf_counter(), None
+        return self._now
+
+    def step_end(self, iteration: int) -> float:
+        if self._it != iteration or self._now is None:
+            _sync()
+            self._prev, self._it, self._now = self._now, iteration, time.perf_counter()
+        return self._now
+
+    def step_time(self, iteration: int) -> float:
+        """Seconds from the previous stamp (step end or training start) to this iteration's end; nan if none."""
+        now = self.step_end(iteration)
+        return now - self._prev if self._prev is not None else float("nan")
+
+
+step_clock = StepClock()
 
 
 def _local_batch(config, data_batch) -> int:
@@ -100,8 +138,7 @@ class TrainMetricsCallback(Callback):
         return os.path.join(self.config.job.path_local, "metrics.jsonl")
 
     def on_train_start(self, model, iteration: int = 0) -> None:
-        _sync()
-        self._last = time.perf_counter()
+        self._last = step_clock.start(iteration)
 
     def _gather(self, loss: float, peak: int, rss: int) -> tuple[list[float], list[int], list[int]]:
         if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -119,8 +156,7 @@ class TrainMetricsCallback(Callback):
     def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
         if iteration % self.every_n:
             return
-        _sync()  # once per logged step: the clock must see the device work of this step
-        now = time.perf_counter()
+        now = step_clock.step_end(iteration)  # synchronized once per step: the clock sees this step's device work
         step_time = now - self._last if self._last is not None else float("nan")
         loss_val = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
         losses, peaks, rsses = self._gather(loss_val, _peak_device_bytes(), _max_rss_bytes())
@@ -151,6 +187,6 @@ class TrainMetricsCallback(Callback):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             with open(path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        # the clock restarts at `now`, so the gather and the write above are billed to the next step: the sum of
+        # the next step is measured from `now`, so the gather and the write above are billed to it: the sum of
         # step times stays the true wall time of training
         self._last = now

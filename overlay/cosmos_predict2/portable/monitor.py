@@ -2,8 +2,10 @@
 
 Upstream reads temperature, power, utilisation and clocks through torch.cuda (which needs pynvml) and memory
 through NVML directly, so the callback crashes on hosts without NVIDIA's library (NPU, CPU, many containers).
-Here every field is filled where the device can report it and is 0 where it cannot; the keys stay the same so
-upstream's table and logs keep their shape.
+Here a sample holds only the fields this kind of device can report (CUDA: NVML's when pynvml imports; NPU: memory;
+CPU: none), so the log never shows a row of zeros that reads like a measurement, and `render_stats` writes one line
+where the table would only hold host memory (CPU). The field set depends on the device kind only, so every rank
+sends the same keys.
 """
 
 from __future__ import annotations
@@ -22,10 +24,21 @@ def _used_free(mem_get_info) -> dict:
     return {"nvml_used_gpu_mem_gb": (total - free) / _GB, "nvml_free_gpu_mem_gb": free / _GB}
 
 
+def _have_nvml() -> bool:
+    try:
+        import pynvml  # noqa: F401  (torch.cuda.temperature & co. need it)
+    except ImportError:
+        return False
+    return True
+
+
 def _cuda_nvml_fields() -> dict:
     import torch
 
     out = {}
+    if not _have_nvml():
+        out.update(_used_free(torch.cuda.mem_get_info))  # the driver's numbers, no NVML needed
+        return out
     for key, fn in (
         ("temp", torch.cuda.temperature),
         ("power", torch.cuda.power_draw),
@@ -43,21 +56,37 @@ def _cuda_nvml_fields() -> dict:
 def _npu_fields() -> dict:
     import torch
 
-    return {"temp": 0, "power": 0, "util": 0, "clock": 0, **_used_free(lambda: torch.npu.mem_get_info())}
+    return _used_free(lambda: torch.npu.mem_get_info())  # torch_npu exposes no temperature/power/clock reading
 
 
 def device_sample() -> dict:
-    """Peak memory since the last reset plus whatever health fields this device exposes."""
+    """Peak memory since the last reset plus whatever health fields this device exposes; {} on CPU."""
+    kind = device.device_type()
+    if kind not in ("cuda", "npu"):
+        return {}  # no device memory counter, no sensors: host memory is DeviceMonitor's own cpu_mem_gb
     stats = device.memory_stats()
     sample = {
         "peak_gpu_mem_gb": stats.get("peak", 0) / _GB,
         "peak_gpu_mem_reserved_gb": stats.get("peak_reserved", stats.get("reserved", 0)) / _GB,
     }
-    kind = device.device_type()
-    if kind == "cuda":
-        sample.update(_cuda_nvml_fields())
-    elif kind == "npu":
-        sample.update(_npu_fields())
-    else:
-        sample.update(temp=0, power=0, util=0, clock=0, nvml_used_gpu_mem_gb=0.0, nvml_free_gpu_mem_gb=0.0)
+    sample.update(_cuda_nvml_fields() if kind == "cuda" else _npu_fields())
     return sample
+
+
+def render_stats(name: str, summary) -> str:
+    """DeviceMonitor's log text from its summary table (rows = fields; columns Avg, Max, Min over ranks).
+
+    Only host memory (CPU): one line. Otherwise upstream's table."""
+    rows = list(summary.index)
+    if rows == ["cpu_mem_gb"]:
+        avg, mx, mn = (float(summary.loc["cpu_mem_gb", c]) for c in ("Avg", "Max", "Min"))
+        return f"{name}: host memory {avg:.2f} GiB per rank (max {mx:.2f}, min {mn:.2f})"
+    return f"{name} Stats:\n{summary.to_string()}"
+
+
+def count_with_unit(n: int) -> str:
+    """A parameter count as '1.96B', '844.48K' (exact count alongside where the unit rounds)."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{unit} ({n:,})"
+    return f"{n:,}"
