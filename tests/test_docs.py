@@ -64,6 +64,9 @@ NOT_RUN = {  # first line -> why not here
     "bash tools/setup_venv.sh && .venv/bin/python -m pytest -q tests": "it is CI itself (checked against .ci/run)",
     "python -m installer apply   [--target DIR] [--pin COMMIT] [--source pypi|git|PATH] [--dry-run] [--force]":
         "a synopsis of the subcommands, not a command",
+    "bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets_smoke --fresh":
+        "three CPU training runs; tests/launcher/test_real_runs.py runs the same --fresh / --resume / --resume=iter_N "
+        "sequence on a smoke tree",
     "source /usr/local/Ascend/ascend-toolkit/set_env.sh":
         "an Ascend host with CANN installed; tests/npu_contract checks the requirements files' pairing against the "
         "real torch-npu wheels",

@@ -133,7 +133,7 @@ def test_dataset_without_embeddings_names_the_t5_command(skeleton_tree, tmp_path
     touch(f"{tmp_path}/mine/videos/a.mp4")
     line = refused(skeleton_tree, [f"--EXP={EXP}", f"--dataset={tmp_path}/mine"], env={"COSMOS_DEVICE": "cpu"})
     assert "has no t5_xxl/*.pickle" in line
-    assert f"`python -m scripts.get_t5_embeddings --dataset_path {tmp_path}/mine`" in line and "metas/" in line
+    assert f"-m scripts.get_t5_embeddings --dataset_path {tmp_path}/mine`" in line and "metas/" in line
 
 
 def test_dataset_flag_and_a_different_override(skeleton_tree):
@@ -206,7 +206,8 @@ def test_train_sh_copied_out_of_its_tree(skeleton_tree, tmp_path):
     assert "--tree=<patched tree>" in r.stderr
     # with --tree it runs from anywhere
     os.makedirs(f"{skeleton_tree}/scripts")
-    shutil.copy(os.path.join(REPO, "overlay/scripts/train_preflight.py"), f"{skeleton_tree}/scripts/")
+    for name in ("train_preflight.py", "hints.py"):
+        shutil.copy(os.path.join(REPO, "overlay/scripts", name), f"{skeleton_tree}/scripts/")
     r = run_train_sh([f"--tree={skeleton_tree}", f"--EXP={EXP}", "--dry-run"],
                      env={"COSMOS_DEVICE": "cpu", "IMAGINAIRE_OUTPUT_ROOT": f"{skeleton_tree}/outputs"},
                      script=str(alone))
