@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(backed up; revert restores them)")
     s = sub.add_parser("status", help="pristine / applied / drifted / interrupted")
     common(s)
+    rc = sub.add_parser("recover", help="finish or roll back an interrupted apply/revert, then print the status")
+    common(rc)
     v = sub.add_parser("verify", help="exit 0 only if the tree equals exactly what the series produces")
     common(v)
     r = sub.add_parser("revert", help="restore pristine upstream bytes; your own files stay")
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return engine.apply(_config(ns), ns.source)
         if ns.cmd == "status":
             return engine.status(_config(ns))
+        if ns.cmd == "recover":
+            return engine.recover(_config(ns))
         if ns.cmd == "verify":
             return engine.verify(_config(ns))
         if ns.cmd == "revert":
