@@ -456,8 +456,9 @@ def recover(cfg: Config, say=print) -> int:
     with state.locked(target):
         msg = state.recover(target)
     say(f"{msg} ({target})" if msg else f"nothing to recover in {target}")
-    if not os.path.isdir(target):
-        say(f"the target was created by the interrupted apply and is gone again ({target})")
+    if not os.path.isdir(target) or not os.listdir(target):
+        say(f"no tree: the interrupted apply had created {target} and it is {'empty' if os.path.isdir(target) else 'gone'}"
+            " again (apply installs one)")
         return 0
     return status(cfg, say)
 

@@ -15,7 +15,8 @@ covered by the rule in 3. Every file-system operation goes through `_fs`, which 
 
 Test hooks (inert unless set; used by tests/installer): COSMOS_OVERLAY_CRASH_AFTER=N sends SIGKILL to this
 process right after the N-th counted file-system operation (N=0: before the first); COSMOS_OVERLAY_COUNT_OPS=FILE
-writes the number of counted operations to FILE at exit; COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC)
+writes the number of counted operations (and the count at which COMMITTED was durable) to FILE at exit;
+COSMOS_OVERLAY_TEST_NO_FSYNC=1 counts but skips fsync (for process-kill tests, where it changes nothing); COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC)
 before the N-th swap (0-based); COSMOS_OVERLAY_TEST_KILL_AT=N sends SIGKILL before the N-th swap.
 """
 
@@ -166,10 +167,12 @@ def pending(target: str) -> str:
 # ---- counted file-system operations (and the fault-injection hook) ----------------------------------------------
 
 _OPS = [0]
+_COMMITTED_AT = [-1]  # the operation count right after COMMITTED became durable (for the crash-point tests)
 _CRASH_AFTER = os.environ.get("COSMOS_OVERLAY_CRASH_AFTER")
 _COUNT_FILE = os.environ.get("COSMOS_OVERLAY_COUNT_OPS")
-if _COUNT_FILE:
-    atexit.register(lambda: open(_COUNT_FILE, "w").write(f"{_OPS[0]}\n"))
+_NO_FSYNC = bool(os.environ.get("COSMOS_OVERLAY_TEST_NO_FSYNC"))  # process-kill tests only: fsync is then counted
+if _COUNT_FILE:                                                      # but skipped, to keep them fast
+    atexit.register(lambda: open(_COUNT_FILE, "w").write(f"{_OPS[0]} {_COMMITTED_AT[0]}\n"))
 
 
 def _crash_point() -> None:
@@ -181,7 +184,7 @@ def _fs(fn, *args, **kw):
     """Run one mutating file-system operation; counts it for the crash-point hook."""
     if _OPS[0] == 0:
         _crash_point()
-    r = fn(*args, **kw)
+    r = None if _NO_FSYNC and fn is os.fsync else fn(*args, **kw)
     _OPS[0] += 1
     _crash_point()
     return r
@@ -440,7 +443,9 @@ def _commit(target: str, ops: list, what: str, created_target: bool, prune: list
     new_dirs = set()
     try:
         if created_target:
-            os.makedirs(os.path.join(target, STATE_DIR), exist_ok=True)
+            if not os.path.isdir(target):
+                _fs(os.makedirs, target)
+            _fs(os.mkdir, os.path.join(target, STATE_DIR))
             _fs(os.mkdir, txn)  # so a roll-back also removes the directory we created
             _write_file(os.path.join(txn, "created-target"), (b"", 0o100644))
         else:
@@ -480,7 +485,12 @@ def _commit(target: str, ops: list, what: str, created_target: bool, prune: list
                 _fs(os.rename, os.path.join(txn, "new", str(i)), full)
         for d in sorted(touched):
             _fsync_dir(d)
-        _write_file(os.path.join(txn, COMMITTED), (what.encode(), 0o100644))
+        fd = _fs(os.open, os.path.join(txn, COMMITTED), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        _COMMITTED_AT[0] = _OPS[0]  # from here on its presence means roll forward
+        try:
+            _fs(os.fsync, fd)
+        finally:
+            os.close(fd)
         _fsync_dir(txn)
     except OSError as e:
         where = getattr(e, "filename", None) or target
