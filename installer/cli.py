@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import engine
-from .errors import InstallerError
+from .errors import InstallerError, one_line
 from .manifest import PIN
 
 DEFAULT_TARGET = "cosmos-predict2"
@@ -149,17 +149,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unreadable source file: still one line
-        print(f"error: {e.strerror or e} ({e.filename or ns.cmd}). Check permissions and free space, then retry.",
-              file=sys.stderr)
+        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or ns.cmd)}). Check permissions and free "
+              "space, then retry.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C). Run status; the next apply or revert finishes or rolls back.",
-              file=sys.stderr)
+        print(f"error: interrupted (Ctrl-C) ({ns.cmd}). Run status: a write is never left half done (an interrupted "
+              "one is finished or rolled back by recover, apply or revert).", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: keep the one-line contract, full traceback on request
         if os.environ.get("COSMOS_OVERLAY_DEBUG"):
             raise
-        print(f"error: internal error {type(e).__name__}: {e} ({ns.cmd}). Rerun with COSMOS_OVERLAY_DEBUG=1 and "
-              "report the traceback.", file=sys.stderr)
+        print(f"error: internal error {type(e).__name__}: {one_line(e)} ({ns.cmd}). Rerun with "
+              "COSMOS_OVERLAY_DEBUG=1 and report the traceback.", file=sys.stderr)
         return 1
     return 2

@@ -145,7 +145,8 @@ def _explain(exc: BaseException, item: Item) -> str:
     )
 
     where = f"{item.repo_id}@{item.revision[:12]}"
-    endpoint = constants.ENDPOINT
+    from .errors import redact_url  # credentials in HF_ENDPOINT never reach a message
+    endpoint = redact_url(constants.ENDPOINT)
     has_token = get_token() is not None
     if isinstance(exc, GatedRepoError):
         if has_token:
