@@ -16,8 +16,7 @@ covered by the rule in 3. Every file-system operation goes through `_fs`, which 
 Test hooks (inert unless set; used by tests/installer): COSMOS_OVERLAY_CRASH_AFTER=N sends SIGKILL to this
 process right after the N-th counted file-system operation (N=0: before the first); COSMOS_OVERLAY_COUNT_OPS=FILE
 writes the number of counted operations (and the count at which COMMITTED was durable) to FILE at exit;
-COSMOS_OVERLAY_TEST_NO_FSYNC=1 counts but skips fsync (for process-kill tests, where it changes nothing);
-COSMOS_OVERLAY_TEST_SIGINT_AFTER=N sends SIGINT (Ctrl-C) to this process after the N-th operation; COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC)
+COSMOS_OVERLAY_TEST_NO_FSYNC=1 counts but skips fsync (for process-kill tests, where it changes nothing); COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC)
 before the N-th swap (0-based); COSMOS_OVERLAY_TEST_KILL_AT=N sends SIGKILL before the N-th swap.
 """
 
@@ -176,14 +175,9 @@ if _COUNT_FILE:                                                      # but skipp
     atexit.register(lambda: open(_COUNT_FILE, "w").write(f"{_OPS[0]} {_COMMITTED_AT[0]}\n"))
 
 
-_SIGINT_AFTER = os.environ.get("COSMOS_OVERLAY_TEST_SIGINT_AFTER")
-
-
 def _crash_point() -> None:
     if _CRASH_AFTER is not None and _OPS[0] == int(_CRASH_AFTER):
         os.kill(os.getpid(), signal.SIGKILL)
-    if _SIGINT_AFTER is not None and _OPS[0] == int(_SIGINT_AFTER):
-        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C at exactly this point
 
 
 def _fs(fn, *args, **kw):

@@ -397,24 +397,6 @@ def _state(tree):
     return json.loads((tree / ".cosmos-overlay/state.json").read_text())
 
 
-def test_sigint_during_revert_finishes_it_without_skeletons(tmp_path, pristine):
-    """Defect 1b: a Ctrl-C in the middle of revert's writes is held until the transaction is complete."""
-    tree = copy_tree(pristine, tmp_path / "t")
-    before = snapshot(tree)
-    assert cli("apply", "--target", tree).returncode == 0
-    for n in (5, 60, 150, 250):
-        r = cli("revert", "--target", tree, env={"COSMOS_OVERLAY_TEST_SIGINT_AFTER": str(n)})
-        if r.returncode == 0:  # the revert needed fewer operations than n: no signal came
-            assert snapshot(tree) == before
-        else:
-            assert r.returncode == 130 and "interrupted (Ctrl-C)" in one_error_line(r), r.stderr
-            assert snapshot(tree) == before, n  # complete: no empty portable/, scripts/ or .cosmos-overlay/
-        assert not (tree / ".cosmos-overlay").exists()
-        assert cli("apply", "--target", tree).returncode == 0
-    r = cli("apply", "--target", tmp_path / "t2", "--source", tree, env={"COSMOS_OVERLAY_TEST_SIGINT_AFTER": "3"})
-    assert r.returncode in (1, 130)  # a tree that is applied is not a source; a Ctrl-C here changes nothing else
-
-
 def _edit_everything(tree):
     """User edits of every kind in an applied tree: a patched file, an overlay module (0600), train.sh as a
     symlink, and an upstream library file the overlay never touched."""
@@ -687,3 +669,73 @@ def test_verify_advice_is_a_command_that_exists(tmp_path, pristine):
     line = one_error_line(cli("verify", "--target", tree))
     assert "pristine bytes of" in line and "apply --force --source pypi" in line, line
     assert "Pass --source" not in line
+
+
+KILL_AT_NTH_REMOVAL = r"""
+import os, runpy, signal, sys
+n, count = int(os.environ["KILL_AT_REMOVAL"]), [0]
+def wrap(fn):
+    def inner(*a, **k):
+        r = fn(*a, **k)
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL", "SIGKILL")))
+        return r
+    return inner
+os.unlink, os.remove, os.rmdir = wrap(os.unlink), wrap(os.remove), wrap(os.rmdir)
+if os.environ.get("LISTING") == "marker-first":  # a directory order some ext4 hash seeds give: marker, old/, ...
+    key = lambda name: (name not in ("DONE", "COMMITTED"), [-ord(c) for c in name])
+    scandir, listdir = os.scandir, os.listdir
+    class _Entries:
+        def __init__(self, items): self._it = iter(items)
+        def __iter__(self): return self
+        def __next__(self): return next(self._it)
+        def __enter__(self): return self
+        def __exit__(self, *a): return False
+        def close(self): pass
+    os.scandir = lambda *a: _Entries(sorted(scandir(*a), key=lambda e: key(e.name)))
+    os.listdir = lambda *a: sorted(listdir(*a), key=key)
+sys.argv = ["installer"] + sys.argv[1:]
+runpy.run_module("installer", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("listing", ["natural", "marker-first"])
+def test_kill_during_cleanup_after_commit_rolls_forward(tmp_path, pristine, listing):
+    """Defect 1a, independent of the installer's own hooks: SIGKILL at the k-th file removal of an apply on a
+    pristine tree (all removals happen in the clean-up after the commit), under this file system's directory
+    order and under one that lists the commit marker first, must leave the applied tree after recovery, never a
+    mixed one that claims to be rolled back."""
+    ref = copy_tree(pristine, tmp_path / "ref")
+    assert cli("apply", "--target", ref).returncode == 0
+    applied = {p: v for p, v in snapshot(ref).items() if p != ".cosmos-overlay/state.json"}
+    for k in range(1, 30, 3):
+        tree = copy_tree(pristine, tmp_path / f"k{k}")
+        r = subprocess.run([sys.executable, "-c", KILL_AT_NTH_REMOVAL, "apply", "--target", str(tree)], cwd=REPO,
+                           env={**os.environ, "KILL_AT_REMOVAL": str(k), "LISTING": listing},
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            break  # fewer removals than k: the clean-up finished
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        r = cli("apply", "--target", tree)
+        assert r.returncode == 0, (k, r.stdout, r.stderr)
+        got = {p: v for p, v in snapshot(tree).items() if p != ".cosmos-overlay/state.json"}
+        assert got == applied, (k, sorted(set(got) ^ set(applied))[:5])
+        shutil.rmtree(tree)
+
+
+def test_sigint_during_revert_leaves_no_skeleton(tmp_path, pristine):
+    """Defect 1b: a Ctrl-C at the k-th file removal of revert (hook-free, as in the test above): the revert is
+    complete when the command exits, with no empty portable/, scripts/ or .cosmos-overlay/ left behind."""
+    before = snapshot(pristine)
+    for k in range(1, 120, 9):
+        tree = copy_tree(pristine, tmp_path / f"k{k}")
+        assert cli("apply", "--target", tree).returncode == 0
+        r = subprocess.run([sys.executable, "-c", KILL_AT_NTH_REMOVAL, "revert", "--target", str(tree)], cwd=REPO,
+                           env={**os.environ, "KILL_AT_REMOVAL": str(k), "SIGNAL": "SIGINT"},
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            break  # fewer removals than k
+        assert r.returncode == 130 and "interrupted (Ctrl-C)" in one_error_line(r), (k, r.stderr)
+        assert snapshot(tree) == before, (k, sorted(set(snapshot(tree)) ^ set(before))[:5])
+        shutil.rmtree(tree)
