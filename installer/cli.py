@@ -1,4 +1,4 @@
-"""Command line: apply, status, verify, revert, digest, doctor, download.
+"""Command line: apply, status, verify, revert, recover, digest, doctor, download.
 
 Every failure prints one line `error: <what> (<where>). <what to do>.` and exits non-zero; argparse usage
 errors exit 2.

@@ -457,8 +457,8 @@ def recover(cfg: Config, say=print) -> int:
         msg = state.recover(target)
     say(f"{msg} ({target})" if msg else f"nothing to recover in {target}")
     if not os.path.isdir(target) or not os.listdir(target):
-        say(f"no tree: the interrupted apply had created {target} and it is {'empty' if os.path.isdir(target) else 'gone'}"
-            " again (apply installs one)")
+        how = "empty" if os.path.isdir(target) else "gone"
+        say(f"no tree: the interrupted apply had created {target} and it is {how} again (apply installs one)")
         return 0
     return status(cfg, say)
 

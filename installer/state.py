@@ -16,8 +16,9 @@ covered by the rule in 3. Every file-system operation goes through `_fs`, which 
 Test hooks (inert unless set; used by tests/installer): COSMOS_OVERLAY_CRASH_AFTER=N sends SIGKILL to this
 process right after the N-th counted file-system operation (N=0: before the first); COSMOS_OVERLAY_COUNT_OPS=FILE
 writes the number of counted operations (and the count at which COMMITTED was durable) to FILE at exit;
-COSMOS_OVERLAY_TEST_NO_FSYNC=1 counts but skips fsync (for process-kill tests, where it changes nothing); COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC)
-before the N-th swap (0-based); COSMOS_OVERLAY_TEST_KILL_AT=N sends SIGKILL before the N-th swap.
+COSMOS_OVERLAY_TEST_NO_FSYNC=1 counts but skips fsync (for process-kill tests, where it changes nothing);
+COSMOS_OVERLAY_TEST_FAIL_AT=N raises OSError(ENOSPC) before the N-th swap (0-based); COSMOS_OVERLAY_TEST_KILL_AT=N
+sends SIGKILL before the N-th swap.
 """
 
 from __future__ import annotations

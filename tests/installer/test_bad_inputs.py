@@ -595,8 +595,10 @@ def test_credentials_in_git_url_are_redacted(tmp_path):
 
 def test_redact_url():
     from installer.errors import InstallerError, redact_url
-    assert redact_url("https://u:p@hf-mirror.example/api?x=1&token=abc#f") == "https://***@hf-mirror.example/api?x=1&token=***#f"
-    assert redact_url("see http://tok@host and ssh://git@github.com/x") == "see http://***@host and ssh://***@github.com/x"
+    assert (redact_url("https://u:p@hf-mirror.example/api?x=1&token=abc#f")
+            == "https://***@hf-mirror.example/api?x=1&token=***#f")
+    assert (redact_url("see http://tok@host and ssh://git@github.com/x")
+            == "see http://***@host and ssh://***@github.com/x")
     assert redact_url("https://huggingface.co") == "https://huggingface.co"
     assert "pw" not in str(InstallerError("x https://a:pw@h", "https://a:pw@h", "https://a:pw@h"))
 
