@@ -402,8 +402,9 @@ def status(cfg: Config, say=print) -> int:
     if not os.path.isdir(target):
         raise InstallerError("target directory does not exist", target, "pass --target DIR or run apply first")
     if state.interrupted(target):
-        will = ("finish it (it had completed)" if state.pending(target) == "roll forward"
-                else "roll it back (the tree returns to what it was before)")
+        will = {"roll forward": "finish it (it had completed)",
+                "roll back": "roll it back (the tree returns to what it was before)",
+                "clean up": "remove its leftovers (nothing in the tree to undo)"}[state.pending(target)]
         say(f"interrupted: an apply/revert was killed midway in {target}; run recover (or apply or revert) to {will}")
         return 1
     _orphans(target)

@@ -161,8 +161,11 @@ def interrupted(target: str) -> bool:
 
 
 def pending(target: str) -> str:
-    """What recovery of an interrupted transaction will do: 'roll forward' or 'roll back'."""
-    return "roll forward" if os.path.lexists(os.path.join(target, TXN, COMMITTED)) else "roll back"
+    """What recovery of an interrupted transaction will do: 'roll forward', 'roll back', or 'clean up' (no journal:
+    the tree was not touched yet, or the clean-up after the commit had already removed the journal)."""
+    if os.path.lexists(os.path.join(target, TXN, COMMITTED)):
+        return "roll forward"
+    return "roll back" if os.path.lexists(os.path.join(target, TXN, "journal.json")) else "clean up"
 
 
 # ---- counted file-system operations (and the fault-injection hook) ----------------------------------------------

@@ -10,7 +10,8 @@ tree, revert, apply --force over user edits, upgrade to a newer series, apply in
      operation N; checks that `status` says `interrupted` and which way recovery will go (roll forward iff N >= C);
      for every third point also kills the recovery itself at a point; then runs `recover` and checks that the
      tree is byte-equal (contents, x bit, symlinks, directories) to BEFORE or AFTER, that it is AFTER exactly
-     when N >= C, and that `status` says which.
+     when N >= C, and that `status` says which (status says "remove its leftovers" when the journal is gone:
+     before it was written, or after the clean-up removed it; the tree is then already what recovery leaves).
 COSMOS_OVERLAY_CRASH_POINTS=all enumerates every N; the default (CI) samples POINTS_PER_SCENARIO points per
 scenario: the first ones, every point around the commit marker, the last ones, and evenly spaced ones between.
 fsync is counted but skipped here (COSMOS_OVERLAY_TEST_NO_FSYNC semantics): a killed process loses nothing that
@@ -114,7 +115,7 @@ def sample(k: int, c: int) -> list:
     if os.environ.get("COSMOS_OVERLAY_CRASH_POINTS", "") == "all":
         return sorted(pts)
     want = int(os.environ.get("COSMOS_OVERLAY_CRASH_POINTS") or POINTS_PER_SCENARIO)
-    chosen = {0, 1, 2, 3, k, k - 1, k - 2}
+    chosen = {0, 1, 2, 3} | set(range(k - 9, k + 1))
     chosen |= {p for p in range(c - 6, c + 6) if p in pts}
     rest = want - len(chosen)
     if rest > 0:
@@ -202,7 +203,8 @@ def test_every_crash_point_recovers_to_before_or_after(kind, tmp_path, pristine,
         if state.interrupted(str(tree)):
             rc_s, line = status_line(tree, res)
             assert rc_s == 1 and line.startswith("interrupted:"), (kind, n, line)
-            assert ("finish it" in line) == forward, (kind, n, c, line)
+            if "remove its leftovers" not in line:  # no journal: the tree stands as it is, either way
+                assert ("finish it" in line) == forward, (kind, n, c, line)
             if i % 3 == 0:  # a crash during the recovery itself must not change where recovery ends
                 run_crashing(lambda: recover(tree, res)[0], rng.randrange(1, 40))
         rc_r, out = recover(tree, res)
