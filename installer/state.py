@@ -394,18 +394,31 @@ _HOLD = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM"
 
 @contextlib.contextmanager
 def _signals_held():
-    """Ctrl-C / SIGTERM / SIGHUP wait until the transaction (or its recovery) is complete, then take effect."""
-    block = getattr(signal, "pthread_sigmask", None)
-    if block is None or _HELD.get("\0signals"):
+    """Ctrl-C / SIGTERM / SIGHUP wait until the transaction (or its recovery) is complete, then take effect: blocked
+    for this thread, and (in the main thread) caught by a recorder in case the kernel hands one to another thread."""
+    import threading
+
+    if _HELD.get("\0signals"):
         yield
         return
-    old = block(signal.SIG_BLOCK, _HOLD)
+    block = getattr(signal, "pthread_sigmask", None)
+    main = threading.current_thread() is threading.main_thread()
+    got, handlers = [], {}
+    if main:
+        for s in _HOLD:
+            handlers[s] = signal.signal(s, lambda sig, frame: got.append(sig))
+    old = block(signal.SIG_BLOCK, _HOLD) if block else None
     _HELD["\0signals"] = True
     try:
         yield
     finally:
         _HELD.pop("\0signals", None)
-        block(signal.SIG_SETMASK, old)
+        if block:
+            block(signal.SIG_SETMASK, old)  # a blocked one is delivered now, to the recorder
+        for s, h in handlers.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)  # now with the handler (or default action) the process had
 
 
 def _check_inside(target: str, path: str) -> None:
