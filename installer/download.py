@@ -31,6 +31,16 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
+try:  # the shared URL redaction of installer/errors.py; this file also runs (and is loaded) as a plain file
+    from .errors import redact_url as _redact_url
+except ImportError:
+    import importlib.util as _ilu
+    _spec = _ilu.spec_from_file_location("_overlay_errors", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                         "errors.py"))
+    _errors = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_errors)
+    _redact_url = _errors.redact_url
+
 # Revisions pinned by upstream's scripts/download_checkpoints.py at ccb40411 (reproducible downloads).
 _PINS = {
     "google-t5/t5-11b": "90f37703b3334dfe9d2b009bfcbfbf1ac9d28ea3",
@@ -145,8 +155,7 @@ def _explain(exc: BaseException, item: Item) -> str:
     )
 
     where = f"{item.repo_id}@{item.revision[:12]}"
-    from .errors import redact_url  # credentials in HF_ENDPOINT never reach a message
-    endpoint = redact_url(constants.ENDPOINT)
+    endpoint = _redact_url(constants.ENDPOINT)  # credentials in HF_ENDPOINT never reach a message
     has_token = get_token() is not None
     if isinstance(exc, GatedRepoError):
         if has_token:
