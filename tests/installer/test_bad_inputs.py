@@ -603,7 +603,7 @@ def test_redact_url():
     assert "pw" not in str(InstallerError("x https://a:pw@h", "https://a:pw@h", "https://a:pw@h"))
     import importlib.util  # download.py (loaded as a plain file, as its tests do) names HF_ENDPOINT through it
     spec = importlib.util.spec_from_file_location("dl_plain", REPO / "installer" / "download.py")
-    dl = importlib.util.module_from_spec(spec)
+    dl = sys.modules["dl_plain"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dl)
     assert dl._redact_url("https://u:hf_secret@mirror.example") == "https://***@mirror.example"
     assert "_redact_url(constants.ENDPOINT)" in (REPO / "installer" / "download.py").read_text()
