@@ -105,6 +105,31 @@ def _check_archive_file(path: str) -> None:
                              f"point --source at {SDIST_NAME}, its unpacked directory, or a git clone")
 
 
+class _Bounded:
+    """A gzip stream that refuses to inflate past `limit` bytes (tar headers, pax records included)."""
+
+    def __init__(self, path: str, limit: int):
+        import gzip
+        self._f, self._left, self.path = gzip.open(path, "rb"), limit, path
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._left + 1
+        data = self._f.read(min(n, self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise _archive_error("archive inflates to more than any cosmos-predict2 sdist can", self.path)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _inflate_limit() -> int:
+    """Twice the library bytes plus 8 MiB: room for tar headers, PKG-INFO and padding, far from a bomb."""
+    return 2 * sum(max(e.size, 0) for e in manifest.load().values() if e.in_sdist) + (8 << 20)
+
+
 def read_tar(path: str) -> dict[str, bytes]:
     """Regular files of a .tar.gz, top directory stripped, streamed: every member is checked against the manifest
     (its declared size must be the upstream file's; the only other member allowed is a small PKG-INFO) BEFORE a
@@ -114,8 +139,10 @@ def read_tar(path: str) -> dict[str, bytes]:
     entries = manifest.load()
     out: dict[str, bytes] = {}
     top = None
+    stream = None
     try:
-        with tarfile.open(path, "r|gz") as tar:
+        stream = _Bounded(path, _inflate_limit())
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 name = m.name
                 if name.startswith("/") or ".." in name.split("/") or "\\" in name:
@@ -156,6 +183,9 @@ def read_tar(path: str) -> dict[str, bytes]:
         why = " ".join(str(e).split()) or type(e).__name__
         raise InstallerError("cannot read the sdist archive (corrupt or truncated)", f"{path}: {why}",
                              f"download {SDIST_NAME} again (sha256 {SDIST_SHA256[:16]}...)") from None
+    finally:
+        if stream is not None:
+            stream.close()
     out["\0top"] = (top or "").encode()
     return out
 

@@ -747,3 +747,32 @@ def test_sigint_during_revert_leaves_no_skeleton(tmp_path, pristine):
         assert r.returncode == 130 and "interrupted (Ctrl-C)" in one_error_line(r), (k, r.stderr)
         assert snapshot(tree) == before, (k, sorted(set(snapshot(tree)) ^ set(before))[:5])
         shutil.rmtree(tree)
+
+
+def test_archive_inflating_past_any_sdist_is_refused(tmp_path):
+    """Defect 5, second form: a few MB of gzip inflating to gigabytes (here inside a pax header, which tarfile
+    itself would read into memory) stops at the inflate bound, under a 1 GiB memory cap."""
+    import gzip
+    import resource
+    import zlib
+    bomb = tmp_path / "cosmos_predict2-1.0.9.tar.gz"
+    ti = tarfile.TarInfo("cosmos_predict2-1.0.9/././@PaxHeader")
+    ti.type, ti.size = tarfile.XHDTYPE, 3 << 30
+    header = ti.tobuf(format=tarfile.USTAR_FORMAT)
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(bomb, "wb") as f:
+        f.write(z.compress(header))
+        chunk = b"0" * (1 << 20)
+        for _ in range(3 << 10):
+            f.write(z.compress(chunk))
+        f.write(z.flush())
+    assert bomb.stat().st_size < 8 << 20
+    assert len(gzip.open(bomb).read(1 << 10)) == 1 << 10
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "installer", "apply", "--source", str(bomb), "--target",
+                        str(tmp_path / "t")], cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    line = one_error_line(r)
+    assert "inflates to more than any cosmos-predict2 sdist can" in line, line
