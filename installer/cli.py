@@ -1,4 +1,4 @@
-"""Command line: apply, status, verify, revert, digest, doctor, download, port.
+"""Command line: apply, status, verify, revert, recover, digest, doctor, download, port.
 
 Every failure prints one line `error: <what> (<where>). <what to do>.` and exits non-zero; argparse usage
 errors exit 2.
@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import engine, pin
-from .errors import InstallerError
+from .errors import InstallerError, one_line
 
 DEFAULT_TARGET = "cosmos-predict2"
 
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(backed up; revert restores them)")
     s = sub.add_parser("status", help="pristine / applied / drifted / interrupted")
     common(s)
+    rc = sub.add_parser("recover", help="finish or roll back an interrupted apply/revert, then print the status")
+    common(rc)
     v = sub.add_parser("verify", help="exit 0 only if the tree equals exactly what the series produces")
     common(v)
     r = sub.add_parser("revert", help="restore pristine upstream bytes; your own files stay")
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             return engine.apply(_config(ns), _source(ns))
         if ns.cmd == "status":
             return engine.status(_config(ns))
+        if ns.cmd == "recover":
+            return engine.recover(_config(ns))
         if ns.cmd == "verify":
             return engine.verify(_config(ns))
         if ns.cmd == "revert":
@@ -181,17 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unreadable source file: still one line
-        print(f"error: {e.strerror or e} ({e.filename or ns.cmd}). Check permissions and free space, then retry.",
-              file=sys.stderr)
+        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or ns.cmd)}). Check permissions and free "
+              "space, then retry.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted (Ctrl-C). Run status; the next apply or revert finishes or rolls back.",
-              file=sys.stderr)
+        print(f"error: interrupted (Ctrl-C) ({ns.cmd}). Run status: a write is never left half done (an interrupted "
+              "one is finished or rolled back by recover, apply or revert).", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: keep the one-line contract, full traceback on request
         if os.environ.get("COSMOS_OVERLAY_DEBUG"):
             raise
-        print(f"error: internal error {type(e).__name__}: {e} ({ns.cmd}). Rerun with COSMOS_OVERLAY_DEBUG=1 and "
-              "report the traceback.", file=sys.stderr)
+        print(f"error: internal error {type(e).__name__}: {one_line(e)} ({ns.cmd}). Rerun with "
+              "COSMOS_OVERLAY_DEBUG=1 and report the traceback.", file=sys.stderr)
         return 1
     return 2

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 
 try:
     from . import pin
-except ImportError:  # run as a script: python installer/download.py
+    from .errors import redact_url as _redact_url
+except ImportError:  # run or loaded as a plain file: python installer/download.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from installer import pin
-
+    from installer.errors import redact_url as _redact_url
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def _explain(exc: BaseException, item: Item) -> str:
     )
 
     where = f"{item.repo_id}@{item.revision[:12]}"
-    endpoint = constants.ENDPOINT
+    endpoint = _redact_url(constants.ENDPOINT)  # credentials in HF_ENDPOINT never reach a message
     has_token = get_token() is not None
     if isinstance(exc, GatedRepoError):
         if has_token:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from . import digest, fetch, manifest, overlay, patch, paths, pin, state
 from .errors import InstallerError
-from .state import PRISTINE, STATE_DIR, STATE_FILE
+from .state import EDITS, PRISTINE, STATE_DIR, STATE_FILE
 
 
 @dataclass
@@ -72,7 +72,8 @@ def drift(target: str, st: dict) -> list:
     return sorted(set(out))
 
 
-def pristine_from_state(target: str, st: dict, source: str | None, only=None) -> dict:
+def pristine_from_state(target: str, st: dict, source: str | None, only=None,
+                        todo: str = "pass --source so they can be restored from upstream") -> dict:
     """The upstream files as they were before apply: backups for what we changed, the disk for the rest."""
     up, need = {}, []
     entries = manifest.load()
@@ -86,8 +87,7 @@ def pristine_from_state(target: str, st: dict, source: str | None, only=None) ->
             need.append(p)
     if need:  # only reachable with --force over user edits of untouched library files
         if source is None:
-            raise InstallerError(f"pristine bytes of {_list(need, 3)} are gone", target,
-                                 "pass --source so they can be restored from upstream")
+            raise InstallerError(f"pristine bytes of {_list(need, 3)} are gone", target, todo)
         fetched = fetch.fetch(source).files
         for p in need:
             up[p] = fetched[p]
@@ -138,20 +138,66 @@ def pristine_from_tree(target: str) -> fetch.Upstream:
 # ---- apply ------------------------------------------------------------------------------------------------------
 
 def _ops(target: str, desired: dict) -> list:
-    """Only what differs from the disk; state.json last so a finished transaction always carries it."""
+    """Only what differs from the disk (a git mode compares the x bit, any other mode exactly); state.json last."""
     ops = []
     for p in sorted(desired, key=lambda x: (x == STATE_FILE, x)):
         want = desired[p]
-        cur = state.read(target, p)
         if want is None:
-            if cur is not None:
+            if state.read(target, p) is not None:
                 ops.append((p, None))
-        elif cur is None or cur[0] != want[0] or cur[1] & 0o111 != want[1] & 0o111:
+            continue
+        git_mode = want[1] in (0o100644, 0o100755)
+        cur = state.read(target, p) if git_mode else state.read_exact(target, p)
+        if cur is None or cur[0] != want[0] or (cur[1] & 0o111 != want[1] & 0o111 if git_mode else cur[1] != want[1]):
             ops.append((p, want))
     return ops
 
 
+def _pyc_of(target: str, gone: list) -> list:
+    """Bytecode that Python derived from overlay modules that are going away (__pycache__/<stem>.<tag>.pyc)."""
+    out = []
+    for p in gone:
+        if not p.endswith(".py"):
+            continue
+        d = os.path.dirname(p)
+        cache = os.path.join(target, d, "__pycache__")
+        pyc = re.compile(re.escape(os.path.basename(p)[:-3]) + r"\.[^.]+(\.opt-\d+)?\.pyc$")
+        if os.path.isdir(cache) and not os.path.islink(cache):
+            out += [f"{d}/__pycache__/{n}" if d else f"__pycache__/{n}" for n in sorted(os.listdir(cache))
+                    if pyc.match(n) and os.path.isfile(os.path.join(cache, n))]
+    return out
+
+
+def _commit(target: str, ops: list, what: str, upstream, created_target: bool = False) -> None:
+    """One transaction; directories it empties go too, except those that hold upstream files of this tree."""
+    keep = {d for p in upstream for d in state._ancestors(p)}
+    state.commit(target, ops, what, created_target=created_target, keep_dirs=keep)
+
+
+def _check_target(cfg: Config) -> None:
+    """Refuse a target inside this checkout (or its patches/overlay), or one that contains them."""
+    t = os.path.realpath(os.path.abspath(cfg.target))
+    root = paths.resource_root()
+    allowed = os.path.realpath(os.path.join(root, "cosmos-predict2"))  # the default target, git-ignored
+    for d in {os.path.realpath(x) for x in (root, cfg.overlay_dir, cfg.patch_dir) if x}:
+        inside = t == d or t.startswith(d + os.sep)
+        if (inside and t != allowed) or d.startswith(t + os.sep):
+            raise InstallerError(f"target {'is inside' if inside else 'contains'} the overlay's own files ({d})",
+                                 cfg.target, "choose a --target outside this checkout (./cosmos-predict2 is fine)")
+
+
+def _orphans(target: str) -> None:
+    """Backups without state.json: never delete them, never pretend the tree is pristine."""
+    left = state.leftovers(target)
+    if left and not os.path.lexists(os.path.join(target, STATE_FILE)):
+        raise InstallerError(f"installer state {STATE_FILE} is missing but {len(left)} backup file(s) remain "
+                             f"({_list(left, 3)})", target,
+                             "nothing was changed; restore state.json from a backup, or copy the files under "
+                             f"{STATE_DIR}/pristine and {STATE_DIR}/edits back by hand and then remove {STATE_DIR}")
+
+
 def apply(cfg: Config, source: str, say=print) -> int:
+    _check_target(cfg)
     with state.locked(cfg.target):
         return _apply(cfg, source, say)
 
@@ -167,10 +213,11 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         msg = state.recover(target)
         if msg:
             say(f"note: {msg} ({target})")
+        _orphans(target)
     ours = load_ours(cfg)
     st = state.load_state(target) if os.path.isdir(target) else None
     prev_written, prev_created, prev_backups = set(), set(), set()
-    user_backups = {}
+    user_backups, edits, edited = {}, {}, {}
     if st is not None:
         changed = drift(target, st)
         if st["series_digest"] == ours.series_digest and not changed:
@@ -183,6 +230,12 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         prev_written, prev_created = set(st["files"]), set(st["created"])
         prev_backups = set(st["backups"])
         user_backups = dict(st.get("user_backups", {}))
+        edits = dict(st.get("edits", {}))
+        for p in changed:  # --force: the user's version of every file it overwrites is kept for revert
+            cur = state.read_exact(target, p)
+            if cur is not None and cur[1] != 0o040000:
+                edited[p] = cur
+                edits[p] = cur[1]
     elif _nonempty(target):
         upstream = pristine_from_tree(target)
     else:
@@ -204,8 +257,9 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         raise InstallerError(f"would overwrite {_list(foreign)}, which {'is' if len(foreign) == 1 else 'are'} "
                              "neither upstream nor installed by this overlay", target,
                              "move it away or rerun with --force (the file is then backed up for revert)")
+    foreign_bytes = {p: state.read_exact(target, p) for p in foreign}
     for p in foreign:
-        user_backups[p] = state.read(target, p)[1]
+        user_backups[p] = foreign_bytes[p][1]
 
     desired: dict = {}
     for p in set(up) | prev_created | prev_written:
@@ -219,11 +273,13 @@ def _apply(cfg: Config, source: str, say=print) -> int:
     for p in backups:
         desired[f"{PRISTINE}/{p}"] = up[p]
     for p in foreign:
-        desired[f"{PRISTINE}/{p}"] = state.read(target, p)
+        desired[f"{PRISTINE}/{p}"] = foreign_bytes[p]
+    for p, v in edited.items():
+        desired[f"{EDITS}/{p}"] = v
     for p in list(user_backups):
         if p in foreign:
             continue
-        old = state.read(target, f"{PRISTINE}/{p}")  # kept from a previous --force
+        old = state.read_exact(target, f"{PRISTINE}/{p}")  # kept from a previous --force
         if p not in full:  # this version no longer installs a file there: the user's file comes back
             desired[p] = old
             del user_backups[p]
@@ -237,8 +293,11 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         "files": {p: {"sha256": state.sha256(v[0]), "mode": v[1]} for p, v in sorted(written.items())},
         "created": sorted(p for p in full if p not in up), "deleted": deleted, "backups": backups,
         "user_backups": {p: m for p, m in sorted(user_backups.items())},
+        "edits": {p: m for p, m in sorted(edits.items())},
         "upstream": sorted(up), "managed": sorted(managed),
     }
+    for p in _pyc_of(target, sorted(prev_created - set(full))):
+        desired[p] = None
     desired[STATE_FILE] = (state.state_bytes(new_state), 0o100644)
     ops = _ops(target, desired)
     n_tree = sum(1 for p, _ in ops if not p.startswith(STATE_DIR + "/"))
@@ -250,9 +309,14 @@ def _apply(cfg: Config, source: str, say=print) -> int:
                 say(f"  {'delete' if v is None else 'write '} {p}")
         return 0
     created_target = not os.path.isdir(target)
-    state.commit(target, ops, "upgrade" if st else "apply", created_target=created_target)
-    _prune_created(target, sorted(prev_created - set(full)), list(up))
+    _commit(target, ops, "upgrade" if st else "apply", list(up), created_target=created_target)
     verb = "upgraded to" if st else "applied"
+    if edited:
+        say(f"backed up your version of {len(edited)} file(s) that --force overwrote to "
+            f"{os.path.join(target, EDITS)}/ (revert puts them back): {_list(sorted(edited), 10)}")
+    if foreign:
+        say(f"backed up {len(foreign)} file(s) of yours that were in the way to {os.path.join(target, PRISTINE)}/ "
+            f"(revert puts them back): {_list(foreign, 10)}")
     say(f"{verb} series {short(ours.series_digest)} in {target} (upstream from {upstream.kind}): "
         f"{len(ours.names)} patch(es), {len(ours.files)} overlay file(s), tree digest {short(tree)}")
     rec = digest.read_recorded(os.path.join(cfg.patch_dir, "TREE_DIGEST"))
@@ -265,6 +329,7 @@ def _apply(cfg: Config, source: str, say=print) -> int:
 # ---- revert / status / verify -----------------------------------------------------------------------------------
 
 def revert(cfg: Config, source: str | None = None, say=print) -> int:
+    _check_target(cfg)
     with state.locked(cfg.target):
         return _revert(cfg, source, say)
 
@@ -278,8 +343,15 @@ def _revert(cfg: Config, source: str | None = None, say=print) -> int:
     msg = state.recover(target) if not cfg.dry_run else None
     if msg:
         say(f"note: {msg} ({target})")
+    _orphans(target)
     st = state.load_state(target)
     if st is None:
+        try:
+            pristine_from_tree(target)
+        except InstallerError as e:
+            raise InstallerError(f"nothing to revert: no installer state ({STATE_FILE}), and {e.what}", target,
+                                 "restore state.json from a backup, or restore the upstream files by hand "
+                                 "(apply --source ... into a new --target gives you pristine copies)") from None
         say(f"nothing to revert: no overlay is applied in {target}")
         return 0
     changed = drift(target, st)
@@ -292,19 +364,29 @@ def _revert(cfg: Config, source: str | None = None, say=print) -> int:
     for p in ours_paths:
         desired[p] = up.get(p)
     for p in st.get("user_backups", {}):
-        desired[p] = state.read(target, f"{PRISTINE}/{p}")
+        desired[p] = state.read_exact(target, f"{PRISTINE}/{p}")
+    restored = []
+    for p in st.get("edits", {}):
+        v = state.read_exact(target, f"{EDITS}/{p}")
+        if v is not None and v[1] != 0o040000:
+            desired[p] = v
+            restored.append(p)
+        desired[f"{EDITS}/{p}"] = None
     for p in set(st["backups"]) | set(st.get("user_backups", {})):
         desired[f"{PRISTINE}/{p}"] = None
+    for p in _pyc_of(target, [p for p in st["created"] if desired.get(p) is None]):
+        desired[p] = None
     desired[STATE_FILE] = None
     ops = _ops(target, desired)
     if cfg.dry_run:
         say(f"dry run: would restore {sum(1 for p, _ in ops if not p.startswith(STATE_DIR))} file(s); nothing changed")
         return 0
-    state.commit(target, ops, "revert")
-    _prune_created(target, st["created"], st["upstream"])
-    state.recover(target)  # removes the now empty state directory
-    foreign = [p for p in _foreign(target) if p not in st["created"]]
+    _commit(target, ops, "revert", st["upstream"])
+    foreign = [p for p in _foreign(target) if p not in st["created"] or p in restored]
     say(f"reverted {target} to pristine upstream {pin.active().short} ({len(ops) - 1} file operation(s))")
+    if restored:
+        say(f"put back your version of {len(restored)} file(s) that apply --force had backed up: "
+            f"{_list(sorted(restored), 10)}")
     if foreign:
         say(f"left in place {len(foreign)} file(s) that are not upstream: {_list(foreign, 10)}")
     edited = [p for p in st["managed"] if p not in ours_paths and not manifest.matches(p, (state.read(target, p)
@@ -315,39 +397,17 @@ def _revert(cfg: Config, source: str | None = None, say=print) -> int:
     return 0
 
 
-def _prune_created(target: str, gone: list, upstream: list) -> None:
-    """Remove bytecode of removed overlay modules and directories only the overlay needed (never upstream's)."""
-    keep, dirs = set(), set()
-    for p in upstream:
-        d = os.path.dirname(p)
-        while d:
-            keep.add(d)
-            d = os.path.dirname(d)
-    for p in gone:
-        if os.path.lexists(os.path.join(target, p)):
-            continue
-        d = os.path.dirname(p)
-        if p.endswith(".py"):  # __pycache__/<stem>.<tag>.pyc is derived from our file
-            cache = os.path.join(target, d, "__pycache__")
-            pyc = re.compile(re.escape(os.path.basename(p)[:-3]) + r"\.[^.]+(\.opt-\d+)?\.pyc$")
-            if os.path.isdir(cache):
-                for n in os.listdir(cache):
-                    if pyc.match(n):
-                        os.unlink(os.path.join(cache, n))
-                dirs.add(f"{d}/__pycache__" if d else "__pycache__")
-        while d:
-            dirs.add(d)
-            d = os.path.dirname(d)
-    state._prune_dirs(target, [d for d in dirs if d not in keep])
-
-
 def status(cfg: Config, say=print) -> int:
     target = os.path.abspath(cfg.target)
     if not os.path.isdir(target):
         raise InstallerError("target directory does not exist", target, "pass --target DIR or run apply first")
     if state.interrupted(target):
-        say(f"interrupted: an apply/revert was killed midway in {target}; run apply or revert to recover")
+        will = {"roll forward": "finish it (it had completed)",
+                "roll back": "roll it back (the tree returns to what it was before)",
+                "clean up": "remove its leftovers (nothing in the tree to undo)"}[state.pending(target)]
+        say(f"interrupted: an apply/revert was killed midway in {target}; run recover (or apply or revert) to {will}")
         return 1
+    _orphans(target)
     st = state.load_state(target)
     if st is None:
         pristine_from_tree(target)  # raises when this is not the upstream tree
@@ -377,7 +437,8 @@ def verify(cfg: Config, say=print) -> int:
     if changed:
         raise InstallerError(f"tree differs from what apply wrote: {_list(changed)}", target,
                              "run apply --force to restore, or revert")
-    full, managed = build(pristine_from_state(target, st, None), cfg, ours)
+    full, managed = build(pristine_from_state(target, st, None, todo="run 'apply --force --source pypi' (or "
+                                              "another --source) to restore them"), cfg, ours)
     bad = [p for p, v in sorted(full.items()) if state.read(target, p) != v]
     bad += [p for p in st["deleted"] if os.path.lexists(os.path.join(target, p))]
     if bad:
@@ -386,6 +447,21 @@ def verify(cfg: Config, say=print) -> int:
     say(f"ok: {target} equals series {short(ours.series_digest)} over {pin.active().short} "
         f"(tree digest {digest.tree_digest(managed)})")
     return 0
+
+
+def recover(cfg: Config, say=print) -> int:
+    """Finish or roll back an interrupted apply/revert, then say what the tree is (status)."""
+    target = os.path.abspath(cfg.target)
+    if not os.path.isdir(target):
+        raise InstallerError("target directory does not exist", target, "pass --target DIR")
+    with state.locked(target):
+        msg = state.recover(target)
+    say(f"{msg} ({target})" if msg else f"nothing to recover in {target}")
+    if not os.path.isdir(target) or not os.listdir(target):
+        how = "empty" if os.path.isdir(target) else "gone"
+        say(f"no tree: the interrupted apply had created {target} and it is {how} again (apply installs one)")
+        return 0
+    return status(cfg, say)
 
 
 def _require_applied(target: str, todo: str) -> dict:

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cli(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:
     e = dict(os.environ)
-    for k in ("COSMOS_OVERLAY_TEST_FAIL_AT", "COSMOS_OVERLAY_TEST_KILL_AT"):
+    for k in ("COSMOS_OVERLAY_TEST_FAIL_AT", "COSMOS_OVERLAY_TEST_KILL_AT", "COSMOS_OVERLAY_CRASH_AFTER",
+              "COSMOS_OVERLAY_COUNT_OPS", "COSMOS_OVERLAY_TEST_NO_FSYNC"):
         e.pop(k, None)
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "installer", *map(str, args)], cwd=cwd, env=e,
