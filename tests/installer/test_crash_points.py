@@ -36,7 +36,9 @@ import pytest
 from inst_helpers import REPO, cli, snapshot
 from installer import cli as installer_cli
 from installer import engine, state
-from installer.manifest import PIN
+from installer import pin
+
+PIN = pin.default().commit
 
 POINTS_PER_SCENARIO = 36
 PATCHES = REPO / "patches" / PIN
