@@ -1,6 +1,6 @@
 """Maintainer tool: re-derive the hunks of patches that only apply to the series with an offset.
 
-    python tools/refresh_series.py SDIST [--patches-dir patches/<commit>] [--check]
+    python tools/refresh_series.py SDIST [--pin COMMIT | --patches-dir patches/<commit>] [--check]
 
 Patches written on separate branches each fit the series they were made on; once merged, a later patch may find its
 context a few lines away (an earlier patch added lines above it). The installer refuses offsets, so this applies the
@@ -19,6 +19,8 @@ import tarfile
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from installer import pin  # noqa: E402
 
 
 def _git(repo: str, *args: str) -> str:
@@ -39,10 +41,11 @@ def _split(text: str) -> tuple[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sdist")
+    p.add_argument("--pin", default=None, help="the pin whose series to refresh (default: the default pin)")
     p.add_argument("--patches-dir", default=None)
     p.add_argument("--check", action="store_true")
     a = p.parse_args(argv)
-    pdir = a.patches_dir or os.path.join(HERE, "..", "patches", "ccb40411471d7e37cad7c8a4b4b9f7f088edbdf1")
+    pdir = a.patches_dir or os.path.join(HERE, "..", "patches", pin.select(a.pin).commit)
     names = [l.strip() for l in open(os.path.join(pdir, "series")) if l.strip() and not l.startswith("#")]
     changed = []
     with tempfile.TemporaryDirectory() as tmp:
