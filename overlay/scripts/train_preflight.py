@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 CONFIG_FILE = "cosmos_predict2/configs/base/config.py"
 METRICS_CALLBACK = "cosmos_predict2.portable.metrics.TrainMetricsCallback"
+STEP_TIMING_CALLBACK = "cosmos_predict2.portable.step_timing.StepTimingCallback"
 
 # Wan2.1 VAE: 4x temporal compression with the first frame kept, so N frames -> (N - 1) / 4 + 1 latent frames.
 VAE_TEMPORAL_COMPRESSION = 4
@@ -167,6 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tree", default=None, help="patched cosmos-predict2 tree (default: train.sh's directory)")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="validate, print the command and the environment it would set, exit")
+    p.add_argument("--profile_steps", default="0", help="write a torch profiler trace of N steps after 2 warm-up "
+                   "steps to <log stem>.trace-rank<r>.json (default 0: no trace)")
     p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -434,6 +437,9 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     stem = os.path.join(job_dir, "logs", f"train-{stamp}")
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
+    profile_steps = _int("profile_steps", a.profile_steps, 0)
+    if profile_steps:
+        env.update(COSMOS_PROFILE_STEPS=str(profile_steps), COSMOS_PROFILE_TRACE=stem + ".trace")
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
@@ -442,6 +448,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         f"experiment={a.EXP}",
         # ++ adds or replaces: registers the metrics callback whether or not the experiment already does
         f"++trainer.callbacks.train_metrics={{_target_:{METRICS_CALLBACK}}}",
+        f"++trainer.callbacks.step_timing={{_target_:{STEP_TIMING_CALLBACK}}}",  # per-phase step times
         *overrides,
     ]
     notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")
