@@ -389,6 +389,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         raise _fail(f"unknown experiment {a.EXP!r}", "--EXP", f"{hint}Use one of " + ", ".join(EXPERIMENTS))
     exp = EXPERIMENTS[a.EXP]
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
+    profile_steps = _int("profile_steps", a.profile_steps, 0)
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
     port = _int("master_port", a.master_port, 1, 65535)
@@ -437,7 +438,6 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     stem = os.path.join(job_dir, "logs", f"train-{stamp}")
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
-    profile_steps = _int("profile_steps", a.profile_steps, 0)
     if profile_steps:
         env.update(COSMOS_PROFILE_STEPS=str(profile_steps), COSMOS_PROFILE_TRACE=stem + ".trace")
     cmd = [

@@ -49,15 +49,15 @@ def load_t5(path: str) -> np.ndarray:
             raw = pickle.load(f)
     except FileNotFoundError:
         raise ValueError(f"error: T5 embedding file is missing ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py") from None
+                         "Re-create it with scripts/get_t5_embeddings.py.") from None
     except (EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, ValueError) as e:
         kind = "empty" if isinstance(e, EOFError) else "not a readable pickle"
         raise ValueError(f"error: T5 embedding file is {kind} ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py") from None
+                         "Re-create it with scripts/get_t5_embeddings.py.") from None
     emb = raw[0] if isinstance(raw, list) and len(raw) == 1 else None
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:
         raise ValueError(f"error: T5 embedding file does not hold [array(n_tokens, dim)] ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py")
+                         "Re-create it with scripts/get_t5_embeddings.py.")
     return emb
 
 
@@ -70,7 +70,7 @@ def skip_bad(dataset, paths, index: int, exc: BaseException) -> int:
     if bad > MAX_CONSECUTIVE_BAD or len(paths) < 2:
         raise RuntimeError(
             f"error: {bad} unreadable samples in a row, the last {paths[index]} ({reason}) "
-            f"(dataset {getattr(dataset, 'dataset_dir', '?')}). Fix or remove the bad files")
+            f"(dataset {getattr(dataset, 'dataset_dir', '?')}). Fix or remove the bad files.")
     warnings.warn(f"skipping unreadable sample {paths[index]}: {reason}", stacklevel=2)
     other = int(np.random.randint(len(paths) - 1))
     return other if other < index % len(paths) else other + 1

@@ -50,7 +50,7 @@ def save(path: str, latent: torch.Tensor, *, num_frames: int, video_size, vae: s
 
 
 def _fail(what: str, where: str, todo: str) -> ValueError:
-    return ValueError(f"error: {what} ({where}). {todo}")
+    return ValueError(f"error: {what} ({where}). {todo}.")
 
 
 def load(path: str, num_frames: int, video_size) -> dict:

@@ -47,7 +47,7 @@ class EndlessBatchSampler:
                 yield batch
             if n == 0:
                 raise RuntimeError("error: the training loader has no batch in an epoch (dataset empty or smaller "
-                                   "than the batch size with drop_last). Add samples or lower the batch size")
+                                   "than the batch size with drop_last). Add samples or lower the batch size.")
             self.epoch += 1
 
 
