@@ -84,7 +84,9 @@ train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
      trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
   local rc=$?
-  grep -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error" /tmp/e2e/$name/log.txt | tail -40 >> "$LOG"
+  grep -a -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error|error:|latents:|training loader:" /tmp/e2e/$name/log.txt \
+    | tail -40 >> "$LOG"
+  tail -c 60000 /tmp/e2e/$name/log.txt > "$OUT/$name.log.txt"  # the run's own log (binary-safe), for failures
   local mfile; mfile=$(find /tmp/e2e/$name -name "*.metrics.jsonl" | head -1)  # train.sh's per-run metrics file
   python3 - "$name" "$rc" "${mfile:-none}" "$exp" "$nproc" <<'PY' | tee -a "$LOG"
 import json, statistics, sys, os
@@ -120,7 +122,7 @@ stage_encode() {  # the latent cache of the 720p set (scripts/encode_latents.py;
      model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth)
 }
 breakdown() {  # breakdown NAME: train.sh's report (step breakdown table) into the log, metrics into $OUT
-  sed -n '/^steps [0-9]/,/^report:/p' /tmp/e2e/$1/log.txt | tee -a "$LOG"
+  sed -n '/^steps [0-9]/,/^report:/p' /tmp/e2e/$1/log.txt | tr -d '\000' | tee -a "$LOG"
   find /tmp/e2e/$1 -name "*.metrics.jsonl" -exec cp {} "$OUT/$1.metrics.jsonl" \;
 }
 stage_e2e_fly() {  # 2B Video2World 720p CP=1 through train.sh, VAE encode on the fly (new loader, step breakdown)
