@@ -8,9 +8,9 @@ pays it every epoch.
 `endless(loader)` returns a DataLoader over the same dataset, collate function and batching whose batch sampler
 runs epoch after epoch (calling the sampler's set_epoch(e) before epoch e, as DistributedSampler expects), so the
 trainer's first iterator never ends: the workers and their prefetch queue carry on across epoch boundaries. Workers
-are also persistent (for any loop that calls iter() again) and each bounds its torch intra-op threads
-(`COSMOS_LOADER_THREADS`, default cores / (workers x local ranks), 1..4), so loader workers do not oversubscribe the
-cores the training process needs. Set `COSMOS_LOADER=upstream` to keep the upstream loader unchanged.
+are also persistent (for any loop that calls iter() again). Their torch intra-op threads stay at PyTorch's worker
+default of 1 (`COSMOS_LOADER_THREADS=N` raises it; an H200 host segfaulted a worker that raised it to 4 after the
+fork, in the OpenMP runtime, so the default keeps 1). Set `COSMOS_LOADER=upstream` to keep the upstream loader.
 
 len(loader) stays the batch count of one epoch. An IterableDataset loader is returned unchanged.
 """
@@ -51,13 +51,10 @@ class EndlessBatchSampler:
             self.epoch += 1
 
 
-def worker_threads(num_workers: int) -> int:
+def worker_threads() -> int | None:
+    """torch threads per loader worker: COSMOS_LOADER_THREADS, else None (PyTorch's worker default, 1)."""
     raw = os.environ.get(ENV_THREADS, "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores // max(1, num_workers * local)))
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
 class _BoundedWorkerInit:
@@ -92,11 +89,9 @@ def endless(loader: DataLoader) -> DataLoader:
         generator=loader.generator,
     )
     if workers > 0:
-        kwargs.update(
-            persistent_workers=True,
-            prefetch_factor=loader.prefetch_factor or 2,
-            worker_init_fn=_BoundedWorkerInit(worker_threads(workers), loader.worker_init_fn),
-        )
+        kwargs.update(persistent_workers=True, prefetch_factor=loader.prefetch_factor or 2)
+        if worker_threads():
+            kwargs["worker_init_fn"] = _BoundedWorkerInit(worker_threads(), loader.worker_init_fn)
     if getattr(loader, "pin_memory_device", ""):
         kwargs["pin_memory_device"] = loader.pin_memory_device
     out = DataLoader(loader.dataset, **kwargs)
@@ -104,7 +99,7 @@ def endless(loader: DataLoader) -> DataLoader:
         from imaginaire.utils import log
 
         log.info(f"training loader: endless batch sampler, {workers} worker(s)"
-                 + (f", persistent, prefetch {kwargs['prefetch_factor']}, {worker_threads(workers)} torch thread(s) "
+                 + (f", persistent, prefetch {kwargs['prefetch_factor']}, {worker_threads() or 1} torch thread(s) "
                     "each" if workers else "") + f" (set {ENV_MODE}=upstream for upstream's loader)")
     except ImportError:  # pragma: no cover - outside a cosmos tree
         pass
