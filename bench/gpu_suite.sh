@@ -135,7 +135,7 @@ stage_e2e_cache() {  # the same from the latent cache (run stage encode first)
     +dataloader_train.dataset.latent_cache_dir=$LATENTS +dataloader_train.sampler.dataset.latent_cache_dir=$LATENTS
   breakdown v2w_720_cache
 }
-stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; }
+stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; breakdown t2i_2b; }
 stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's SAC policy runs out of memory
   ensure_site
   train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2
