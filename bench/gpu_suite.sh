@@ -84,7 +84,9 @@ train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
      trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
   local rc=$?
-  grep -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error" /tmp/e2e/$name/log.txt | tail -40 >> "$LOG"
+  grep -a -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error|error:|latents:|training loader:" /tmp/e2e/$name/log.txt \
+    | tail -40 >> "$LOG"
+  tail -c 60000 /tmp/e2e/$name/log.txt > "$OUT/$name.log.txt"  # the run's own log (binary-safe), for failures
   local mfile; mfile=$(find /tmp/e2e/$name -name "*.metrics.jsonl" | head -1)  # train.sh's per-run metrics file
   python3 - "$name" "$rc" "${mfile:-none}" "$exp" "$nproc" <<'PY' | tee -a "$LOG"
 import json, statistics, sys, os
@@ -112,7 +114,28 @@ stage_e2e_video_auto() {  # upstream's SAC policy first; if that runs out of mem
     train_e2e v2w_2b_720_blockwise 1 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
 }
-stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; }
+V2W=predict2_video2world_training_2b_cosmos_nemo_assets
+LATENTS=datasets/cosmos_nemo_assets/latents_93x704x1280
+stage_encode() {  # the latent cache of the 720p set (scripts/encode_latents.py; the same VAE checkpoint as training)
+  ensure_site
+  (cd $TREE && runlog encode python3 -m scripts.encode_latents --EXP=$V2W -- \
+     model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth)
+}
+breakdown() {  # breakdown NAME: train.sh's report (step breakdown table) into the log, metrics into $OUT
+  sed -n '/^steps [0-9]/,/^report:/p' /tmp/e2e/$1/log.txt | tr -d '\000' | tee -a "$LOG"
+  find /tmp/e2e/$1 -name "*.metrics.jsonl" -exec cp {} "$OUT/$1.metrics.jsonl" \;
+}
+stage_e2e_fly() {  # 2B Video2World 720p CP=1 through train.sh, VAE encode on the fly (new loader, step breakdown)
+  ensure_site
+  train_e2e v2w_720_fly 1 $V2W ${E2E_ITERS:-20} model_parallel.context_parallel_size=1; breakdown v2w_720_fly
+}
+stage_e2e_cache() {  # the same from the latent cache (run stage encode first)
+  ensure_site
+  train_e2e v2w_720_cache 1 $V2W ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 \
+    +dataloader_train.dataset.latent_cache_dir=$LATENTS +dataloader_train.sampler.dataset.latent_cache_dir=$LATENTS
+  breakdown v2w_720_cache
+}
+stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; breakdown t2i_2b; }
 stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's SAC policy runs out of memory
   ensure_site
   train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2

@@ -67,6 +67,9 @@ NOT_RUN = {  # first line -> why not here
     "bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets_smoke --fresh":
         "three CPU training runs; tests/launcher/test_real_runs.py runs the same --fresh / --resume / --resume=iter_N "
         "sequence on a smoke tree",
+    "python -m scripts.encode_latents --EXP=predict2_video2world_training_2b_cosmos_nemo_assets":
+        "the real 2B config with its VAE checkpoint and the Cosmos-NeMo-Assets videos; tests/training/"
+        "test_latent_cache.py encodes and trains from the cache on the smoke experiment",
     "source /usr/local/Ascend/ascend-toolkit/set_env.sh":
         "an Ascend host with CANN installed; tests/npu_contract checks the requirements files' pairing against the "
         "real torch-npu wheels",

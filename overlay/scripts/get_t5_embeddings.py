@@ -9,9 +9,9 @@ Dataset layout (cosmos_predict2/data/dataset_video.py and dataset_image.py):
     DIR/t5_xxl/<stem>.pickle   written here: pickle of a list holding ONE float16 ndarray [n_tokens, 1024], the
                            encoder's last hidden state for the prompt's real tokens (padding rows dropped; the
                            readers zero-pad back to 512 rows and build the mask from n_tokens)
-Existing pickles are kept unless --overwrite. Videos with too few frames for the experiment (upstream's reader
-needs strictly more than --num_frames, 93 for the Cosmos-NeMo-Assets experiments) are listed in one warning line,
-because upstream's loader would only fail on them later, inside training.
+Existing pickles are kept unless --overwrite. Videos with too few frames for the experiment (the reader needs at
+least --num_frames, 93 for the Cosmos-NeMo-Assets experiments; unpatched upstream needed strictly more) are listed
+in one warning line, because the loader would only skip them later, inside training.
 
 The encoder is transformers' T5EncoderModel + T5TokenizerFast loaded from --t5_path (alias --cache_dir; default
 checkpoints/google-t5/t5-11b as the installer's `download --model t5-11b --target TREE` lays it out). Upstream's helper
@@ -123,7 +123,7 @@ def count_frames(path: str) -> int:
 
 
 def short_videos(folder: str, stems: list[str], num_frames: int) -> list[str]:
-    """'<name> (<n> frames)' for every video upstream's reader cannot sample num_frames from (needs > num_frames)."""
+    """'<name> (<n> frames)' for every video the reader cannot sample num_frames from (needs >= num_frames)."""
     out = []
     for stem in stems:
         name = stem + ".mp4"
@@ -132,7 +132,7 @@ def short_videos(folder: str, stems: list[str], num_frames: int) -> list[str]:
         except Exception as exc:  # unreadable file: report it with the short ones rather than crash
             out.append(f"{name} (unreadable: {type(exc).__name__})")
             continue
-        if n <= num_frames:
+        if n < num_frames:
             out.append(f"{name} ({n} frames)")
     return out
 
@@ -214,8 +214,8 @@ def run(args) -> int:
         short = short_videos(folder, stems, args.num_frames)
         if short:
             print(
-                f"warning: {len(short)} of {len(stems)} video(s) in {folder} have no more than {args.num_frames} "
-                f"frames, which upstream's loader cannot sample (it needs more than --num_frames): "
+                f"warning: {len(short)} of {len(stems)} video(s) in {folder} have fewer than {args.num_frames} "
+                f"frames, which the loader cannot sample (it needs at least --num_frames): "
                 f"{', '.join(short)}. Replace them or train with a smaller num_frames.",
                 file=sys.stderr,
                 flush=True,

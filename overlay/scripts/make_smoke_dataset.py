@@ -1,12 +1,13 @@
 """Write the tiny synthetic datasets and the random VAE checkpoint that the *_smoke experiments read.
 
-    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 14] [--size 64] [--width W] [--seed 0]
+    python -m scripts.make_smoke_dataset [--root .] [--videos 2] [--frames 13] [--size 64] [--width W] [--seed 0]
 
 Layout (what upstream's dataset readers load):
     datasets/smoke/cosmos_nemo_assets/{videos/*.mp4, t5_xxl/*.pickle, metas/*.txt}
     datasets/smoke/cosmos_nemo_assets_images/{images/*.jpg, t5_xxl/*.pickle}
     checkpoints/smoke/tokenizer.pth   random Wan2.1 VAE state dict (fp32, like the released one)
-Videos get more frames than the smoke experiments' num_frames (13): upstream's reader needs strictly more.
+Videos get exactly the smoke experiments' num_frames (13) by default: one frame window, deterministic data (the
+video-dataset-exact-num-frames patch made upstream's reader accept that; it needed strictly more).
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default=".", help="tree root to write under (default: current directory)")
     p.add_argument("--videos", type=int, default=2)
     p.add_argument("--images", type=int, default=2)
-    p.add_argument("--frames", type=int, default=14,
-                   help="frames per video (> 13, the smoke num_frames; 14 leaves one frame window: deterministic data)")
+    p.add_argument("--frames", type=int, default=13,
+                   help="frames per video (>= 13, the smoke num_frames; 13 leaves one frame window: deterministic data)")
     p.add_argument("--size", type=int, default=64, help="height (and width unless --width) in pixels, a multiple of 16")
     p.add_argument("--width", type=int, default=None, help="width in pixels, a multiple of 16 (default: --size); "
                    "e.g. --size 704 --width 1280 --frames 94 for real 720p Video2World runs")
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if val % 16 or val <= 0:
             print(f"error: {flag} {val} is not a positive multiple of 16 (the VAE and patching need it).", file=sys.stderr)
             return 2
-    if a.frames < 14 or a.videos < 1 or a.images < 1:
-        print("error: need --frames >= 14 (smoke num_frames is 13; upstream needs strictly more), --videos/--images >= 1.",
+    if a.frames < 13 or a.videos < 1 or a.images < 1:
+        print("error: need --frames >= 13 (the smoke num_frames), --videos/--images >= 1.",
               file=sys.stderr)
         return 2
     rng = np.random.default_rng(a.seed)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 CONFIG_FILE = "cosmos_predict2/configs/base/config.py"
 METRICS_CALLBACK = "cosmos_predict2.portable.metrics.TrainMetricsCallback"
+STEP_TIMING_CALLBACK = "cosmos_predict2.portable.step_timing.StepTimingCallback"
 
 # Wan2.1 VAE: 4x temporal compression with the first frame kept, so N frames -> (N - 1) / 4 + 1 latent frames.
 VAE_TEMPORAL_COMPRESSION = 4
@@ -185,6 +186,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"training dataset directory (sets {K_DATASET} and {K_SAMPLER_DATASET})")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="validate, print the command and the environment it would set, exit")
+    p.add_argument("--profile_steps", default="0", help="write a torch profiler trace of N steps after 2 warm-up "
+                   "steps to <log stem>.trace-rank<r>.json (default 0: no trace)")
     p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -567,6 +570,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         raise _fail(f"unknown experiment {a.EXP!r}", "--EXP", f"{hint}Use one of " + ", ".join(EXPERIMENTS))
     exp = EXPERIMENTS[a.EXP]
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
+    profile_steps = _int("profile_steps", a.profile_steps, 0)
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
     raw_port = a.master_port if a.master_port is not None else ("auto" if nnodes == 1 else "29500")
@@ -659,6 +663,8 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     job_dir = run_dir
     stem = os.path.join(job_dir, "logs", f"train-{stamp}")
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
+    if profile_steps:
+        env.update(COSMOS_PROFILE_STEPS=str(profile_steps), COSMOS_PROFILE_TRACE=stem + ".trace")
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",
@@ -667,6 +673,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         f"experiment={a.EXP}",
         # ++ adds or replaces: registers the metrics callback whether or not the experiment already does
         f"++trainer.callbacks.train_metrics={{_target_:{METRICS_CALLBACK}}}",
+        f"++trainer.callbacks.step_timing={{_target_:{STEP_TIMING_CALLBACK}}}",  # per-phase step times
         *overrides,
     ]
     notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")

@@ -23,6 +23,12 @@ import statistics
 import sys
 
 
+try:  # the per-phase table (scripts/step_breakdown.py, next to this file)
+    import step_breakdown
+except ImportError:  # pragma: no cover - a tree without it
+    step_breakdown = None
+
+
 class ReportError(Exception):
     pass
 
@@ -191,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{level}: {e} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
         return 1
     rep = summarise(rows, a.skip)
+    breakdown = step_breakdown.summarise(rows, rep["warmup_skipped"]) if step_breakdown else None
+    if breakdown:
+        rep["step_breakdown"] = breakdown
     rep.update(metrics=os.path.abspath(a.metrics), log=os.path.abspath(a.log) if a.log else None,
                training_rc=a.training_rc)
     out = a.out or (a.metrics[: -len(".metrics.jsonl")] if a.metrics.endswith(".metrics.jsonl") else a.metrics) \
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rep.items()}, f,
                   indent=2)
         f.write("\n")
-    print(render(rep))
+    print(render(rep) + ("\n" + step_breakdown.render(breakdown) if breakdown else ""))
     print(f"report: {out}")
     stem = out[: -len(".json")] if out.endswith(".json") else out
     if a.plot:

@@ -33,6 +33,11 @@ try:  # the device layer (same package); guarded so the callback still logs on t
 except ImportError:  # pragma: no cover - only on trees without the portable device layer
     _device = None
 
+try:  # per-rank step phases (StepTimingCallback, registered by train.sh); absent fields if it is not registered
+    from cosmos_predict2.portable.step_timing import take_fields as _step_phases
+except ImportError:  # pragma: no cover
+    _step_phases = dict
+
 ENV_PATH = "COSMOS_TRAIN_METRICS"
 
 
@@ -182,6 +187,7 @@ class TrainMetricsCallback(Callback):
                 "peak_mem_bytes_per_rank": peaks,
                 "max_rss_bytes": rsses[0],
                 "max_rss_bytes_per_rank": rsses,
+                **_step_phases(),
             }
             path = self._resolve_path()
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

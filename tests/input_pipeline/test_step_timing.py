@@ -1,0 +1,85 @@
+"""Step-time breakdown: StepTimingCallback's per-rank phases in metrics.jsonl, step_breakdown's table in the train.sh
+report, and --profile_steps writing a torch profiler trace; plus the table's arithmetic on hand-written lines."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import tree_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXP = "predict2_video2world_training_2b_cosmos_nemo_assets_smoke"
+
+
+def _load(name: str, rel: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, rel))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_breakdown_arithmetic_and_slowest_rank():
+    sb = _load("step_breakdown_under_test", "overlay/scripts/step_breakdown.py")
+
+    def ph(d, v, f, o, s):
+        return {"data": d, "vae_cond": v, "fwd_bwd": f, "optimizer": o, "step": s}
+
+    rows = [{"iteration": i, "phases_s_per_rank": [ph(0.0, 1.0, 5.0, 0.5, 7.0), ph(1.0, 1.0, 5.0, 0.5, s)]}
+            for i, s in ((1, 30.0), (2, 8.0), (3, 8.0), (4, 10.0))]
+    bd = sb.summarise(rows, skip=1)
+    assert bd["steps"] == 3 and bd["first_iteration"] == 2 and bd["ranks"] == 2
+    assert bd["slowest_rank"] == 1  # mean step 26/3 against 7
+    p = bd["phases"]
+    assert p["data"]["mean_s"] == 1.0 and p["fwd_bwd"]["mean_s"] == 5.0
+    assert abs(p["other"]["mean_s"] - (0.5 + 0.5 + 2.5) / 3) < 1e-12  # step - the four phases
+    assert abs(p["step"]["mean_s"] - 26 / 3) < 1e-12 and bd["step_max_over_min"] == 10 / 8
+    text = sb.render(bd)
+    assert "slowest rank 1 of 2" in text and "data wait" in text and "forward+backward" in text
+    assert sb.summarise([{"iteration": 1, "step_time_s": 1.0}]) is None  # lines without phases: no table
+
+
+def test_profile_steps_flag_is_validated():
+    r = subprocess.run(["bash", os.path.join(REPO, "train.sh"), f"--EXP={EXP}", "--profile_steps=x", "--dry-run"],
+                       capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --profile_steps=x is not a non-negative integer")
+
+
+def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
+    from .conftest import _make
+
+    # the run writes only under IMAGINAIRE_OUTPUT_ROOT; its data and VAE come from tmp_path
+    ds = _make(data_tree, tmp_path / "data", 2)
+    vae = data_tree / "checkpoints/smoke/tokenizer.pth"
+    if not vae.exists():
+        subprocess.run([sys.executable, "-m", "scripts.make_smoke_dataset", "--root", str(tmp_path / "vae")],
+                       cwd=data_tree, env=tree_env(data_tree), check=True, capture_output=True, timeout=600)
+        vae = tmp_path / "vae/checkpoints/smoke/tokenizer.pth"
+    out = tmp_path / "out"
+    r = subprocess.run(
+        ["bash", str(data_tree / "train.sh"), f"--EXP={EXP}", "--profile_steps=1", "--",
+         "trainer.max_iter=4", f"dataloader_train.dataset.dataset_dir={ds}",
+         f"dataloader_train.sampler.dataset.dataset_dir={ds}", f"model.config.pipe_config.tokenizer.vae_pth={vae}"],
+        cwd=data_tree, env=tree_env(data_tree, PYTHON=sys.executable, IMAGINAIRE_OUTPUT_ROOT=str(out)),
+        capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    metrics = glob.glob(str(out / "**/*.metrics.jsonl"), recursive=True)
+    assert len(metrics) == 1
+    rows = [json.loads(ln) for ln in open(metrics[0])]
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        (ph,) = row["phases_s_per_rank"]
+        assert set(ph) == {"data", "vae_cond", "fwd_bwd", "optimizer", "step"}
+        assert min(ph.values()) >= 0 and ph["vae_cond"] > 0 and ph["fwd_bwd"] > 0
+        assert sum(ph[k] for k in ("data", "vae_cond", "fwd_bwd", "optimizer")) <= ph["step"] + 1e-6
+    assert "step breakdown over" in r.stdout and "VAE/conditioning" in r.stdout
+    report = json.load(open(metrics[0][: -len(".metrics.jsonl")] + ".report.json"))
+    assert report["step_breakdown"]["slowest_rank"] == 0
+    traces = glob.glob(metrics[0][: -len(".metrics.jsonl")] + ".trace-rank0.json")
+    assert len(traces) == 1 and json.load(open(traces[0]))["traceEvents"]
+    assert "training loader: endless batch sampler" in r.stdout  # the trainer hook (patch 0040) is live
