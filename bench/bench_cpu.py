@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU benchmark: the smoke run and the ops that decide its speed, on both CPU classes in one run.
 
-    python bench/bench_cpu.py [--tree DIR] [--ops-only] [--tiny] [--reps 3] [--no-native-fp32]
+    python bench/bench_cpu.py [--tree DIR] [--ops-only] [--tiny] [--reps 3] [--no-native-fp32] [--vae]
 
 CPU classes: "native" is this host as it is; "avx2" is the same host lowered to the AVX2-only class the way the
 issue reproduces it (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2: no AVX512-BF16/AMX kernels in ATen or
@@ -14,7 +14,9 @@ Measured, each class in its own subprocess (the variables must be set before tor
   exist), wall time of the whole command, with a fresh output root each time (no resume from an earlier run);
   the compute dtype the launcher chose, step time, loss from the run's report. With the policy, the avx2 class
   trains in fp32 and the native class in bf16 (where the CPU has it); a third run forces fp32 on the native class
-  (--cpu_dtype=fp32) for comparison, unless --no-native-fp32.
+  (--cpu_dtype=fp32) for comparison, unless --no-native-fp32;
+- with --vae: one VAE encode of a 13x64x64 smoke clip in fp32 and in bf16 per class (the op that made the smoke
+  run take an hour in emulated bf16).
 The tree: --tree, else ./cosmos-predict2 of this checkout; created with `python -m installer apply` and
 `python -m scripts.make_smoke_dataset` when absent (not timed). Prints one JSON object.
 """
@@ -101,6 +103,32 @@ def ops_worker(tiny: bool, reps: int) -> None:
                       "rows": rows}))
 
 
+def vae_worker() -> None:
+    """One VAE encode of a smoke clip (13x64x64) in fp32, then in bf16 (run in a tree, PYTHONPATH=tree)."""
+    import torch
+
+    from cosmos_predict2.tokenizers.tokenizer import TokenizerInterface
+
+    torch.manual_seed(0)
+    tok = TokenizerInterface(vae_pth="checkpoints/smoke/tokenizer.pth", temporal_window=16)
+    x = torch.rand(1, 3, 13, 64, 64) * 2 - 1
+    out = {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+    for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        tok.to(dtype=dt)
+        t0 = time.perf_counter()
+        tok.encode(x.to(dt))
+        out[f"encode_{name}_s"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps(out))
+
+
+def run_vae(tree: Path, cls: str) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--_vae-worker"], cwd=tree, capture_output=True, text=True,
+                       env=_env(cls, PYTHONPATH=str(tree), COSMOS_DEVICE="cpu"), timeout=7200)
+    if r.returncode != 0:
+        raise SystemExit(f"error: the VAE worker failed for class {cls} (bench_cpu.py). {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 
 
@@ -133,12 +161,13 @@ def ensure_tree(tree: Path) -> dict:
     done = {}
     if not (tree / "train.sh").is_file():
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "installer", "apply", "--target", str(tree)], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "installer", "apply", "--target", str(tree)], cwd=ROOT, check=True,
+                       stdout=sys.stderr)
         done["apply_s"] = round(time.perf_counter() - t0, 1)
     if not (tree / "checkpoints/smoke/tokenizer.pth").is_file():
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "scripts.make_smoke_dataset"], cwd=tree, check=True,
-                       env=dict(os.environ, COSMOS_DEVICE="cpu"))
+                       env=dict(os.environ, COSMOS_DEVICE="cpu"), stdout=sys.stderr)
         done["make_smoke_dataset_s"] = round(time.perf_counter() - t0, 1)
     return done
 
@@ -183,10 +212,16 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true", help="tiny op shapes (a test of this script)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-native-fp32", action="store_true", help="skip the fp32 smoke run on the native class")
+    p.add_argument("--vae", action="store_true",
+                   help="also time one VAE encode in fp32 and bf16 per class (emulated bf16: about 13 min here)")
     p.add_argument("--_ops-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_vae-worker", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._ops_worker:
         ops_worker(a.tiny, a.reps)
+        return 0
+    if a._vae_worker:
+        vae_worker()
         return 0
     if platform.machine().lower() not in ("x86_64", "amd64"):
         print("error: the avx2 class is an x86 kernel class (bench_cpu.py). Run this on an x86-64 host.",
@@ -204,6 +239,8 @@ def main() -> int:
         result["setup"] = ensure_tree(a.tree.resolve())
         runs = [("avx2", []), ("native", [])] + ([] if a.no_native_fp32 else [("native", ["--cpu_dtype=fp32"])])
         result["smoke"] = [run_smoke(a.tree.resolve(), cls, flags) for cls, flags in runs]
+        if a.vae:
+            result["vae_encode"] = {cls: run_vae(a.tree.resolve(), cls) for cls in CLASSES}
     print(json.dumps(result, indent=1))
     bad = [r for r in result.get("smoke", []) if r["rc"] != 0]
     return 1 if bad else 0
