@@ -94,6 +94,26 @@ def _progress(what: str) -> None:
     print(f"doctor: checking {what}...", file=sys.stderr, flush=True)
 
 
+def compute_dtype_row(device: str, environ: dict | None = None) -> tuple[str, str, str]:
+    """The overlay's compute-dtype policy (overlay/cosmos_predict2/portable/precision.py) on this host: what the
+    _smoke experiments (and the smoke run) will compute in, the CPU capability and whether bf16 is native."""
+    environ = os.environ if environ is None else environ
+    path = os.path.join(paths.overlay_dir(), "cosmos_predict2", "portable", "precision.py")
+    try:
+        spec = importlib.util.spec_from_file_location("_cosmos_overlay_precision", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        d = mod.decide(device, choice=environ.get(mod.ENV))
+    except ValueError as e:  # COSMOS_CPU_DTYPE holds something else than auto/fp32/bf16: already one line
+        return FAIL, "compute dtype", str(e)
+    except Exception as e:  # noqa: BLE001 - a probe; doctor reports, never crashes
+        return WARN, "compute dtype", f"not determined ({type(e).__name__}: {e})"[:200]
+    detail = d.line()[len("compute dtype "):] + "; the smoke run and the _smoke experiments use it"
+    if d.device == "cpu" and d.dtype_name == "bfloat16" and not d.native_bf16:
+        return WARN, "compute dtype", detail + ", but emulated bf16 is 100-200x slower than fp32 here (unset it)"
+    return OK, "compute dtype", detail
+
+
 def checks() -> tuple[list, str]:
     """[(status, component, detail)], device kind."""
     out = []
@@ -166,6 +186,7 @@ def checks() -> tuple[list, str]:
         out.append((WARN, "device", f"cpu: {support.DEVICES['cpu']}"))
     else:
         out.append((OK, "device", f"{device} x{count}: {support.DEVICES[device]}"))
+    out.append(compute_dtype_row(device))
 
     _progress("libraries")
     for dist, mod, minimum, required, why in support.LIBRARIES:

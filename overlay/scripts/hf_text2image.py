@@ -213,7 +213,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_model: str, height:
     parser.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale (default 7)")
     parser.add_argument("--height", type=int, default=height, help=f"output height in pixels (default {height})")
     parser.add_argument("--width", type=int, default=width, help=f"output width in pixels (default {width})")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="model dtype (default bfloat16)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="model dtype (default: the compute-dtype "
+                        "policy, bfloat16 on NPU/CUDA and on CPUs with native bf16, else float32; COSMOS_CPU_DTYPE)")
     parser.add_argument("--use_safety_checker", action="store_true",
                         help="run the Cosmos guardrail (cosmos_guardrail package) on the prompt and output, on CPU")
     parser.add_argument("--guardrail_checkpoint", help="checkpoint id or folder for CosmosSafetyChecker")
@@ -426,6 +427,13 @@ def prepare(args):
         guardrail_class()  # a missing package fails before anything slow
     dev = device_layer()
     device = dev.get_device()
+    if args.dtype is None:  # decided once, in the device layer's precision policy
+        from cosmos_predict2.portable import precision
+
+        try:
+            args.dtype = precision.precision_name()
+        except RuntimeError as exc:  # COSMOS_CPU_DTYPE holds an unknown value; already one line
+            raise ScriptError(str(exc).removeprefix("error: ")) from exc
     try:
         import diffusers  # noqa: F401
     except ImportError as exc:

@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
                    "--fresh or --resume a run resumes when its directory has a checkpoint; the first line says which")
     p.add_argument("--dataset", default=None, metavar="DIR",
                    help=f"training dataset directory (sets {K_DATASET} and {K_SAMPLER_DATASET})")
+    p.add_argument("--cpu_dtype", choices=("auto", "fp32", "bf16"), default=None,
+                   help="CPU compute dtype of the _smoke experiments: auto (default: bf16 only where the CPU runs it "
+                   "natively, else fp32), fp32 or bf16; exported as COSMOS_CPU_DTYPE")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="validate, print the command and the environment it would set, exit")
     p.add_argument("--profile_steps", default="0", help="write a torch profiler trace of N steps after 2 warm-up "
@@ -375,6 +378,24 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
         except Exception:  # a count we cannot read is not a reason to refuse to launch
             count = None
     return kind, count, "" if mod is not None else "device layer absent in tree; same rule applied here"
+
+
+def dtype_note(tree: str, kind: str, exp: Experiment, choice: str | None, ov: dict[str, str]) -> str:
+    """The compute-dtype decision of the tree's portable/precision.py, as one header line."""
+    path = os.path.join(tree, "cosmos_predict2", "portable", "precision.py")
+    if not os.path.isfile(path):
+        return "compute dtype: not decided here (the tree has no cosmos_predict2/portable/precision.py)"
+    spec = importlib.util.spec_from_file_location("_cosmos_precision_policy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        line = mod.decide(kind or "cpu", choice=choice).line()
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    if kind == "cpu" and not exp.smoke:
+        line = f"compute dtype bfloat16 (set by the experiment; the CPU policy applies to _smoke experiments: {line})"
+    over = [f"{k}={ov[k]}" for k in ("model.config.precision", "model.config.pipe_config.precision") if k in ov]
+    return line + (f"; overridden after --: {', '.join(over)}" if over else "")
 
 
 def npu_env(environ: dict[str, str], hccl_if_ip: str | None) -> tuple[dict[str, str], list[str]]:
@@ -632,6 +653,9 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         notes += kept
     elif a.hccl_if_ip:
         notes.append(f"--hccl_if_ip ignored: device is {kind}, not npu")
+    if a.cpu_dtype is not None:
+        env["COSMOS_CPU_DTYPE"] = a.cpu_dtype
+    notes.append(dtype_note(tree, kind, exp, env.get("COSMOS_CPU_DTYPE", environ.get("COSMOS_CPU_DTYPE")), ov))
     out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
     if out_root is None:
         out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)

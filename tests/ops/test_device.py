@@ -10,7 +10,7 @@ import torch
 
 from portable_loader import PORTABLE_DIR
 
-OURS = ("__init__", "device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac")
+OURS = ("__init__", "device", "precision", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac")
 
 
 def test_cpu_device_helpers(portable):

@@ -1,10 +1,11 @@
 """2 ranks with FSDP (gloo): save, resume, and the next steps' losses equal the uninterrupted run's.
 
-bf16 as in real training, one video (every rank and iteration sees the same sample), and the per-iteration seed
-(draws depend on the iteration only). Iteration 3's loss is computed with the weights saved after iteration 2, so
-it must match exactly. Iteration 4 also depends on the optimizer state (moments, step count, scheduler): it matches
-to bf16 rounding, because the fp32 master weights are not saved (upstream's semantics) and are rebuilt from the
-bf16 parameters on resume.
+The compute-dtype policy's dtype (bf16 as in real training where the CPU runs bf16 natively, fp32 on other CPUs),
+one video (every rank and iteration sees the same sample), and the per-iteration seed (draws depend on the
+iteration only). Iteration 3's loss is computed with the weights saved after iteration 2, so it must match
+exactly. Iteration 4 also depends on the optimizer state (moments, step count, scheduler): in bf16 it matches to
+bf16 rounding, because the fp32 master weights are not saved (upstream's semantics) and are rebuilt from the bf16
+parameters on resume.
 """
 
 import math

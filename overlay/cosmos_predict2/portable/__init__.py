@@ -3,6 +3,7 @@
 Modules (import them directly; this package imports nothing eagerly so that `device` detection happens once,
 when first needed):
 - device:     DEVICE_TYPE detected once (COSMOS_DEVICE forces it), streams, memory stats, dist backend.
+- precision:  the compute dtype, decided once: bf16 on NPU/CUDA and bf16-native CPUs, else fp32 (COSMOS_CPU_DTYPE).
 - attention:  attention() with named backends (COSMOS_ATTN_BACKEND), DotProductAttention (TE drop-in).
 - rope:       apply_rotary_pos_emb() with TE fused-kernel numerics and a per-freqs cos/sin cache.
 - rmsnorm:    RMSNorm with TE module semantics (ones init, fp32 math, _extra_state).
@@ -13,4 +14,4 @@ when first needed):
 Only torch and the standard library are imported (torch_npu only inside a try).
 """
 
-__all__ = ["device", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac", "autoload"]
+__all__ = ["device", "precision", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac", "autoload"]

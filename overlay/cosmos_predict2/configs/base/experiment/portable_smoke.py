@@ -6,6 +6,10 @@ videos (4 latent frames) or 64x64 images from `python -m scripts.make_smoke_data
 no T5 (training reads precomputed embeddings), context parallel 1 (override
 `model_parallel.context_parallel_size=2` with 2 ranks to exercise it). Upstream registers every module in this
 package, so dropping this file in is all it takes.
+
+Precision follows the compute-dtype policy (`cosmos_predict2.portable.precision`): bfloat16 on NPU/CUDA and on CPUs
+with native bf16, float32 on other CPUs (where emulated bf16 is 100-200x slower); `COSMOS_CPU_DTYPE=fp32|bf16`
+(train.sh `--cpu_dtype=`) overrides it. The model and its pipeline get the same value.
 """
 
 from hydra.core.config_store import ConfigStore
@@ -14,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cosmos_predict2.data.dataset_image import ImageDataset
 from cosmos_predict2.data.dataset_video import Dataset
+from cosmos_predict2.portable import precision
 from imaginaire.lazy_config import LazyCall as L
 
 SMOKE_VIDEO_DIR = "datasets/smoke/cosmos_nemo_assets"
@@ -53,7 +58,9 @@ _TINY_NET = dict(model_channels=64, num_blocks=2, num_heads=4)
 
 def _smoke(seed_model: str, size: str, task: str) -> dict:
     video = task == "video2world"
+    dtype = precision.precision_name()  # decided once per process, at the first experiment
     pipe = dict(
+        precision=dtype,
         net=dict(_TINY_NET),
         ema=dict(enabled=True),
         guardrail_config=dict(enabled=False),
@@ -74,6 +81,7 @@ def _smoke(seed_model: str, size: str, task: str) -> dict:
         job=dict(project="posttraining", group=f"{task}_smoke", name=f"{size}_cosmos_nemo_assets_smoke"),
         model=dict(
             config=dict(
+                precision=dtype,
                 pipe_config=pipe,
                 model_manager_config=dict(dit_path=""),  # random init (fixed by the ema-and-random-init patch)
             )
