@@ -58,7 +58,7 @@ def test_video_dataset_embeddings_round_trip(tree, tiny_t5, request):
     ds = tree / "datasets" / "cosmos_nemo_assets"
     write_mp4(ds / "videos" / "a_long.mp4", frames=12, seed=1)
     write_mp4(ds / "videos" / "b_long.mp4", frames=12, seed=2)
-    write_mp4(ds / "videos" / "c_exact.mp4", frames=8, seed=3)  # == num_frames: enough (patch 0042)
+    write_mp4(ds / "videos" / "c_exact.mp4", frames=8, seed=3)  # == num_frames: enough (patch 0031)
     write_mp4(ds / "videos" / "d_short.mp4", frames=5, seed=4)
     r = run_script(tree, NEMO, "--dataset_path", str(ds), "--prompt", PROMPT, "--t5_path", str(tiny_t5),
                    "--num_frames", "8")

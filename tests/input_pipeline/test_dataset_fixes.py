@@ -1,4 +1,4 @@
-"""Upstream's video/image datasets with the patches 0041-0044: bad samples skipped with a warning naming them, a clip
+"""Upstream's video/image datasets with the patches 0030-0033: bad samples skipped with a warning naming them, a clip
 of exactly num_frames frames, the uint8 clip path equal to upstream's arithmetic, one-line T5 pickle errors.
 Each case runs in the patched tree (a subprocess with PYTHONPATH=<tree>)."""
 

@@ -82,4 +82,4 @@ def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
     assert report["step_breakdown"]["slowest_rank"] == 0
     traces = glob.glob(metrics[0][: -len(".metrics.jsonl")] + ".trace-rank0.json")
     assert len(traces) == 1 and json.load(open(traces[0]))["traceEvents"]
-    assert "training loader: endless batch sampler" in r.stdout  # the trainer hook (patch 0040) is live
+    assert "training loader: endless batch sampler" in r.stdout  # the trainer hook (patch 0029) is live

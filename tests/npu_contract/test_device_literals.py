@@ -1,5 +1,5 @@
 """The upstream code on paths NPU training reaches (validation, sample drawing, EMA, checkpointing) goes through
-the device layer, not the literal "cuda" (patches 0030-0034). Exercised on CPU in the applied tree, in a subprocess
+the device layer, not the literal "cuda" (patches 0024-0028). Exercised on CPU in the applied tree, in a subprocess
 (the tree's packages import megatron and friends): EMA's cache() as ema_scope uses it, collate_batches over a
 one-rank gloo group, and the draw-sample callback's noise generator."""
 

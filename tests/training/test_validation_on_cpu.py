@@ -1,4 +1,4 @@
-"""Validation through upstream's trainer on CPU (patches 0030-0034): `trainer.run_validation=true` switches to the
+"""Validation through upstream's trainer on CPU (patches 0024-0028): `trainer.run_validation=true` switches to the
 EMA weights (ema_scope -> EMA cache()), runs validation_step on the mock validation loader, and restores the
 training weights. Before the patches the EMA cache went to the literal "cuda" and this crashed off CUDA (the same
 crash as on NPU: "Torch not compiled with CUDA enabled")."""

@@ -1,4 +1,4 @@
-"""Cheap, robust per-clip reading for upstream's video/image datasets (hooked in by patches 0041-0044).
+"""Cheap, robust per-clip reading for upstream's video/image datasets (hooked in by patches 0030-0033).
 
 - `start_frame(total, n)`: a random window start; a clip with exactly `n` frames is enough (upstream called
   np.random.randint(0, 0), which raises).

@@ -1,4 +1,4 @@
-"""Latent cache: the VAE encode moved from every training step to data preparation (patch 0045 hooks it in).
+"""Latent cache: the VAE encode moved from every training step to data preparation (patch 0034 hooks it in).
 
 Written by `python -m scripts.encode_latents` (one file per clip, `<cache dir>/<clip stem>.pt`), read by the video
 dataset when it is given `latent_cache_dir` (override `+dataloader_train.dataset.latent_cache_dir=DIR`, and the

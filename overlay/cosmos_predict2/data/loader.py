@@ -1,4 +1,4 @@
-"""A training loader that never stalls at an epoch boundary (hooked into ImaginaireTrainer.train by patch 0040).
+"""A training loader that never stalls at an epoch boundary (hooked into ImaginaireTrainer.train by patch 0029).
 
 Upstream's loop calls iter(dataloader_train) again after every StopIteration. With persistent_workers=False (all
 Cosmos configs) that shuts every worker down and starts new ones, and nothing is prefetched while it happens: on a
