@@ -1,6 +1,7 @@
 """`doctor`: check this host against support.py. Exit 0 iff training can start (no 'fail' line).
 
-torch_npu is imported only when it is installed, inside a guard: a broken CANN makes its import raise anything.
+The device is the device layer's decision (overlay/cosmos_predict2/portable/device.py, loaded by path), COSMOS_DEVICE
+included; torch_npu is imported there, inside a guard: a broken CANN makes its import raise anything.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def torch_import_failure(exc: BaseException) -> str:
     if line:
         return line[len("error: "):] if line.startswith("error: ") else line
     return f"import failed: {type(exc).__name__}: {exc}"[:200]
+
+
+def device_layer():
+    """overlay/cosmos_predict2/portable/device.py, loaded by path (the installer cannot import the tree's package):
+    doctor reports the device the training would run on, decided by the same code. Raises what the layer raises
+    (RuntimeError, one line, when COSMOS_DEVICE names a bad or absent device)."""
+    path = os.path.join(paths.overlay_dir(), "cosmos_predict2", "portable", "device.py")
+    spec = importlib.util.spec_from_file_location("_cosmos_overlay_device", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def npu_soc_check(torch) -> tuple[str, str, str]:
@@ -148,22 +160,24 @@ def checks() -> tuple[list, str]:
     _progress("torch_npu, CANN and devices")
     npu_v = _dist("torch-npu") or _dist("torch_npu")
     cann, cann_where = cann_version()
+    dev, device_fail = None, None
+    try:  # the device layer's own detection (COSMOS_DEVICE included), never a second rule here
+        dev = device_layer()
+        device, count = dev.device_type(), dev.device_count()
+    except BaseException as e:  # noqa: BLE001 - a forced absent device, or torch_npu raising anything without CANN
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        device_fail = (line[len("error: "):] if line.startswith("error: ") else f"{type(e).__name__}: {line}")[:300]
     if npu_v is None or importlib.util.find_spec("torch_npu") is None:
         out.append((OK if cann is None else WARN, "torch_npu",
                     "not installed" + (" but CANN is present: pip install torch_npu for NPU training" if cann else "")))
+    elif dev is not None and dev.npu_import_error():
+        out.append((WARN, "torch_npu", f"{npu_v} installed but import failed: {dev.npu_import_error()}"[:200]))
     else:
-        try:
-            import torch_npu  # noqa: F401  (guarded: only when installed)
-
-            if torch.npu.is_available():
-                device, count = "npu", torch.npu.device_count()
-            out.append(torch_npu_version_check(npu_v, tv))
-            if device == "npu":
-                out.append(npu_soc_check(torch))
-        except BaseException as e:  # noqa: BLE001 - torch_npu raises all kinds of errors without CANN
-            if isinstance(e, KeyboardInterrupt):
-                raise
-            out.append((WARN, "torch_npu", f"{npu_v} installed but import failed: {type(e).__name__}: {e}"[:200]))
+        out.append(torch_npu_version_check(npu_v, tv))
+        if device == "npu":
+            out.append(npu_soc_check(torch))
     if cann is not None:
         want = support.cann_for_torch_npu(npu_v) if npu_v else None
         if want is not None:  # an installed torch_npu names its CANN exactly
@@ -176,17 +190,15 @@ def checks() -> tuple[list, str]:
     elif device == "npu":
         out.append((FAIL, "CANN", cann_where))
 
-    if device == "cpu":
-        try:
-            if torch.cuda.is_available():
-                device, count = "cuda", torch.cuda.device_count()
-        except Exception:
-            pass
-    if device == "cpu":
+    if device_fail is not None:
+        device = "none"
+        out.append((FAIL, "device", device_fail))
+    elif device == "cpu":
         out.append((WARN, "device", f"cpu: {support.DEVICES['cpu']}"))
     else:
         out.append((OK, "device", f"{device} x{count}: {support.DEVICES[device]}"))
-    out.append(compute_dtype_row(device))
+    if device_fail is None:
+        out.append(compute_dtype_row(device))
 
     _progress("libraries")
     for dist, mod, minimum, required, why in support.LIBRARIES:

@@ -14,7 +14,8 @@ Writes OUTPUT/output.mp4 (H.264 through PyAV, no ffmpeg binary needed). Upstream
 offline demo, see scripts/hf_text2image.py) and no --image/--video, a generated colour gradient is the condition.
 
 Device selection, attention on NPU, the no-op and CPU-pinned safety checkers, --random_weights and the tested
-diffusers/transformers versions are described in scripts/hf_text2image.py, which holds the shared code.
+diffusers/transformers versions are described in scripts/hf_text2image.py; the code both scripts share is
+scripts/inference_common.py.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import os
 import sys
 
 try:  # `python -m scripts.<name>` from the tree root
-    from scripts import hf_text2image as common
-except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-    import hf_text2image as common
+    from scripts import inference_common as common
+except ImportError:  # `python scripts/<name>.py`, or loaded by path: the shared module sits next to this file
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    if _HERE not in sys.path:
+        sys.path.insert(0, _HERE)
+    import inference_common as common
 
 ScriptError = common.ScriptError
 

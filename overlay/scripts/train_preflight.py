@@ -352,10 +352,8 @@ def _load_device_layer(tree: str):
 
 
 def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
-    """(kind, device count or None, note). A forced device that is absent fails, except in --dry-run."""
-    forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
-    if forced and forced not in ("cpu", "cuda", "npu"):
-        raise _fail(f"COSMOS_DEVICE={forced} is not a device kind", "environment", "Use cpu, cuda or npu, or unset it")
+    """(kind, device count or None, note): the tree's device layer decides (COSMOS_DEVICE included). A forced
+    device that is absent fails, except in --dry-run (which plans for another host); a bad kind always fails."""
     try:
         mod = _load_device_layer(tree)
         if mod is None:  # detection lives in one place only: the device layer that apply installs
@@ -363,21 +361,19 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
                         "Point --tree at a tree patched by `python -m installer apply`")
         kind = mod.device_type()
     except RuntimeError as e:
-        if dry_run:
-            return forced, None, f"not verified on this host: {e}"
+        if dry_run and type(e).__name__ == "ForcedDeviceAbsent":
+            return e.kind, None, f"not verified on this host: {e}"
         raise PreflightError(str(e).splitlines()[0]) from None
     except ImportError as e:
         raise _fail(f"{sys.executable} cannot import {e.name or 'torch'}", "python environment",
                     "Activate the environment that has torch (and torch_npu on Ascend), or set PYTHON=") from None
     count = None
-    if kind in ("cuda", "npu"):
-        import torch
-
+    if kind != "cpu":
         try:
-            count = int((torch.npu if kind == "npu" else torch.cuda).device_count())
+            count = mod.device_count()
         except Exception:  # a count we cannot read is not a reason to refuse to launch
             count = None
-    return kind, count, "" if mod is not None else "device layer absent in tree; same rule applied here"
+    return kind, count, ""
 
 
 def dtype_note(tree: str, kind: str, exp: Experiment, choice: str | None, ov: dict[str, str]) -> str:

@@ -202,7 +202,7 @@ def test_argument_errors_are_one_line(tree, models, cond_image, tmp_path, args, 
 def test_npu_attention_selection_is_guarded(tree, models):
     """diffusers 0.35's Cosmos processor has no dispatcher hook: on NPU the script keeps SDPA and says why, never
     crashes; a processor that has the hook gets `_native_npu` requested."""
-    spec = importlib.util.spec_from_file_location("hf_t2i_under_test", tree / "scripts" / "hf_text2image.py")
+    spec = importlib.util.spec_from_file_location("hf_common_under_test", tree / "scripts" / "inference_common.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     comps = tiny_components("text2image", models["t5"])
@@ -234,7 +234,7 @@ def test_real_size_configs_give_real_parameter_counts(tree, tmp_path):
 
     from tiny_cosmos import write_real_size_configs
 
-    spec = importlib.util.spec_from_file_location("hf_t2i_meta", tree / "scripts" / "hf_text2image.py")
+    spec = importlib.util.spec_from_file_location("hf_common_meta", tree / "scripts" / "inference_common.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
 
@@ -249,3 +249,21 @@ def test_real_size_configs_give_real_parameter_counts(tree, tmp_path):
         assert abs(billions(pipe.transformer) - dit) < 0.01
         assert abs(billions(pipe.text_encoder) - 4.865) < 0.01 and abs(billions(pipe.vae) - 0.1269) < 0.001
         assert pipe.transformer.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+
+
+SHARED = ("def add_common_args(", "def prepare(", "def load_pipeline(", "def build_random_pipeline(",
+          "def select_attention(", "def run_pipeline(", "class NoOpSafetyChecker", "class CpuGuardrail")
+
+
+@pytest.mark.parametrize("name", ["hf_text2image", "hf_video2world"])
+def test_scripts_are_thin_over_the_shared_module(tree, name):
+    """The shared inference code lives in scripts/inference_common.py only; each script runs as a module and as a
+    file (the import fallback), and neither imports the other."""
+    text = (tree / "scripts" / f"{name}.py").read_text()
+    assert [s for s in SHARED if s in text] == []
+    assert "hf_text2image as" not in text and "inference_common as common" in text
+    common = (tree / "scripts" / "inference_common.py").read_text()
+    assert [s for s in SHARED if s not in common] == []
+    for as_file in (False, True):
+        r = run_script(tree, name, "--help", as_file=as_file, timeout=120)
+        assert r.returncode == 0 and "--use_safety_checker" in r.stdout, r.stderr

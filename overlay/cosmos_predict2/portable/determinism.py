@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -30,7 +29,7 @@ def seed_everything(seed: int) -> None:
 
 
 def randn(shape, device_: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    if os.environ.get("COSMOS_NOISE_ON_CPU") == "1":
+    if device.env_flag("COSMOS_NOISE_ON_CPU"):
         return torch.randn(shape, dtype=dtype).to(device_)
     return torch.randn(shape, device=device_, dtype=dtype)
 

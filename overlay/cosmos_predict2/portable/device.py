@@ -8,6 +8,10 @@ Why NPU is checked first and why nothing below dispatches on `torch.cuda.is_avai
 test never picks the NPU path there. Every helper dispatches on `DEVICE_TYPE` instead.
 
 torch_npu is only ever imported inside a try; this module imports torch and the standard library only.
+
+This is the only detection rule of the project: `installer doctor` and `scripts/train_preflight.py` load this file by
+path (they cannot import the tree's package) and read `DEVICE_TYPE` / `device_count()` from it. `env_flag` is the
+one parser of boolean environment variables.
 """
 
 from __future__ import annotations
@@ -37,15 +41,52 @@ except RuntimeError as _exc:  # torch >= 2.5 autoloads torch_npu; without CANN s
     raise RuntimeError(_line) from _exc
 
 _KINDS = ("cpu", "cuda", "npu")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = False, environ=None) -> bool:
+    """The boolean environment variable `name`: 1/true/yes/on or 0/false/no/off (any case), `default` when unset.
+    Anything else is a one-line error rather than a silent guess."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"error: {name}={raw!r} is not a boolean (environment). Use 1/0, true/false, yes/no or on/off, or unset it."
+    )
+
+
+class ForcedDeviceAbsent(RuntimeError):
+    """COSMOS_DEVICE names a valid kind this host does not have (`kind` says which). A bad kind is a plain
+    RuntimeError: train_preflight's --dry-run accepts the first (it plans for another host), never the second."""
+
+    def __init__(self, kind: str, line: str):
+        super().__init__(line)
+        self.kind = kind
 _DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+
+
+_npu_import_error: list = []
 
 
 def _import_torch_npu():
     try:
         import torch_npu  # noqa: F401  (optional: Ascend hosts only)
-    except (ImportError, OSError):  # not installed, or CANN libraries missing
+    except (ImportError, OSError) as e:  # not installed, or CANN libraries missing
+        if not isinstance(e, ModuleNotFoundError) or e.name != "torch_npu":
+            _npu_import_error.append(f"{type(e).__name__}: {e}")
         return None
     return torch_npu
+
+
+def npu_import_error() -> str | None:
+    """Why an installed torch_npu failed to import ('OSError: libhccl.so ...'); None when it imported or is absent."""
+    return _npu_import_error[0] if _npu_import_error else None
 
 
 def _npu_available(npu_mod) -> bool:
@@ -61,14 +102,15 @@ def _detect() -> tuple[str, object]:
     forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
     if forced and forced not in _KINDS:
         raise RuntimeError(
-            f"error: COSMOS_DEVICE={forced!r} is not a device kind (environment). Use one of cpu, cuda, npu, "
+            f"error: COSMOS_DEVICE={forced} is not a device kind (environment). Use one of cpu, cuda, npu, "
             "or unset it to auto-detect."
         )
     if forced == "cpu":
         return "cpu", None
     if forced == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ForcedDeviceAbsent(
+                "cuda",
                 "error: COSMOS_DEVICE=cuda but torch.cuda.is_available() is False (environment). "
                 "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE."
             )
@@ -77,7 +119,8 @@ def _detect() -> tuple[str, object]:
     if forced == "npu":
         if not _npu_available(npu_mod):
             why = "torch_npu cannot be imported" if npu_mod is None else "torch.npu.is_available() is False"
-            raise RuntimeError(
+            raise ForcedDeviceAbsent(
+                "npu",
                 f"error: COSMOS_DEVICE=npu but {why} (environment). Install torch_npu matching torch and source "
                 "CANN's set_env.sh, or unset COSMOS_DEVICE."
             )
@@ -99,6 +142,13 @@ def device_type() -> str:
 def npu_module():
     """torch_npu when running on NPU, else None."""
     return _NPU
+
+
+def device_count() -> int:
+    """Accelerators visible to this process (0 on CPU)."""
+    if DEVICE_TYPE == "cpu":
+        return 0
+    return int(_accel().device_count())
 
 
 # Ascend SoC names as torch.npu.get_device_name() reports them -> product line. The training kernels the portable
@@ -269,7 +319,7 @@ def compile_enabled() -> bool:
     return (
         DEVICE_TYPE == "cuda"
         and hasattr(torch, "compile")
-        and os.environ.get("COSMOS_DISABLE_COMPILE", "0").strip().lower() not in ("1", "true", "yes")
+        and not env_flag("COSMOS_DISABLE_COMPILE")
     )
 
 

@@ -20,7 +20,7 @@ _LOG_PREFIX = "[cosmos-portable]"
 
 
 def _log(msg: str) -> None:
-    if int(os.getenv("RANK", "0")) == 0 or os.getenv("COSMOS_LOG_ALL_RANKS"):
+    if int(os.getenv("RANK", "0")) == 0 or device.env_flag("COSMOS_LOG_ALL_RANKS"):
         print(f"{_LOG_PREFIX} {msg}", flush=True)
 
 

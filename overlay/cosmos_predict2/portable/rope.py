@@ -29,7 +29,6 @@ Speed:
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections import OrderedDict
 
@@ -159,7 +158,7 @@ def _general(t, freqs, tensor_format, start_positions, interleaved, cu_seqlens, 
 
 
 def _npu_native_dtype() -> bool:
-    return os.environ.get("COSMOS_NPU_ROPE_NATIVE_DTYPE", "0") in ("1", "true", "True")
+    return device.env_flag("COSMOS_NPU_ROPE_NATIVE_DTYPE")
 
 
 def _npu_apply(t, cos, sin, interleaved, tensor_format):
