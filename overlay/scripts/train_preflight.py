@@ -396,7 +396,7 @@ def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, 
         card = float(raw) if raw not in (None, "") else None
     except ValueError:
         card = -1.0
-    if card is not None and card <= 0:
+    if card is not None and not 0 < card < float("inf"):  # also NaN
         raise _fail(f"device memory {raw!r} is not a positive number of GiB", "--device_memory_gib or "
                     f"{mem.ENV_MEMORY}", "Pass --device_memory_gib=M, e.g. 80")
     frames = _ov_int(ov, K_FRAMES, exp.num_frames) if exp.num_frames is not None else None

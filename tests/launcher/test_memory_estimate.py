@@ -129,9 +129,11 @@ def test_unknown_card_memory_only_prints_the_estimate(real_tree):
     assert "memory estimate: ~67 GiB per device (card memory unknown" in r.stdout
 
 
-def test_bad_card_memory_is_one_line(real_tree):
-    r = _run(real_tree, [f"--EXP={V2W_2B}", "--nproc_per_node=2", "--device_memory_gib=lots"])
-    assert r.returncode != 0 and r.stderr.startswith("error: device memory 'lots'") and r.stderr.count("\n") == 1
+@pytest.mark.parametrize("bad", ["lots", "0", "nan"])
+def test_bad_card_memory_is_one_line(real_tree, bad):
+    r = _run(real_tree, [f"--EXP={V2W_2B}", "--nproc_per_node=2", f"--device_memory_gib={bad}"])
+    assert r.returncode != 0 and r.stderr.startswith(f"error: device memory '{bad}'"), r.stderr
+    assert r.stderr.count("\n") == 1
 
 
 def test_cpu_and_smoke_have_no_memory_line(real_tree):
