@@ -95,7 +95,7 @@ def test_14b_720p_cp1_on_80_gib_fails_with_a_cp_that_fits(real_tree):
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     line = lines[0]
     assert line.startswith("error: estimated peak ") and V2W_14B in line and "--skip_memory_check" in line, line
-    assert "torch.distributed.run" not in r.stdout
+    assert "scripts.train" not in r.stdout
     k = int(re.search(r"context_parallel_size=(\d+)", line).group(1))
     assert k > 1 and 8 % k == 0 and 40 % k == 0 and 24 % k == 0, line
     assert mem.estimate("video2world", "14B", cp=k, world=8, fsdp_shard_size=32).gib <= 0.97 * 80
@@ -113,7 +113,7 @@ def test_14b_on_one_device_suggests_more_devices_and_the_override_proceeds(real_
     forced = _run(real_tree, ["--skip_memory_check", *args], {"COSMOS_DEVICE_MEMORY_GIB": "80"})
     assert forced.returncode == 0, forced.stderr
     assert "--skip_memory_check: starting anyway" in forced.stdout
-    assert "torch.distributed.run" in forced.stdout
+    assert "-m scripts.train" in forced.stdout
 
 
 def test_2b_720p_cp1_on_an_h200_starts_with_a_tight_note(real_tree):
