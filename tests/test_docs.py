@@ -70,6 +70,9 @@ NOT_RUN = {  # first line -> why not here
     "python -m scripts.encode_latents --EXP=predict2_video2world_training_2b_cosmos_nemo_assets":
         "the real 2B config with its VAE checkpoint and the Cosmos-NeMo-Assets videos; tests/training/"
         "test_latent_cache.py encodes and trains from the cache on the smoke experiment",
+    "bash train.sh --dry-run --EXP=predict2_video2world_training_14b_cosmos_nemo_assets --nproc_per_node=8 \\":
+        "needs the 14B checkpoints and dataset in the tree; tests/launcher/test_memory_estimate.py runs the same "
+        "flags with --dry-run on a skeleton tree",
     "source /usr/local/Ascend/ascend-toolkit/set_env.sh":
         "an Ascend host with CANN installed; tests/npu_contract checks the requirements files' pairing against the "
         "real torch-npu wheels",

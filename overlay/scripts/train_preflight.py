@@ -191,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate, print the command and the environment it would set, exit")
     p.add_argument("--profile_steps", default="0", help="write a torch profiler trace of N steps after 2 warm-up "
                    "steps to <log stem>.trace-rank<r>.json (default 0: no trace)")
+    p.add_argument("--device_memory_gib", default=None, help="memory of one device in GiB for the peak-memory "
+                   "estimate (default: $COSMOS_DEVICE_MEMORY_GIB; without either the estimate is only printed)")
+    p.add_argument("--skip_memory_check", action="store_true",
+                   help="start even when the estimated peak memory per device exceeds 97%% of the device")
     p.add_argument("--plan-file", dest="plan_file", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -374,6 +378,31 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
         except Exception:  # a count we cannot read is not a reason to refuse to launch
             count = None
     return kind, count, ""
+
+
+def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, cp: int, ov: dict[str, str],
+                 environ: dict[str, str]) -> str:
+    """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check."""
+    spec = importlib.util.spec_from_file_location("_cosmos_mem", os.path.join(os.path.dirname(__file__),
+                                                                              "memory_estimate.py"))
+    mem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mem)
+    raw = a.device_memory_gib if a.device_memory_gib is not None else environ.get(mem.ENV_MEMORY)
+    try:
+        card = float(raw) if raw not in (None, "") else None
+    except ValueError:
+        card = -1.0
+    if card is not None and not 0 < card < float("inf"):  # also NaN
+        raise _fail(f"device memory {raw!r} is not a positive number of GiB", "--device_memory_gib or "
+                    f"{mem.ENV_MEMORY}", "Pass --device_memory_gib=M, e.g. 80")
+    frames = _ov_int(ov, K_FRAMES, exp.num_frames) if exp.num_frames is not None else None
+    raw_shard = ov.get(K_SHARD, "").strip()  # upstream: -1 = the whole world, 0 = no FSDP
+    shard = int(raw_shard) if raw_shard in ("-1", "0") else _ov_int(ov, K_SHARD, exp.fsdp_shard_size)
+    line, err = mem.check(a.EXP, exp.task, exp.size, frames=frames, cp=cp, world=world, fsdp_shard_size=shard,
+                          batch_size=_ov_int(ov, K_BATCH, exp.batch_size), ov=ov, card_gib=card, card=kind)
+    if err and not a.skip_memory_check:
+        raise PreflightError(err)
+    return line + (" - --skip_memory_check: starting anyway" if err else "")
 
 
 def dtype_note(tree: str, kind: str, exp: Experiment, choice: str | None, ov: dict[str, str]) -> str:
@@ -652,6 +681,8 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if a.cpu_dtype is not None:
         env["COSMOS_CPU_DTYPE"] = a.cpu_dtype
     notes.append(dtype_note(tree, kind, exp, env.get("COSMOS_CPU_DTYPE", environ.get("COSMOS_CPU_DTYPE")), ov))
+    if kind in ("cuda", "npu") and not exp.smoke:  # peak memory per device from the config, before torchrun
+        notes.append(memory_check(a, exp, kind, world, cp, ov, environ))
     out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
     if out_root is None:
         out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)

@@ -30,6 +30,7 @@ LAUNCHER_FILES = {
     "train.sh": "train.sh",
     "overlay/scripts/train_preflight.py": "scripts/train_preflight.py",
     "overlay/scripts/train_report.py": "scripts/train_report.py",
+    "overlay/scripts/memory_estimate.py": "scripts/memory_estimate.py",
     "overlay/cosmos_predict2/portable/metrics.py": "cosmos_predict2/portable/metrics.py",
 }
 
