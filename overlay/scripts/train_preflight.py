@@ -381,8 +381,9 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
 
 
 def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, cp: int, ov: dict[str, str],
-                 environ: dict[str, str]) -> str:
-    """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check."""
+                 environ: dict[str, str], tree: str | None = None) -> str:
+    """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check. The card's
+    size: --device_memory_gib, else $COSMOS_DEVICE_MEMORY_GIB, else the device layer of `tree` (not in --dry-run)."""
     spec = importlib.util.spec_from_file_location("_cosmos_mem", os.path.join(os.path.dirname(__file__),
                                                                               "memory_estimate.py"))
     mem = importlib.util.module_from_spec(spec)
@@ -395,6 +396,11 @@ def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, 
     if card is not None and not 0 < card < float("inf"):  # also NaN
         raise _fail(f"device memory {raw!r} is not a positive number of GiB", "--device_memory_gib or "
                     f"{mem.ENV_MEMORY}", "Pass --device_memory_gib=M, e.g. 80")
+    if card is None and tree and kind != "cpu" and not a.dry_run:  # this host's card, as the device layer reads it
+        try:
+            card = _load_device_layer(tree).total_memory_gib(0)
+        except Exception:  # an unreadable size is "unknown", as without the flag
+            card = None
     frames = _ov_int(ov, K_FRAMES, exp.num_frames) if exp.num_frames is not None else None
     raw_shard = ov.get(K_SHARD, "").strip()  # upstream: -1 = the whole world, 0 = no FSDP
     shard = int(raw_shard) if raw_shard in ("-1", "0") else _ov_int(ov, K_SHARD, exp.fsdp_shard_size)
@@ -682,7 +688,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         env["COSMOS_CPU_DTYPE"] = a.cpu_dtype
     notes.append(dtype_note(tree, kind, exp, env.get("COSMOS_CPU_DTYPE", environ.get("COSMOS_CPU_DTYPE")), ov))
     if kind in ("cuda", "npu") and not exp.smoke:  # peak memory per device from the config, before torchrun
-        notes.append(memory_check(a, exp, kind, world, cp, ov, environ))
+        notes.append(memory_check(a, exp, kind, world, cp, ov, environ, tree))
     out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
     if out_root is None:
         out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)

@@ -352,6 +352,7 @@ npu = SimpleNamespace(
     is_current_stream_capturing=lambda: False,
     get_device_name=lambda device_name=None: DEVICE_NAME,
     mem_get_info=lambda *a: (1 << 30, 2 << 30),
+    get_device_properties=lambda *a: SimpleNamespace(total_memory=64 << 30, name=DEVICE_NAME),  # a 64 GiB card
 )
 
 __version__ = "0.0-test-double"

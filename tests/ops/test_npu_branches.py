@@ -11,6 +11,7 @@ mask, rotary mode, dtype casts), that the NPU path gives the same results as the
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -55,6 +56,7 @@ def test_detection_and_device_helpers(portable, npu_portable, monkeypatch):
     assert dev.dist_backend() == "hccl"
     assert dev.npu_module() is npu_portable.fake
     assert dev.memory_stats() == {"allocated": 11, "reserved": 22, "peak": 33, "peak_reserved": 44}
+    assert dev.total_memory_gib() == 64.0 and portable.device.total_memory_gib() is None  # preflight's card size
     s = dev.new_stream()
     with dev.stream(s):
         pass
@@ -343,3 +345,27 @@ def test_auto_order_comes_from_the_registry(portable, npu_portable):
     assert npu_portable.attention.auto_order(q, deterministic=True) == ["math"]
     assert portable.attention.auto_order(q) == ["sdpa_cpu", "math"]
     assert portable.attention.auto_order(q, deterministic=True) == ["math"]
+
+
+def test_preflight_reads_the_card_size_through_the_device_layer(npu_portable, tmp_path, monkeypatch):
+    """Uses the torch_npu TEST DOUBLE (a 64 GiB card): without --device_memory_gib, train_preflight's memory check
+    asks the tree's device layer for the card's size, so 2B Video2World at 720p on one such card is refused before
+    torchrun with the one-line suggestion; --dry-run (planning for another host) does not read this host's card."""
+    import argparse
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "cosmos_predict2" / "portable").mkdir(parents=True)
+    shutil.copy(repo / "overlay/cosmos_predict2/portable/device.py", tmp_path / "cosmos_predict2/portable/")
+    spec = importlib.util.spec_from_file_location("_preflight_under_test", repo / "overlay/scripts/train_preflight.py")
+    pre = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, pre)  # its dataclasses look themselves up there
+    spec.loader.exec_module(pre)
+    name = "predict2_video2world_training_2b_cosmos_nemo_assets"
+    a = argparse.Namespace(EXP=name, device_memory_gib=None, dry_run=False, skip_memory_check=False)
+    with pytest.raises(pre.PreflightError, match=r"^error: .*64"):
+        pre.memory_check(a, pre.EXPERIMENTS[name], "npu", 1, 1, {}, {}, str(tmp_path))
+    a.dry_run = True
+    assert "unknown" in pre.memory_check(a, pre.EXPERIMENTS[name], "npu", 1, 1, {}, {}, str(tmp_path))

@@ -151,6 +151,13 @@ def device_count() -> int:
     return int(_accel().device_count())
 
 
+def total_memory_gib(index: int = 0) -> float | None:
+    """Memory of accelerator `index` in GiB (the card's size, not what is free); None on CPU."""
+    if DEVICE_TYPE == "cpu":
+        return None
+    return float(_accel().get_device_properties(index).total_memory) / 2**30
+
+
 # Ascend SoC names as torch.npu.get_device_name() reports them -> product line. The training kernels the portable
 # ops call differ by line (torch_npu 2.7.1 _op_plugin_docs): npu_fusion_attention exists on Atlas A2 training
 # parts only (A3 as its successor); on the first Atlas training series (Ascend910A/B/ProA/ProB/PremiumA)
