@@ -3,6 +3,8 @@
 - `upstream_sdist`: path of cosmos_predict2-1.0.9.tar.gz. $COSMOS_OVERLAY_SDIST if set; else the installer's cache
   ($COSMOS_OVERLAY_CACHE or ~/.cache/cosmos-predict2-overlay), downloaded there with pip when absent (skips with
   the installer's error line when PyPI is unreachable).
+- `overlay_wheel`: the cosmos_predict2_overlay wheel built (once per session) from a copy of this checkout, so the
+  checkout gets no build/ or egg-info.
 - `applied_tree`: a session-wide temp directory where `python -m installer apply --source <sdist>` ran with this
   checkout's series and overlay. Treat it as read-only (copy it before changing anything).
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +48,19 @@ def applied_tree(upstream_sdist, tmp_path_factory) -> Path:
     if r.returncode != 0:
         pytest.fail(f"installer apply failed (rc {r.returncode}): {r.stdout}{r.stderr}")
     return tree
+
+
+@pytest.fixture(scope="session")
+def overlay_wheel(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("wheel-src")
+    ign = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("installer", "patches", "overlay"):
+        shutil.copytree(REPO / name, src / name, ignore=ign)
+    for name in ("setup.py", "train.sh"):
+        shutil.copy2(REPO / name, src / name)
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(out), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (whl,) = out.glob("cosmos_predict2_overlay-*.whl")
+    return whl

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -37,17 +36,8 @@ def _requirements(wheel: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory):
-    src = tmp_path_factory.mktemp("src")
-    ign = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("installer", "patches", "overlay"):
-        shutil.copytree(REPO / name, src / name, ignore=ign)
-    for name in ("setup.py", "train.sh"):
-        shutil.copy2(REPO / name, src / name)
-    dist = tmp_path_factory.mktemp("dist")
-    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, src])
-    assert r.returncode == 0, r.stderr
-    (wheel,) = dist.glob("cosmos_predict2_overlay-*.whl")
+def fresh_venv(tmp_path_factory, overlay_wheel):
+    wheel = overlay_wheel
     reqs = _requirements(wheel)
     # Every dependency is bounded above: a new major release must not reach users untested.
     for req in reqs:

@@ -55,3 +55,16 @@ def sdist_members(sdist) -> dict:
             if m.isfile():
                 out[m.name.split("/", 1)[1]] = t.extractfile(m).read()
     return out
+
+
+def edit_as_user(tree, st: dict, patched: str, launcher_link: str) -> str:
+    """The user's edits `apply --force` must keep: append to the patched file `patched`, rewrite an overlay module
+    with mode 0600, and replace train.sh by a symlink to `launcher_link`. Returns the overlay module's path."""
+    with open(Path(tree) / patched, "ab") as f:
+        f.write(b"# my edit\n")
+    ours = next(p for p in st["created"] if p.endswith(".py"))
+    (Path(tree) / ours).write_bytes(b"# my version\n")
+    os.chmod(Path(tree) / ours, 0o600)
+    (Path(tree) / "train.sh").unlink()
+    os.symlink(launcher_link, Path(tree) / "train.sh")
+    return ours

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from inst_helpers import REPO, cli, one_error_line, sdist_members, snapshot
+from inst_helpers import REPO, cli, edit_as_user, one_error_line, sdist_members, snapshot
 from installer import pin
 
 PIN = pin.default().commit
@@ -32,15 +32,6 @@ def make_tar(path: Path, members: dict, top="cosmos_predict2-1.0.9", extra=()):
         for ti in extra:
             t.addfile(ti, io.BytesIO(b"x") if ti.isfile() else None)
     return path
-
-
-@pytest.fixture(scope="module")
-def pristine(upstream_sdist, tmp_path_factory):
-    """A pristine upstream tree (apply + revert) to copy from."""
-    tree = tmp_path_factory.mktemp("pristine") / "t"
-    assert cli("apply", "--source", upstream_sdist, "--target", tree).returncode == 0
-    assert cli("revert", "--target", tree).returncode == 0
-    return tree
 
 
 def copy_tree(src, dst):
@@ -404,13 +395,7 @@ def _edit_everything(tree):
     symlink, and an upstream library file the overlay never touched."""
     st = _state(tree)
     patched = st["backups"][0]
-    with open(tree / patched, "ab") as f:
-        f.write(b"# my edit\n")
-    ours = next(p for p in st["created"] if p.endswith(".py"))
-    (tree / ours).write_bytes(b"# my version\n")
-    os.chmod(tree / ours, 0o600)
-    (tree / "train.sh").unlink()
-    os.symlink("../my-launcher.sh", tree / "train.sh")
+    ours = edit_as_user(tree, st, patched, "../my-launcher.sh")
     untouched = next(p for p in st["managed"] if p not in st["files"])
     with open(tree / untouched, "ab") as f:
         f.write(b"# mine too\n")

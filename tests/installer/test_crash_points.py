@@ -33,7 +33,7 @@ import time
 
 import pytest
 
-from inst_helpers import REPO, cli, snapshot
+from inst_helpers import REPO, cli, edit_as_user, snapshot
 from installer import cli as installer_cli
 from installer import engine, state
 from installer import pin
@@ -139,14 +139,7 @@ def make_before(kind, tmp_path, pristine, upstream_sdist):
         return tree, (), ["revert", "--target", tree]
     if kind == "force":
         st = state.load_state(str(tree))
-        patched = sorted(p for p in st["backups"])[0]
-        with open(tree / patched, "ab") as f:
-            f.write(b"# my edit\n")
-        ours = next(p for p in st["created"] if p.endswith(".py"))
-        (tree / ours).write_bytes(b"# my version\n")
-        os.chmod(tree / ours, 0o600)
-        (tree / "train.sh").unlink()
-        os.symlink("/usr/bin/true", tree / "train.sh")
+        edit_as_user(tree, st, sorted(st["backups"])[0], "/usr/bin/true")
         return tree, (), ["apply", "--force", "--target", tree]
     if kind == "upgrade":
         pd, ov = tmp_path / "patches", tmp_path / "overlay"
@@ -163,14 +156,6 @@ def make_before(kind, tmp_path, pristine, upstream_sdist):
         (ov / "added_later.txt").write_text("new\n")
         return tree, res, ["apply", "--target", tree, *res]
     raise AssertionError(kind)
-
-
-@pytest.fixture(scope="module")
-def pristine(upstream_sdist, tmp_path_factory):
-    tree = tmp_path_factory.mktemp("crash-pristine") / "t"
-    assert cli("apply", "--source", upstream_sdist, "--target", tree).returncode == 0
-    assert cli("revert", "--target", tree).returncode == 0
-    return tree
 
 
 def retarget(args, old, new):

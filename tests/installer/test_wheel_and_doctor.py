@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
-
-import pytest
 
 from inst_helpers import REPO, one_error_line
 from installer import doctor, pin, support
@@ -17,25 +14,8 @@ from installer import doctor, pin, support
 PIN = pin.default().commit
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    """Build from a copy so the checkout gets no build/ or egg-info."""
-    src = tmp_path_factory.mktemp("src")
-    ign = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("installer", "patches", "overlay"):
-        shutil.copytree(REPO / name, src / name, ignore=ign)
-    for name in ("setup.py", "train.sh"):
-        shutil.copy2(REPO / name, src / name)
-    out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                        str(out), str(src)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    (whl,) = out.glob("cosmos_predict2_overlay-*.whl")
-    return whl
-
-
-def test_wheel_has_no_top_level_installer(wheel):
-    names = zipfile.ZipFile(wheel).namelist()
+def test_wheel_has_no_top_level_installer(overlay_wheel):
+    names = zipfile.ZipFile(overlay_wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert "installer" not in tops
     assert {t for t in tops if not t.endswith(".dist-info")} == {"cosmos_predict2_overlay"}
@@ -46,15 +26,15 @@ def test_wheel_has_no_top_level_installer(wheel):
                  "cosmos_predict2_overlay/_data/overlay/cosmos_predict2/portable/device.py"):
         assert need in names, need
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    text = zipfile.ZipFile(wheel).read(entry[0]).decode()
+    text = zipfile.ZipFile(overlay_wheel).read(entry[0]).decode()
     assert "cosmos-predict2-overlay = cosmos_predict2_overlay.cli:main" in text
-    meta = zipfile.ZipFile(wheel).read([n for n in names if n.endswith("METADATA")][0]).decode()
+    meta = zipfile.ZipFile(overlay_wheel).read([n for n in names if n.endswith("METADATA")][0]).decode()
     assert "Requires-Dist: GitPython" in meta and "Requires-Dist: unidiff" in meta and "torch" not in meta
 
 
-def test_installed_package_applies_from_its_own_data(wheel, tmp_path, upstream_sdist):
+def test_installed_package_applies_from_its_own_data(overlay_wheel, tmp_path, upstream_sdist):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(overlay_wheel)],
                    check=True)
     env = {**os.environ, "PYTHONPATH": str(site)}
     tree = tmp_path / "t"
