@@ -5,6 +5,7 @@ Run from the root of a patched tree (`python -m installer apply ... --target TRE
 
     python /path/to/bench/bench_dit.py --res 480,720 --variants anchor,ours        # fwd+bwd steps
     python /path/to/bench/bench_dit.py --res 720 --variants anchor,ours --fwd      # no-grad forward passes
+    python /path/to/bench/bench_dit.py --net t2i --variants ours --optimizer       # Text2Image 2B, + AdamW step
     python /path/to/bench/bench_dit.py --tiny --res 480 --steps 1                  # CPU smoke (2 blocks, 64 ch)
 
 The net is `instantiate(_PREDICT2_VIDEO2WORLD_NET_2B)` from upstream's config (28 blocks, 2048 channels, 16 heads,
@@ -17,12 +18,19 @@ Variants (each rebuilds the net from the same seed):
 - anchor: the Ascend adaptation's ops as they run on CUDA: RoPE recomputing cos/sin every call and multiplying
   in bf16, eager RMSNorm (COSMOS_DISABLE_COMPILE=1), and upstream's SAC policy as written (saves ops whose name
   contains "flash_attn", so torch SDPA's attention is recomputed in backward).
-- ours: portable RoPE (cached cos/sin, compiled apply) and RMSNorm (compiled), SAC policy via
-  portable.sac.is_attention_op (the attention forward is saved).
+- ours: portable RoPE (cached cos/sin, compiled apply) and RMSNorm (compiled), the block's adaLN modulation and
+  gated residuals compiled (portable/adaln.py, patch 0035), SAC policy via portable.sac.is_attention_op (the
+  attention forward is saved).
+- ours_unfused: ours with the adaLN/residual chains eager (upstream's element-wise kernels): the gain of 0035.
 - ours_upsac: our ops with upstream's policy (separates the op gain from the SAC gain).
 - ours_nosac: our ops, no activation checkpointing (memory permitting).
 - ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
   recomputation than predict2_2b_720, more memory).
+
+--net t2i: the Text2Image 2B net (`_PREDICT2_TEXT2IMAGE_NET_2B`, SAC mode mm_only) on one 768x1360 image (96x170
+latents, S = 48*85 = 4080 tokens, the Cosmos-NeMo-Assets experiment's size), data type IMAGE, no conditioning
+mask. --optimizer adds the experiment's optimizer step (portable FusedAdam, fp32 master weights, capturable) to
+every timed step: the "bare step" train.sh is compared with.
 
 FLOPs (model FLOPs, recomputation not counted): linear FLOPs are counted exactly by forward hooks on every
 nn.Linear during one no-grad forward (2 * in * out per row, all rows, incl. text K/V, adaLN, embedder, final
@@ -45,6 +53,7 @@ import time
 import torch
 
 RES = {"480": (60, 104), "720": (88, 160)}
+T2I_LATENT = (96, 170)  # 768x1360, the Text2Image experiments' image size
 LATENT_T = 24
 N_TEXT = 512
 ROWS: list[dict] = []
@@ -91,8 +100,12 @@ def upstream_is_attention_op(func) -> bool:
     return "flash_attn" in str(func)  # upstream's rule: never matches torch SDPA's aten ops
 
 
+_FUSED: dict = {}
+
+
 def set_variant(variant: str):
     import cosmos_predict2.models.text2image_dit as dit
+    from cosmos_predict2.portable import adaln
     from cosmos_predict2.portable.rope import apply_rotary_pos_emb
     from cosmos_predict2.portable.sac import is_attention_op
 
@@ -100,15 +113,27 @@ def set_variant(variant: str):
     os.environ["COSMOS_DISABLE_COMPILE"] = "1" if anchor_ops else "0"
     dit.apply_rotary_pos_emb = anchor_rope if anchor_ops else apply_rotary_pos_emb
     dit.is_attention_op = upstream_is_attention_op if variant in ("anchor", "ours_upsac") else is_attention_op
+    _FUSED.setdefault("modulate", adaln._modulate_fast)
+    _FUSED.setdefault("gated_residual", adaln._gated_residual_fast)
+    unfused = variant in ("anchor", "ours_unfused")
+    adaln._modulate_fast = adaln.modulate_reference if unfused else _FUSED["modulate"]
+    adaln._gated_residual_fast = adaln.gated_residual_reference if unfused else _FUSED["gated_residual"]
     return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
 
 
-def build_net(dev, tiny: bool, sac_mode: str | None):
-    from cosmos_predict2.configs.base.config_video2world import _PREDICT2_VIDEO2WORLD_NET_2B
+def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w"):
     from imaginaire.lazy_config import instantiate
 
-    cfg = copy.deepcopy(_PREDICT2_VIDEO2WORLD_NET_2B)
+    if net == "t2i":
+        from cosmos_predict2.configs.base.config_text2image import _PREDICT2_TEXT2IMAGE_NET_2B as NET
+    else:
+        from cosmos_predict2.configs.base.config_video2world import _PREDICT2_VIDEO2WORLD_NET_2B as NET
+    cfg = copy.deepcopy(NET)
     if sac_mode:
+        if "sac_config" not in cfg:
+            from cosmos_predict2.networks.selective_activation_checkpoint import SACConfig
+
+            cfg.sac_config = SACConfig()
         cfg.sac_config.mode = sac_mode
     if tiny:
         cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
@@ -118,21 +143,26 @@ def build_net(dev, tiny: bool, sac_mode: str | None):
     return net.to(device=dev, dtype=torch.bfloat16).train(), cfg
 
 
-def inputs(dev, res: str, tiny: bool):
-    h, w = (4, 8) if tiny else RES[res]
-    t = 4 if tiny else LATENT_T
+def inputs(dev, res: str, tiny: bool, net: str = "v2w"):
+    h, w = (4, 8) if tiny else (T2I_LATENT if net == "t2i" else RES[res])
+    t = 1 if net == "t2i" else (4 if tiny else LATENT_T)
     g = torch.Generator(device="cpu").manual_seed(1)
     bf = dict(dtype=torch.bfloat16)
     x = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)
-    cond = torch.zeros(1, 1, t, h, w, device=dev, **bf)
-    cond[:, :, :1] = 1
     kw = dict(
         timesteps_B_T=torch.rand(1, 1, generator=g).to(dev, **bf),
         crossattn_emb=torch.randn(1, N_TEXT, 1024, generator=g).to(dev, **bf),
-        condition_video_input_mask_B_C_T_H_W=cond,
         fps=torch.tensor([16.0], device=dev),
         padding_mask=torch.zeros(1, 1, h * 8, w * 8, device=dev, **bf),
     )
+    if net == "t2i":
+        from cosmos_predict2.conditioner import DataType
+
+        kw["data_type"] = DataType.IMAGE
+    else:
+        cond = torch.zeros(1, 1, t, h, w, device=dev, **bf)
+        cond[:, :, :1] = 1
+        kw["condition_video_input_mask_B_C_T_H_W"] = cond
     target = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)
     return x, kw, target, t * (h // 2) * (w // 2)
 
@@ -156,13 +186,19 @@ def count_flops(net, x, kw, S: int, heads: int, head_dim: int, blocks: int) -> d
 
 def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     sac = set_variant(variant)
-    net, cfg = build_net(dev, args.tiny, sac)
-    x, kw, target, S = inputs(dev, res, args.tiny)
+    net, cfg = build_net(dev, args.tiny, sac, args.net)
+    x, kw, target, S = inputs(dev, res, args.tiny, args.net)
     heads, D = cfg.num_heads, cfg.model_channels // cfg.num_heads
     if res not in flops_cache:
         flops_cache[res] = count_flops(net, x, kw, S, heads, D, cfg.num_blocks)
     fl = flops_cache[res]
-    mode = "fwd" if args.fwd else "fwd+bwd"
+    mode = "fwd" if args.fwd else ("fwd+bwd+opt" if args.optimizer else "fwd+bwd")
+    opt = None
+    if args.optimizer and not args.fwd:
+        from cosmos_predict2.portable.optim import FusedAdam
+
+        opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
+                        betas=(0.9, 0.99), eps=1e-8, master_weights=True, capturable=True)
 
     def step():
         if args.fwd:
@@ -172,6 +208,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         out = net(x, **kw)
         loss = (out.float() - target.float()).pow(2).mean()
         loss.backward()
+        if opt is not None:
+            opt.step()
         return loss.detach()
 
     if dev.type == "cuda":
@@ -199,7 +237,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     emit(**row)
     if args.profile:
         profile_step(step, dev, res, variant, step_s)
-    del net, x, kw, target
+    del net, x, kw, target, opt
     gc.collect()
 
 
@@ -263,6 +301,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="2-block 64-channel net, tiny latents (CPU smoke run)")
+    ap.add_argument("--net", choices=("v2w", "t2i"), default="v2w",
+                    help="Video2World 2B (default) or Text2Image 2B on one 768x1360 image")
+    ap.add_argument("--optimizer", action="store_true",
+                    help="add the experiments' optimizer step (FusedAdam, fp32 master weights) to each timed step")
     ap.add_argument("--profile", action="store_true",
                     help="after timing, profile one more step: device time per kernel category (bench=dit_profile)")
     args = ap.parse_args(argv)
@@ -285,7 +327,7 @@ def main(argv=None) -> int:
     print(json.dumps(info), flush=True)
     peak = info.get("matmul_bf16_tflops")
     flops_cache: dict = {}
-    for res in args.res.split(","):
+    for res in ["t2i"] if args.net == "t2i" else args.res.split(","):
         for variant in args.variants.split(","):
             try:
                 run_variant(args, dev, res, variant, peak, flops_cache)
@@ -302,11 +344,11 @@ def main(argv=None) -> int:
             idle = f"idle {100 * r['idle_share']:.1f}% " if r["idle_share"] is not None else ""
             print(f"# profile  {r['res']:>4} {r['variant']:<11} {idle}{cats}")
         elif "skipped" in r:
-            print(f"# {r['mode']:<8} {r['res']:>4} {r['variant']:<11} skipped: {r['skipped'][:90]}")
+            print(f"# {r['mode']:<11} {r['res']:>4} {r['variant']:<12} skipped: {r['skipped'][:90]}")
         else:
             mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] else "  n/a"
             mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else ""
-            print(f"# {r['mode']:<8} {r['res']:>4} {r['variant']:<11} {r['step_s']:8.3f} s  {r['tokens_per_s']:9.0f} tok/s "
+            print(f"# {r['mode']:<11} {r['res']:>4} {r['variant']:<12} {r['step_s']:8.3f} s  {r['tokens_per_s']:9.0f} tok/s "
                   f"{r['model_tflops']:7.1f} TFLOP/s MFU {mfu} {mem} loss {r['loss']:.4f}")
     return 0
 

@@ -67,7 +67,8 @@ print('imports ok')
 stage_dit480() { (cd $TREE && runlog dit480 python3 $REPO/bench/bench_dit.py --res 480 --variants ${DIT480_VARIANTS:-anchor,ours,ours_upsac,ours_linsa,ours_nosac}); }
 stage_dit720() { (cd $TREE && runlog dit720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${DIT720_VARIANTS:-anchor,ours,ours_linsa}); }
 stage_prof720() { (cd $TREE && runlog prof720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${PROF_VARIANTS:-ours} --warmup 2 --steps 2 --profile); }
-stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants anchor,ours --steps 3); }
+stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants ${FWD720_VARIANTS:-anchor,ours} --steps 3); }
+stage_t2i_bare() { (cd $TREE && runlog t2i_bare python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ${T2I_VARIANTS:-ours_unfused,ours} --warmup 3 --steps ${T2I_STEPS:-10}); }
 stage_infer() { (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35}); }
 stage_parity() {
   (cd $TREE && runlog parity python3 $REPO/bench/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)

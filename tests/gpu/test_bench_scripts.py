@@ -45,6 +45,22 @@ def test_bench_dit_tiny_counts_flops_and_variants_agree(applied_tree):
     assert abs(rows[0]["loss"] - rows[1]["loss"]) <= 1e-2 * abs(rows[1]["loss"])
 
 
+def test_bench_dit_t2i_with_optimizer_step(applied_tree):
+    """--net t2i builds the Text2Image net on one image latent (T=1) and times the optimizer step with it;
+    ours_unfused computes the same function as ours."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--net", "t2i", "--optimizer",
+                        "--variants", "ours,ours_unfused", "--steps", "2", "--warmup", "1"],
+                       cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [x for x in _rows(r.stdout) if x.get("bench") == "dit"]
+    assert [(x["variant"], x["res"], x["mode"]) for x in rows] == [("ours", "t2i", "fwd+bwd+opt"),
+                                                                   ("ours_unfused", "t2i", "fwd+bwd+opt")]
+    S = 1 * 2 * 4  # T=1, 4x8 latents patched 2x2
+    for x in rows:
+        assert x["finite"] and x["S"] == S
+    assert rows[0]["loss"] == rows[1]["loss"]  # on CPU both run upstream's eager expressions
+
+
 def test_bench_dit_profile_row_splits_time_by_category(applied_tree):
     r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--res", "480", "--variants", "ours",
                         "--steps", "1", "--warmup", "1", "--profile"],
