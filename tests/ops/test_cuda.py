@@ -164,8 +164,10 @@ def test_cuda_adaln_chains_compiled(cuda_portable):
 
 
 def test_cuda_block_under_selective_checkpointing(cuda_portable):
-    """RMSNorm + RoPE (compiled) + attention inside upstream-style SAC (mm and attention saved): same output and
-    gradients as without checkpointing, and the compiled kernels stay in use."""
+    """RMSNorm + RoPE (compiled) + attention + the adaLN chains (compiled, the last op of the block as in upstream's
+    Block) inside upstream-style SAC (mm and attention saved): same output and gradients as without checkpointing,
+    and the compiled kernels stay in use. The compiled residual being the last op is what made checkpointing's
+    early stop of the recomputation pass through our compile fallback (a crash on the H200, 2026-12-01)."""
     import functools
 
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
@@ -178,13 +180,16 @@ def test_cuda_block_under_selective_checkpointing(cuda_portable):
     qn = pk.rmsnorm.RMSNorm(D, params_dtype=torch.bfloat16, device=DEV)
     kn = pk.rmsnorm.RMSNorm(D, params_dtype=torch.bfloat16, device=DEV)
     freqs = cosmos_like_freqs(S, D).to(DEV)
+    norm = torch.nn.LayerNorm(C, elementwise_affine=False, eps=1e-6)
+    scale, shift, gate = (0.3 * torch.randn(B, 1, C, device=DEV, dtype=torch.bfloat16) for _ in range(3))
     saved = []
 
     def block(x):
-        q, k, v = lin(x).unflatten(-1, (3, H, D)).unbind(2)
+        h = pk.adaln.modulate(norm, x, scale, shift)
+        q, k, v = lin(h).unflatten(-1, (3, H, D)).unbind(2)
         q = pk.rope.apply_rotary_pos_emb(qn(q), freqs, tensor_format="bshd", fused=True)
         k = pk.rope.apply_rotary_pos_emb(kn(k), freqs, tensor_format="bshd", fused=True)
-        return pk.attention.attention(q, k, v).flatten(-2)
+        return pk.adaln.gated_residual(x, gate, pk.attention.attention(q, k, v).flatten(-2))
 
     def policy(ctx, func, *args, **kwargs):
         keep = func == torch.ops.aten.mm.default or pk.sac.is_attention_op(func)
@@ -206,6 +211,7 @@ def test_cuda_block_under_selective_checkpointing(cuda_portable):
         torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
     assert any("attention" in s for s in saved), saved
     assert not pk.rope._apply_fast.state["failed"] and not pk.rmsnorm._rms_norm_fast.state["failed"]
+    assert not pk.adaln._modulate_fast.state["failed"] and not pk.adaln._gated_residual_fast.state["failed"]
 
 
 def test_cuda_rope_inside_cuda_graph_uses_replay_values(cuda_portable):

@@ -330,6 +330,20 @@ def compile_enabled() -> bool:
     )
 
 
+# Exceptions that other PyTorch machinery raises through our functions on purpose: non-reentrant checkpointing
+# stops a recomputation early by raising from a saved-tensor hook inside whatever op runs last (torch >= 2.1).
+def _control_flow_exceptions() -> tuple:
+    try:
+        from torch.utils import checkpoint as ckpt
+    except Exception:  # noqa: BLE001 (a torch without it has nothing to pass through)
+        return ()
+    stop = getattr(ckpt, "_StopRecomputationError", None)
+    return (stop,) if isinstance(stop, type) else ()
+
+
+_CONTROL_FLOW = _control_flow_exceptions()
+
+
 def maybe_compile(fn, what: str):
     """`fn` compiled with torch.compile on CUDA, falling back to eager (once, with a warning) if compiling or running
     the compiled version fails (no triton, unsupported compiler). Eager everywhere else."""
@@ -344,6 +358,8 @@ def maybe_compile(fn, what: str):
             state["compiled"] = torch.compile(fn, dynamic=False)
         try:
             return state["compiled"](*args, **kwargs)
+        except _CONTROL_FLOW:  # activation checkpointing's early stop passes through; not a compile failure
+            raise
         except Exception as exc:  # stay correct, just slower
             state["failed"] = True
             print(f"[cosmos-portable] warning: torch.compile of {what} failed ({type(exc).__name__}: {exc}); "
