@@ -100,9 +100,6 @@ def upstream_is_attention_op(func) -> bool:
     return "flash_attn" in str(func)  # upstream's rule: never matches torch SDPA's aten ops
 
 
-_FUSED: dict = {}
-
-
 def set_variant(variant: str):
     import cosmos_predict2.models.text2image_dit as dit
     from cosmos_predict2.portable import adaln
@@ -113,11 +110,7 @@ def set_variant(variant: str):
     os.environ["COSMOS_DISABLE_COMPILE"] = "1" if anchor_ops else "0"
     dit.apply_rotary_pos_emb = anchor_rope if anchor_ops else apply_rotary_pos_emb
     dit.is_attention_op = upstream_is_attention_op if variant in ("anchor", "ours_upsac") else is_attention_op
-    _FUSED.setdefault("modulate", adaln._modulate_fast)
-    _FUSED.setdefault("gated_residual", adaln._gated_residual_fast)
-    unfused = variant in ("anchor", "ours_unfused")
-    adaln._modulate_fast = adaln.modulate_reference if unfused else _FUSED["modulate"]
-    adaln._gated_residual_fast = adaln.gated_residual_reference if unfused else _FUSED["gated_residual"]
+    adaln.ENABLED = variant not in ("anchor", "ours_unfused")
     return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
 
 
