@@ -139,7 +139,7 @@ def test_cuda_adaln_chains_compiled(cuda_portable):
     rounding of a float64 reference, and no worse than the eager bf16 chain."""
     ad = cuda_portable.adaln
     norm = torch.nn.LayerNorm(2048, elementwise_affine=False, eps=1e-6)
-    x = torch.randn(1, 3, 44, 80, 2048, device=DEV).bfloat16().requires_grad_()
+    x = torch.randn(1, 6, 44, 80, 2048, device=DEV).bfloat16().requires_grad_()  # above ad.FUSE_MIN_NUMEL
     # (1, 1, 1, 1, D), as in the real net (one timestep per sample): the shape whose gradient torch.compile's
     # derived backward returned as (D,) on torch 2.11
     scale, shift, gate = (0.3 * torch.randn(1, 1, 1, 1, 2048, device=DEV).bfloat16().requires_grad_() for _ in range(3))
@@ -175,6 +175,7 @@ def test_cuda_block_under_selective_checkpointing(cuda_portable):
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
     pk = cuda_portable
+    pk.adaln.FUSE_MIN_NUMEL = 0  # the fused chains at this small size too
     B, S, H, D = 1, 512, 4, 64
     C = H * D
     torch.manual_seed(torch.seed() % 2**31)
@@ -214,6 +215,7 @@ def test_cuda_block_under_selective_checkpointing(cuda_portable):
     assert any("attention" in s for s in saved), saved
     assert not pk.rope._apply_fast.state["failed"] and not pk.rmsnorm._rms_norm_fast.state["failed"]
     assert not pk.adaln._modulate_fwd_fast.state["failed"] and not pk.adaln._gated_residual_bwd_fast.state["failed"]
+    assert pk.adaln._gated_residual_bwd_fast.state["compiled"] is not None
 
 
 def test_cuda_rope_inside_cuda_graph_uses_replay_values(cuda_portable):
