@@ -22,6 +22,8 @@ Variants (each rebuilds the net from the same seed):
   gated residuals compiled (portable/adaln.py, patch 0035), SAC policy via portable.sac.is_attention_op (the
   attention forward is saved).
 - ours_unfused: ours with the adaLN/residual chains eager (upstream's element-wise kernels): the gain of 0035.
+- ours_fuseall: ours with the chains fused at any size (adaln.FUSE_MIN_NUMEL = 0; by default small activations,
+  e.g. Text2Image's 4080 tokens, run eagerly).
 - ours_upsac: our ops with upstream's policy (separates the op gain from the SAC gain).
 - ours_nosac: our ops, no activation checkpointing (memory permitting).
 - ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
@@ -100,6 +102,9 @@ def upstream_is_attention_op(func) -> bool:
     return "flash_attn" in str(func)  # upstream's rule: never matches torch SDPA's aten ops
 
 
+_DEFAULT_MIN: dict = {}
+
+
 def set_variant(variant: str):
     import cosmos_predict2.models.text2image_dit as dit
     from cosmos_predict2.portable import adaln
@@ -111,6 +116,8 @@ def set_variant(variant: str):
     dit.apply_rotary_pos_emb = anchor_rope if anchor_ops else apply_rotary_pos_emb
     dit.is_attention_op = upstream_is_attention_op if variant in ("anchor", "ours_upsac") else is_attention_op
     adaln.ENABLED = variant not in ("anchor", "ours_unfused")
+    _DEFAULT_MIN.setdefault("numel", adaln.FUSE_MIN_NUMEL)
+    adaln.FUSE_MIN_NUMEL = 0 if variant == "ours_fuseall" else _DEFAULT_MIN["numel"]
     return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
 
 

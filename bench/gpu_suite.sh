@@ -80,7 +80,7 @@ train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
   local name=$1 nproc=$2 exp=$3 iters=$4; shift 4
   mkdir -p /tmp/e2e/$name
   (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
-     timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc -- \
+     timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc --fresh -- \
      model.config.model_manager_config.dit_path="" model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth \
      trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
