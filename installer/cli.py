@@ -158,44 +158,59 @@ def main(argv: list[str] | None = None) -> int:
         return download_main(argv[1:], prog=f"{prog} download")
     if argv and argv[0] == "port":
         from .port import main as port_main
-        return port_main(argv[1:])
+        return handled("port", lambda: port_main(argv[1:]))
     ns = _parser().parse_args(argv)
     if ns.cmd is None:
         _parser().print_help()
         return 2
+    return handled(ns.cmd, lambda: _run(ns))
+
+
+def _run(ns) -> int:
+    if ns.cmd not in ("doctor",):
+        _select_pin(ns)
+    if ns.cmd == "apply":
+        return engine.apply(_config(ns), _source(ns))
+    if ns.cmd == "status":
+        return engine.status(_config(ns))
+    if ns.cmd == "recover":
+        return engine.recover(_config(ns))
+    if ns.cmd == "verify":
+        return engine.verify(_config(ns))
+    if ns.cmd == "revert":
+        return engine.revert(_config(ns), ns.source)
+    if ns.cmd == "digest":
+        return _digest(ns)
+    if ns.cmd == "doctor":
+        from . import doctor
+        return doctor.main(as_json=ns.json, table=ns.table)
+    return 2
+
+
+_INTERRUPTED = {  # what to do after Ctrl-C, per command
+    "port": "Run 'python -m installer port --abort' to drop what the port left, then start it again.",
+}
+
+
+def handled(cmd: str, run) -> int:
+    """The one error handler of every command (port too): run(), each failure as one line on stderr."""
     try:
-        if ns.cmd not in ("doctor",):
-            _select_pin(ns)
-        if ns.cmd == "apply":
-            return engine.apply(_config(ns), _source(ns))
-        if ns.cmd == "status":
-            return engine.status(_config(ns))
-        if ns.cmd == "recover":
-            return engine.recover(_config(ns))
-        if ns.cmd == "verify":
-            return engine.verify(_config(ns))
-        if ns.cmd == "revert":
-            return engine.revert(_config(ns), ns.source)
-        if ns.cmd == "digest":
-            return _digest(ns)
-        if ns.cmd == "doctor":
-            from . import doctor
-            return doctor.main(as_json=ns.json, table=ns.table)
+        return run()
     except InstallerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unreadable source file: still one line
-        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or ns.cmd)}). Check permissions and free "
+        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or cmd)}). Check permissions and free "
               "space, then retry.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"error: interrupted (Ctrl-C) ({ns.cmd}). Run status: a write is never left half done (an interrupted "
-              "one is finished or rolled back by recover, apply or revert).", file=sys.stderr)
+        print(f"error: interrupted (Ctrl-C) ({cmd}). " + _INTERRUPTED.get(cmd, "Run status: a write is never left "
+              "half done (an interrupted one is finished or rolled back by recover, apply or revert)."),
+              file=sys.stderr)
         return 130
     except Exception as e:  # a bug: keep the one-line contract, full traceback on request
         if os.environ.get("COSMOS_OVERLAY_DEBUG"):
             raise
-        print(f"error: internal error {type(e).__name__}: {one_line(e)} ({ns.cmd}). Rerun with "
+        print(f"error: internal error {type(e).__name__}: {one_line(e)} ({cmd}). Rerun with "
               "COSMOS_OVERLAY_DEBUG=1 and report the traceback.", file=sys.stderr)
         return 1
-    return 2

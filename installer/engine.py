@@ -1,13 +1,16 @@
-"""apply / revert / status / verify over a target tree: plan everything in memory, then one transaction."""
+"""apply / revert / status / verify over a target tree: gather the inputs, plan in memory (plan.py: pure, writes
+nothing), then commit the plan as one transaction (commit() here, over state.commit)."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 
 from . import digest, fetch, manifest, overlay, patch, paths, pin, state
 from .errors import InstallerError
+from .plan import Plan, TargetView, _list, check_apply, check_revert, plan_apply, plan_revert, revert_paths
+from .plan import build as _build
+from .plan import drift as _drift
 from .state import EDITS, PRISTINE, STATE_DIR, STATE_FILE
 
 
@@ -40,36 +43,14 @@ def short(d: str) -> str:
 
 def build(upstream: dict, cfg: Config, ours: Ours) -> tuple[dict, dict]:
     """(full tree after series + overlay, its managed part). Raises on the first hunk that does not apply."""
-    full = patch.apply_series(cfg.patch_dir, upstream, ours.names)
-    full.update(ours.files)
-    entries = manifest.load()
-    managed = {p: v for p, v in full.items() if p in ours.files or p not in entries or entries[p].in_sdist}
-    return full, managed
-
-
-def _list(paths_: list, n: int = 5) -> str:
-    return ", ".join(paths_[:n]) + (f" and {len(paths_) - n} more" if len(paths_) > n else "")
+    return _build(upstream, cfg.patch_dir, ours)
 
 
 # ---- reading the target -----------------------------------------------------------------------------------------
 
 def drift(target: str, st: dict) -> list:
     """Managed or written paths whose bytes on disk are not what the installer left there."""
-    out = []
-    for p, rec in st["files"].items():
-        cur = state.read(target, p)
-        if cur is None or state.sha256(cur[0]) != rec["sha256"] or cur[1] != rec["mode"]:
-            out.append(p)
-    for p in st["deleted"]:
-        if os.path.lexists(os.path.join(target, p)):
-            out.append(p)
-    written = set(st["files"])
-    for p in st["managed"]:
-        if p not in written:
-            cur = state.read(target, p)
-            if cur is None or not manifest.matches(p, cur[0]):
-                out.append(p)
-    return sorted(set(out))
+    return _drift(TargetView(target), st)
 
 
 def pristine_from_state(target: str, st: dict, source: str | None, only=None,
@@ -137,41 +118,12 @@ def pristine_from_tree(target: str) -> fetch.Upstream:
 
 # ---- apply ------------------------------------------------------------------------------------------------------
 
-def _ops(target: str, desired: dict) -> list:
-    """Only what differs from the disk (a git mode compares the x bit, any other mode exactly); state.json last."""
-    ops = []
-    for p in sorted(desired, key=lambda x: (x == STATE_FILE, x)):
-        want = desired[p]
-        if want is None:
-            if state.read(target, p) is not None:
-                ops.append((p, None))
-            continue
-        git_mode = want[1] in (0o100644, 0o100755)
-        cur = state.read(target, p) if git_mode else state.read_exact(target, p)
-        if cur is None or cur[0] != want[0] or (cur[1] & 0o111 != want[1] & 0o111 if git_mode else cur[1] != want[1]):
-            ops.append((p, want))
-    return ops
-
-
-def _pyc_of(target: str, gone: list) -> list:
-    """Bytecode that Python derived from overlay modules that are going away (__pycache__/<stem>.<tag>.pyc)."""
-    out = []
-    for p in gone:
-        if not p.endswith(".py"):
-            continue
-        d = os.path.dirname(p)
-        cache = os.path.join(target, d, "__pycache__")
-        pyc = re.compile(re.escape(os.path.basename(p)[:-3]) + r"\.[^.]+(\.opt-\d+)?\.pyc$")
-        if os.path.isdir(cache) and not os.path.islink(cache):
-            out += [f"{d}/__pycache__/{n}" if d else f"__pycache__/{n}" for n in sorted(os.listdir(cache))
-                    if pyc.match(n) and os.path.isfile(os.path.join(cache, n))]
-    return out
-
-
-def _commit(target: str, ops: list, what: str, upstream, created_target: bool = False) -> None:
-    """One transaction; directories it empties go too, except those that hold upstream files of this tree."""
-    keep = {d for p in upstream for d in state._ancestors(p)}
-    state.commit(target, ops, what, created_target=created_target, keep_dirs=keep)
+def commit(plan: Plan) -> None:
+    """Execute a plan: its operations as one crash-consistent transaction (state.commit: journal, then the
+    txn/COMMITTED marker). Directories it empties go too, except those that hold upstream files of this tree."""
+    plan.check()
+    state.commit(plan.target, list(plan.ops), plan.kind, created_target=plan.created_target,
+                 keep_dirs=set(plan.keep_dirs))
 
 
 def _check_target(cfg: Config) -> None:
@@ -216,107 +168,39 @@ def _apply(cfg: Config, source: str, say=print) -> int:
         _orphans(target)
     ours = load_ours(cfg)
     st = state.load_state(target) if os.path.isdir(target) else None
-    prev_written, prev_created, prev_backups = set(), set(), set()
-    user_backups, edits, edited = {}, {}, {}
+    view = TargetView(target)
+    early = check_apply(view, st, ours, cfg.force)  # before fetching anything: nothing to do, or a refusal
+    if early is not None:
+        early.check()
+        say(f"already applied (series {short(ours.series_digest)})")
+        return 0
     if st is not None:
-        changed = drift(target, st)
-        if st["series_digest"] == ours.series_digest and not changed:
-            say(f"already applied (series {short(ours.series_digest)})")
-            return 0
-        if changed and not cfg.force:
-            raise InstallerError(f"user edits in installer-managed files: {_list(changed)}", target,
-                                 "move your edits away (e.g. into a patch) or rerun with --force to overwrite them")
         upstream = fetch.Upstream(pristine_from_state(target, st, source if cfg.force else None), **st["source"])
-        prev_written, prev_created = set(st["files"]), set(st["created"])
-        prev_backups = set(st["backups"])
-        user_backups = dict(st.get("user_backups", {}))
-        edits = dict(st.get("edits", {}))
-        for p in changed:  # --force: the user's version of every file it overwrites is kept for revert
-            cur = state.read_exact(target, p)
-            if cur is not None and cur[1] != 0o040000:
-                edited[p] = cur
-                edits[p] = cur[1]
     elif _nonempty(target):
         upstream = pristine_from_tree(target)
     else:
         upstream = fetch.fetch(source)
     for w in upstream.warnings:
         say(w)
-    full, managed = build(upstream.files, cfg, ours)
-    up = upstream.files
-
-    # Files in the way that are neither upstream nor ours
-    foreign = []
-    for p, want in full.items():
-        if p in up or p in prev_written or p in prev_created:
-            continue
-        cur = state.read(target, p)
-        if cur is not None and cur != want:
-            foreign.append(p)
-    if foreign and not cfg.force:
-        raise InstallerError(f"would overwrite {_list(foreign)}, which {'is' if len(foreign) == 1 else 'are'} "
-                             "neither upstream nor installed by this overlay", target,
-                             "move it away or rerun with --force (the file is then backed up for revert)")
-    foreign_bytes = {p: state.read_exact(target, p) for p in foreign}
-    for p in foreign:
-        user_backups[p] = foreign_bytes[p][1]
-
-    desired: dict = {}
-    for p in set(up) | prev_created | prev_written:
-        desired[p] = full.get(p)
-    desired.update(full)
-    written = {p: v for p, v in full.items() if up.get(p) != v}
-    deleted = sorted(p for p in up if p not in full)
-    backups = sorted((set(written) & set(up)) | set(deleted))
-    for p in prev_backups | set(user_backups):
-        desired[f"{PRISTINE}/{p}"] = None
-    for p in backups:
-        desired[f"{PRISTINE}/{p}"] = up[p]
-    for p in foreign:
-        desired[f"{PRISTINE}/{p}"] = foreign_bytes[p]
-    for p, v in edited.items():
-        desired[f"{EDITS}/{p}"] = v
-    for p in list(user_backups):
-        if p in foreign:
-            continue
-        old = state.read_exact(target, f"{PRISTINE}/{p}")  # kept from a previous --force
-        if p not in full:  # this version no longer installs a file there: the user's file comes back
-            desired[p] = old
-            del user_backups[p]
-        elif old is not None:
-            desired[f"{PRISTINE}/{p}"] = old
-    tree = digest.tree_digest(managed)
-    new_state = {
-        "format": state.FORMAT, "commit": pin.active().commit,
-        "source": {"kind": upstream.kind, "identity": upstream.identity},
-        "series_digest": ours.series_digest, "series": ours.names, "tree_digest": tree,
-        "files": {p: {"sha256": state.sha256(v[0]), "mode": v[1]} for p, v in sorted(written.items())},
-        "created": sorted(p for p in full if p not in up), "deleted": deleted, "backups": backups,
-        "user_backups": {p: m for p, m in sorted(user_backups.items())},
-        "edits": {p: m for p, m in sorted(edits.items())},
-        "upstream": sorted(up), "managed": sorted(managed),
-    }
-    for p in _pyc_of(target, sorted(prev_created - set(full))):
-        desired[p] = None
-    desired[STATE_FILE] = (state.state_bytes(new_state), 0o100644)
-    ops = _ops(target, desired)
-    n_tree = sum(1 for p, _ in ops if not p.startswith(STATE_DIR + "/"))
+    plan = plan_apply(view, st, upstream, ours, cfg.patch_dir, pin.active().commit, cfg.force)
+    plan.check()
     if cfg.dry_run:
+        n_tree = sum(1 for p, _ in plan.ops if not p.startswith(STATE_DIR + "/"))
         say(f"dry run: would write {n_tree} file(s) in {target} (series {short(ours.series_digest)}, "
-            f"{len(written)} patched/overlay file(s), {len(deleted)} deleted); nothing was changed")
-        for p, v in ops:
+            f"{plan.n_written} patched/overlay file(s), {len(plan.deleted)} deleted); nothing was changed")
+        for p, v in plan.ops:
             if not p.startswith(STATE_DIR + "/"):
                 say(f"  {'delete' if v is None else 'write '} {p}")
         return 0
-    created_target = not os.path.isdir(target)
-    _commit(target, ops, "upgrade" if st else "apply", list(up), created_target=created_target)
+    commit(plan)
     verb = "upgraded to" if st else "applied"
-    if edited:
-        say(f"backed up your version of {len(edited)} file(s) that --force overwrote to "
-            f"{os.path.join(target, EDITS)}/ (revert puts them back): {_list(sorted(edited), 10)}")
-    if foreign:
-        say(f"backed up {len(foreign)} file(s) of yours that were in the way to {os.path.join(target, PRISTINE)}/ "
-            f"(revert puts them back): {_list(foreign, 10)}")
+    if plan.edited:
+        say(f"backed up your version of {len(plan.edited)} file(s) that --force overwrote to "
+            f"{os.path.join(target, EDITS)}/ (revert puts them back): {_list(list(plan.edited), 10)}")
+    if plan.foreign:
+        say(f"backed up {len(plan.foreign)} file(s) of yours that were in the way to "
+            f"{os.path.join(target, PRISTINE)}/ (revert puts them back): {_list(list(plan.foreign), 10)}")
+    tree = plan.tree_digest
     say(f"{verb} series {short(ours.series_digest)} in {target} (upstream from {upstream.kind}): "
         f"{len(ours.names)} patch(es), {len(ours.files)} overlay file(s), tree digest {short(tree)}")
     rec = digest.read_recorded(os.path.join(cfg.patch_dir, "TREE_DIGEST"))
@@ -354,34 +238,19 @@ def _revert(cfg: Config, source: str | None = None, say=print) -> int:
                                  "(apply --source ... into a new --target gives you pristine copies)") from None
         say(f"nothing to revert: no overlay is applied in {target}")
         return 0
-    changed = drift(target, st)
-    if changed and not cfg.force:
-        raise InstallerError(f"user edits in installer-managed files: {_list(changed)}", target,
-                             "move your edits away or rerun revert with --force to discard them")
-    ours_paths = set(st["files"]) | set(st["created"]) | set(st["deleted"])
+    view = TargetView(target)
+    early = check_revert(view, st, cfg.force)  # before fetching anything
+    if early is not None:
+        early.check()
+    ours_paths = revert_paths(st)
     up = pristine_from_state(target, st, source, only=ours_paths)
-    desired = {}
-    for p in ours_paths:
-        desired[p] = up.get(p)
-    for p in st.get("user_backups", {}):
-        desired[p] = state.read_exact(target, f"{PRISTINE}/{p}")
-    restored = []
-    for p in st.get("edits", {}):
-        v = state.read_exact(target, f"{EDITS}/{p}")
-        if v is not None and v[1] != 0o040000:
-            desired[p] = v
-            restored.append(p)
-        desired[f"{EDITS}/{p}"] = None
-    for p in set(st["backups"]) | set(st.get("user_backups", {})):
-        desired[f"{PRISTINE}/{p}"] = None
-    for p in _pyc_of(target, [p for p in st["created"] if desired.get(p) is None]):
-        desired[p] = None
-    desired[STATE_FILE] = None
-    ops = _ops(target, desired)
+    plan = plan_revert(view, st, up, cfg.force)
+    plan.check()
+    ops, restored = plan.ops, list(plan.restored)
     if cfg.dry_run:
         say(f"dry run: would restore {sum(1 for p, _ in ops if not p.startswith(STATE_DIR))} file(s); nothing changed")
         return 0
-    _commit(target, ops, "revert", st["upstream"])
+    commit(plan)
     foreign = [p for p in _foreign(target) if p not in st["created"] or p in restored]
     say(f"reverted {target} to pristine upstream {pin.active().short} ({len(ops) - 1} file operation(s))")
     if restored:

@@ -31,7 +31,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -656,6 +655,8 @@ def _read_blobs(work: str, commit: str, paths_: list[str]) -> dict:
 # ---- command line -----------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m installer port ...`; failures are raised, and printed as one line by cli.handled (the CLI's one
+    error handler)."""
     class P(argparse.ArgumentParser):
         def error(self, message):
             self.exit(2, f"error: {message} (port). Run 'python -m installer port --help'.\n")
@@ -678,31 +679,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launcher", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     work = os.path.abspath(a.work or default_work())
-    try:
-        if a.cont:
-            return resume(work)
-        if a.abort:
-            return abort(work)
-        if a.canonicalize and a.upstream:
-            return canonicalize(os.path.abspath(a.upstream), a.from_pin,
-                                os.path.abspath(a.patches_root or pin.patches_root()))
-        if not a.upstream or not a.to:
-            raise InstallerError("--upstream and --to are needed", "port",
-                                 "run 'python -m installer port --upstream CLONE --to REV'")
-        root = os.path.abspath(a.patches_root or pin.patches_root())
-        return start(os.path.abspath(a.upstream), a.to, a.from_pin, work, root,
-                     os.path.abspath(a.overlay_dir) if a.overlay_dir else None,
-                     os.path.abspath(a.launcher) if a.launcher else None, a.dry_run)
-    except InstallerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: {e.strerror or e} ({e.filename or 'port'}). Check permissions and free space, then retry.",
-              file=sys.stderr)
-        return 1
-    except Exception as e:  # a bug: keep the one-line contract, full traceback on request
-        if os.environ.get("COSMOS_OVERLAY_DEBUG"):
-            raise
-        print(f"error: internal error {type(e).__name__}: {e} (port). Rerun with COSMOS_OVERLAY_DEBUG=1 and "
-              "report the traceback.", file=sys.stderr)
-        return 1
+    if a.cont:
+        return resume(work)
+    if a.abort:
+        return abort(work)
+    if a.canonicalize and a.upstream:
+        return canonicalize(os.path.abspath(a.upstream), a.from_pin,
+                            os.path.abspath(a.patches_root or pin.patches_root()))
+    if not a.upstream or not a.to:
+        raise InstallerError("--upstream and --to are needed", "port",
+                             "run 'python -m installer port --upstream CLONE --to REV'")
+    root = os.path.abspath(a.patches_root or pin.patches_root())
+    return start(os.path.abspath(a.upstream), a.to, a.from_pin, work, root,
+                 os.path.abspath(a.overlay_dir) if a.overlay_dir else None,
+                 os.path.abspath(a.launcher) if a.launcher else None, a.dry_run)

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from inst_helpers import REPO, cli, one_error_line
+from installer import cli as installer_cli
 from installer import digest, patch, pin, port
+from installer.errors import InstallerError
 
 ENV = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "HOME": os.devnull}
@@ -233,6 +235,26 @@ def test_bad_inputs_are_one_line(world, tmp_path):
     assert "not a git repository" in one_error_line(run_port((tmp_path, rev, root, overlay), tmp_path / "w"))
     assert "--upstream and --to are needed" in one_error_line(cli("port", "--work", tmp_path / "w"))
 
+
+
+def test_port_errors_go_through_the_one_cli_handler(tmp_path, capsys):
+    """port.main has no except chain of its own (it raises); `python -m installer port` prints through
+    cli.handled, the handler of every other command: same lines, and Ctrl-C is one line too."""
+    with pytest.raises(InstallerError, match="--upstream and --to are needed"):
+        port.main(["--work", str(tmp_path / "w")])
+    work = tmp_path / "broken"
+    (work / ".git").mkdir(parents=True)
+    (work / ".git" / port.STATE).write_text("{}")  # a port state without its fields: a bug's line, not a traceback
+    assert one_error_line(cli("port", "--continue", "--work", work)) == (
+        "error: internal error KeyError: 'next' (port). Rerun with COSMOS_OVERLAY_DEBUG=1 and report the traceback.")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    assert installer_cli.handled("port", interrupted) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "error: interrupted (Ctrl-C) (port). Run 'python -m installer port --abort' to drop what the port left, "
+        "then start it again."]
 
 PORT_COMMAND = ("python -m installer port --upstream /work/.mirror/nvidia-cosmos+cosmos-predict2/repo "
                 "--to 661da4774b0ca41d082a0ecbeb47550bcf07e03f")
