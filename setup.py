@@ -1,5 +1,5 @@
 """cosmos-predict2-overlay: the installer package is imported as `cosmos_predict2_overlay` (never as a top-level
-`installer`, which would clobber PyPI's pypa `installer`). patches/, overlay/ and train.sh are copied into
+`installer`, which would clobber PyPI's pypa `installer`). patches/ and overlay/ (train.sh included) are copied into
 cosmos_predict2_overlay/_data at build time; the code prefers a checkout's copies when it runs from one."""
 
 import os
@@ -21,7 +21,7 @@ def _version() -> str:
 
 
 class BuildWithData(build_py):
-    """Ship the series, the overlay and the launcher inside the package."""
+    """Ship the series and the overlay inside the package."""
 
     def run(self):
         super().run()
@@ -31,7 +31,6 @@ class BuildWithData(build_py):
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
         for name in ("patches", "overlay"):
             shutil.copytree(os.path.join(HERE, name), os.path.join(dest, name), ignore=ignore)
-        shutil.copy2(os.path.join(HERE, "train.sh"), os.path.join(dest, "train.sh"))
 
 
 setup(

@@ -37,7 +37,6 @@ def _parser() -> argparse.ArgumentParser:
         # hidden: let tests and maintainers point at another series / overlay
         sp.add_argument("--patches-dir", default=None, help=argparse.SUPPRESS)
         sp.add_argument("--overlay-dir", default=None, help=argparse.SUPPRESS)
-        sp.add_argument("--launcher", default=None, help=argparse.SUPPRESS)
 
     a = sub.add_parser("apply", help="fetch upstream (if needed), apply the series and the overlay")
     common(a)
@@ -107,8 +106,6 @@ def _config(ns) -> engine.Config:
         cfg.patch_dir = os.path.abspath(ns.patches_dir)
     if ns.overlay_dir:
         cfg.overlay_dir = os.path.abspath(ns.overlay_dir)
-    if ns.launcher:
-        cfg.launcher = os.path.abspath(ns.launcher)
     cfg.force = getattr(ns, "force", False)
     cfg.dry_run = getattr(ns, "dry_run", False)
     return cfg

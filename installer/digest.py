@@ -17,7 +17,7 @@ def tree_digest(files: dict) -> str:
 
 
 def series_digest(patch_dir: str, names: list, ours: dict) -> str:
-    """Identity of this overlay version: series order, patch bytes, overlay files and launcher."""
+    """Identity of this overlay version: series order, patch bytes, overlay files."""
     h = hashlib.sha256()
     for n in names:
         with open(os.path.join(patch_dir, n), "rb") as f:

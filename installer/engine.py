@@ -19,7 +19,6 @@ class Config:
     target: str
     patch_dir: str = field(default_factory=paths.patches_dir)
     overlay_dir: str = field(default_factory=paths.overlay_dir)
-    launcher: str | None = field(default_factory=paths.launcher_file)
     force: bool = False
     dry_run: bool = False
 
@@ -27,13 +26,13 @@ class Config:
 @dataclass
 class Ours:
     names: list
-    files: dict  # overlay + train.sh
+    files: dict  # overlay/
     series_digest: str
 
 
 def load_ours(cfg: Config) -> Ours:
     names = patch.read_series(cfg.patch_dir)
-    ours = overlay.load(cfg.overlay_dir, cfg.launcher)
+    ours = overlay.load(cfg.overlay_dir)
     return Ours(names, ours, digest.series_digest(cfg.patch_dir, names, ours))
 
 

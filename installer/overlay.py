@@ -1,4 +1,4 @@
-"""Our own files: overlay/ (mirrors the target tree) plus train.sh at the target root."""
+"""Our own files: overlay/ mirrors the target tree file for file (modes included); nothing else is installed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _mode(path: str) -> int:
     return 0o100755 if os.stat(path).st_mode & 0o111 else 0o100644
 
 
-def load(overlay_dir: str, launcher: str | None) -> dict:
+def load(overlay_dir: str) -> dict:
     """path -> (bytes, mode) of every file the overlay installs."""
     out = {}
     if os.path.isdir(overlay_dir):
@@ -30,9 +30,4 @@ def load(overlay_dir: str, launcher: str | None) -> dict:
                                          "remove it from overlay/")
                 with open(full, "rb") as f:
                     out[rel] = (f.read(), _mode(full))
-    if launcher is not None:
-        if not os.path.isfile(launcher):
-            raise InstallerError("launcher train.sh not found", launcher, "restore train.sh in this checkout")
-        with open(launcher, "rb") as f:
-            out["train.sh"] = (f.read(), 0o100755)
     return out

@@ -8,7 +8,7 @@ from . import pin
 
 
 def resource_root() -> str:
-    """Directory that holds patches/, overlay/ and train.sh."""
+    """Directory that holds patches/ and overlay/."""
     return os.path.dirname(pin.patches_root())
 
 
@@ -18,10 +18,6 @@ def patches_dir() -> str:
 
 def overlay_dir() -> str:
     return os.path.join(resource_root(), "overlay")
-
-
-def launcher_file() -> str:
-    return os.path.join(resource_root(), "train.sh")
 
 
 def manifest_file() -> str:

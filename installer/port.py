@@ -268,7 +268,7 @@ def _prepare(work: str, clone: str, src: pin.Pin, names: list[str]) -> None:
 
 
 def start(clone: str, to: str, from_commit: str | None, work: str, root: str, overlay_dir: str | None,
-          launcher: str | None, dry_run: bool) -> int:
+          dry_run: bool) -> int:
     src = pin.find(from_commit, root) if from_commit else pin.default(root)
     _clone_objects(clone)
     to_sha = _rev(clone, to)
@@ -295,7 +295,7 @@ def start(clone: str, to: str, from_commit: str | None, work: str, root: str, ov
     st = {"from": src.commit, "to": to_sha, "clone": os.path.abspath(clone), "root": os.path.abspath(root),
           "series": names, "commits": commits, "source_sha256": source_sha256, "next": 0, "rows": [],
           "dry_run": dry_run,
-          "overlay_dir": overlay_dir, "launcher": launcher}
+          "overlay_dir": overlay_dir}
     _save(work, st)
     try:
         return _run(work, st)
@@ -594,7 +594,6 @@ def _finish(work: str, st: dict) -> int:
         f.write(new.to_toml())
     # TREE_DIGEST: the installer's own strict engine on REV's library files (zero offset, zero fuzz)
     overlay_dir = st.get("overlay_dir") or paths.overlay_dir()
-    launcher = st.get("launcher") if st.get("overlay_dir") else paths.launcher_file()
     saved = list(pin._ACTIVE)
     pin._ACTIVE[:] = [pin.from_file(os.path.join(out, pin.PIN_FILE))]
     try:
@@ -603,7 +602,7 @@ def _finish(work: str, st: dict) -> int:
         lib = [p for p, e in entries.items() if e.in_sdist]
         blobs = _read_blobs(work, st["to"], lib)
         upstream = {p: (blobs[p], entries[p].mode) for p in lib}
-        cfg = engine.Config(target=out, patch_dir=out, overlay_dir=overlay_dir, launcher=launcher)
+        cfg = engine.Config(target=out, patch_dir=out, overlay_dir=overlay_dir)
         ours = engine.load_ours(cfg)
         _, managed = engine.build(upstream, cfg, ours)
         value = digest.tree_digest(managed)
@@ -611,7 +610,7 @@ def _finish(work: str, st: dict) -> int:
         pin._ACTIVE[:] = saved
     with open(os.path.join(out, "TREE_DIGEST"), "w", encoding="utf-8") as f:
         f.write(f"{value}\n")
-    ov = sorted(overlay.load(overlay_dir, launcher))
+    ov = sorted(overlay.load(overlay_dir))
     rows = st["rows"]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("clean", "offset", "fuzz", "3-way", "conflict", "drop")}
     rep = [f"# Port of the series {src.short} -> {st['to'][:8]}", "",
@@ -676,7 +675,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=None, help="scratch repository (default: <cache>/port-work)")
     p.add_argument("--patches-root", default=None, help=argparse.SUPPRESS)  # tests: another patches/ folder
     p.add_argument("--overlay-dir", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--launcher", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     work = os.path.abspath(a.work or default_work())
     if a.cont:
@@ -692,4 +690,4 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(a.patches_root or pin.patches_root())
     return start(os.path.abspath(a.upstream), a.to, a.from_pin, work, root,
                  os.path.abspath(a.overlay_dir) if a.overlay_dir else None,
-                 os.path.abspath(a.launcher) if a.launcher else None, a.dry_run)
+                 a.dry_run)

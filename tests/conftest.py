@@ -56,8 +56,7 @@ def overlay_wheel(tmp_path_factory) -> Path:
     ign = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("installer", "patches", "overlay"):
         shutil.copytree(REPO / name, src / name, ignore=ign)
-    for name in ("setup.py", "train.sh"):
-        shutil.copy2(REPO / name, src / name)
+    shutil.copy2(REPO / "setup.py", src / "setup.py")  # no top-level train.sh: the wheel takes it from overlay/
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                         str(out), str(src)], capture_output=True, text=True, timeout=300)

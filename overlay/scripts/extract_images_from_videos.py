@@ -14,6 +14,9 @@ import argparse
 import os
 import sys
 
+if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes `scripts` a package, as under -m
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def die(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr, flush=True)
@@ -51,10 +54,8 @@ def extract(video_path: str, out_dir: str, stride: int, quality: int) -> int:
 
 def _hints():
     """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
-    try:  # `python -m scripts.<name>` from the tree root
-        from scripts import hints
-    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-        import hints
+    from scripts import hints
+
     return hints
 
 

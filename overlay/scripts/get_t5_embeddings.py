@@ -26,6 +26,9 @@ import os
 import pickle
 import sys
 
+if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes `scripts` a package, as under -m
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 T5_DIM = 1024  # T5-XXL hidden size; upstream's readers hard-code it (dataset_utils._T5_EMBED_DIM)
 DEFAULT_T5 = os.path.join("checkpoints", "google-t5", "t5-11b")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -59,10 +62,8 @@ def device_layer():
 
 def _hints():
     """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
-    try:  # `python -m scripts.<name>` from the tree root
-        from scripts import hints
-    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-        import hints
+    from scripts import hints
+
     return hints
 
 

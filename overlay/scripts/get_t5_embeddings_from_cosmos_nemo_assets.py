@@ -13,12 +13,12 @@ does the work.
 
 from __future__ import annotations
 
+import os
 import sys
 
-try:  # `python -m scripts.<name>` from the tree root
-    from scripts.get_t5_embeddings import main as _main
-except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-    from get_t5_embeddings import main as _main
+if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes `scripts` a package, as under -m
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts.get_t5_embeddings import main as _main  # noqa: E402
 
 DEFAULT_DATASET = "datasets/cosmos_nemo_assets"
 DEFAULT_PROMPT = "A video of sks teal robot."

@@ -46,13 +46,9 @@ import argparse
 import os
 import sys
 
-try:  # `python -m scripts.<name>` from the tree root
-    from scripts import inference_common as common
-except ImportError:  # `python scripts/<name>.py`, or loaded by path: the shared module sits next to this file
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    if _HERE not in sys.path:
-        sys.path.insert(0, _HERE)
-    import inference_common as common
+if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes `scripts` a package, as under -m
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts import inference_common as common  # noqa: E402
 
 ScriptError = common.ScriptError
 

@@ -10,6 +10,7 @@ scripts/hf_text2image.py's docstring.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -213,21 +214,21 @@ def apply_tiny_defaults(parser: argparse.ArgumentParser, args) -> None:
                           "Use e.g. --frames 9.")
 
 
+def _sibling(name: str):
+    """scripts/<name>.py as the module `scripts.<name>`, in every run context (also when this file is loaded by
+    path): the tree root importable, as under `python -m scripts.…`."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return importlib.import_module(f"scripts.{name}")
+
+
 def _hints():
     """scripts/hints.py: runnable commands for the hints (which installer, from where, with which Python)."""
-    try:  # `python -m scripts.<name>` from the tree root
-        from scripts import hints
-    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-        import hints
-    return hints
+    return _sibling("hints")
 
 
 def _tiny_module():
-    try:  # `python -m scripts.<name>` from the tree root
-        from scripts import tiny_pipelines
-    except ImportError:  # `python scripts/<name>.py`: the scripts folder is sys.path[0]
-        import tiny_pipelines
-    return tiny_pipelines
+    return _sibling("tiny_pipelines")
 
 
 def check_size(args) -> None:

@@ -19,6 +19,7 @@ from dataprep_helpers import assert_one_error_line, build_tiny_t5, make_script_t
 from tiny_cosmos import save_tiny_pipeline, tiny_components  # noqa: E402
 
 FAKE_GUARDRAIL = HERE / "fake_guardrail"
+REPO_SCRIPTS = HERE.parents[1] / "overlay" / "scripts"
 SMALL = ("--height", "64", "--width", "96", "--steps", "2", "--dtype", "float32")
 
 
@@ -267,3 +268,36 @@ def test_scripts_are_thin_over_the_shared_module(tree, name):
     for as_file in (False, True):
         r = run_script(tree, name, "--help", as_file=as_file, timeout=120)
         assert r.returncode == 0 and "--use_safety_checker" in r.stdout, r.stderr
+
+
+def _fallback_sibling_imports(path: Path, siblings: set) -> list[str]:
+    """Imports of a sibling script inside an `except ImportError` handler (the old per-file fallback)."""
+    import ast
+
+    out = []
+    for handler in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(handler, ast.ExceptHandler):
+            for n in ast.walk(handler):
+                names = ([a.name for a in n.names] if isinstance(n, ast.Import) else
+                         [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+                out += [f"{path.name}:{n.lineno} {m}" for m in names if m.split(".")[0] in siblings]
+    return out
+
+
+def test_sibling_scripts_are_plain_package_imports(tree, tmp_path):
+    """One way to import a sibling script: `from scripts import X`. A file run (`python scripts/<name>.py`) puts the
+    tree root on sys.path first, so the package import works in every run context; no script keeps a fallback that
+    imports a sibling as a top-level module."""
+    scripts = REPO_SCRIPTS.glob("*.py")
+    siblings = {p.stem for p in REPO_SCRIPTS.glob("*.py")}
+    assert [x for p in scripts for x in _fallback_sibling_imports(p, siblings)] == []
+    # run as a file and as a module, through a hint that imports scripts.hints lazily: the same one line
+    for as_file in (False, True):
+        line = assert_one_error_line(run_script(tree, "extract_images_from_videos", "--input_dataset_dir",
+                                                str(tmp_path / "none"), "--output_dataset_dir", str(tmp_path / "o"),
+                                                as_file=as_file, timeout=120))
+        assert "videos/" in line and "download --dataset cosmos-nemo-assets" in line, line
+    for name in ("get_t5_embeddings", "get_t5_embeddings_from_cosmos_nemo_assets"):
+        for as_file in (False, True):
+            r = run_script(tree, name, "--help", as_file=as_file, timeout=120)
+            assert r.returncode == 0 and "--dataset_path" in r.stdout, (name, as_file, r.stderr)

@@ -22,9 +22,13 @@ def test_wheel_has_no_top_level_installer(overlay_wheel):
     for need in ("cosmos_predict2_overlay/cli.py", "cosmos_predict2_overlay/pin.py",
                  f"cosmos_predict2_overlay/_data/patches/{PIN}/manifest.tsv",
                  f"cosmos_predict2_overlay/_data/patches/{PIN}/upstream.toml",
-                 "cosmos_predict2_overlay/_data/train.sh", f"cosmos_predict2_overlay/_data/patches/{PIN}/series",
+                 "cosmos_predict2_overlay/_data/overlay/train.sh",
+                 f"cosmos_predict2_overlay/_data/patches/{PIN}/series",
                  "cosmos_predict2_overlay/_data/overlay/cosmos_predict2/portable/device.py"):
         assert need in names, need
+    assert "cosmos_predict2_overlay/_data/train.sh" not in names  # the launcher ships as an overlay file only
+    launcher = zipfile.ZipFile(overlay_wheel).getinfo("cosmos_predict2_overlay/_data/overlay/train.sh")
+    assert (launcher.external_attr >> 16) & 0o111, "train.sh lost its executable bit in the wheel"
     entry = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(overlay_wheel).read(entry[0]).decode()
     assert "cosmos-predict2-overlay = cosmos_predict2_overlay.cli:main" in text

@@ -27,7 +27,7 @@ SMOKE = {
 }
 # the launcher's own files, as `apply` installs them (repo path -> tree path)
 LAUNCHER_FILES = {
-    "train.sh": "train.sh",
+    "overlay/train.sh": "train.sh",
     "overlay/scripts/train_preflight.py": "scripts/train_preflight.py",
     "overlay/scripts/train_report.py": "scripts/train_report.py",
     "overlay/scripts/memory_estimate.py": "scripts/memory_estimate.py",

@@ -10,6 +10,8 @@ import os
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -193,6 +195,18 @@ def test_unwritable_output_root_is_one_line(skeleton_tree, tmp_path):
         assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith(f"error: output root {root} ") and fragment in r.stderr
         assert f"(IMAGINAIRE_OUTPUT_ROOT={root})" in r.stderr
+
+
+def test_train_sh_through_symlinks(tmp_path):
+    """The checkout's top-level train.sh is a git symlink to overlay/train.sh. Run as `bash train.sh` in the
+    checkout, as overlay/train.sh, or through another symlink elsewhere, it finds the scripts beside the real file."""
+    link = tmp_path / "bin" / "train.sh"
+    link.parent.mkdir()
+    link.symlink_to(os.path.join(REPO, "train.sh"))
+    env = {**os.environ, "PYTHON": sys.executable}
+    for script, cwd in (("train.sh", REPO), ("overlay/train.sh", REPO), (str(link), tmp_path)):
+        r = subprocess.run(["bash", script, "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and EXP in r.stdout, (script, r.stderr)
 
 
 def test_train_sh_copied_out_of_its_tree(skeleton_tree, tmp_path):
