@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from . import device
 
 ENABLED = True  # bench/bench_dit.py's "ours_unfused" variant turns the fused path off to measure its gain
-# Below this many activation elements the step is bound by the host's launch rate, not by memory traffic, and the
-# fused path's per-call overhead costs more than it saves: Text2Image 2B at 768x1360 (8.4M elements) ran its
-# training step in 1.084 s fused vs 0.824 s eager on the H200; 480p/720p Video2World (77M/173M) gain.
+# Below this many activation elements the step is bound by the host's launch rate, not by memory traffic, and
+# fusing gains nothing measurable: Text2Image 2B at 768x1360 (8.4M elements) trained at 0.75-0.85 s per step fused
+# or not (H200, four alternating runs, BENCHMARKS.md section 2c), so there it keeps upstream's exact eager math.
+# 480p/720p Video2World (77M/173M elements) gain (720p: 12.14 -> 11.92 s per training step).
 FUSE_MIN_NUMEL = 1 << 25
 
 
