@@ -11,14 +11,12 @@ import os
 import sys
 
 from . import engine, pin
-from .errors import InstallerError, one_line
+from .errors import InstallerError, OneLineParser, one_line
 
 DEFAULT_TARGET = "cosmos-predict2"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + message
-        self.exit(2, f"error: {message} ({self.prog}). Run '{self.prog} --help'.\n")
+_Parser = OneLineParser  # one line instead of usage + message
 
 
 def _parser() -> argparse.ArgumentParser:
