@@ -7,8 +7,8 @@ Every user-facing failure is ONE line on stderr, `error: <what> (<where>). <What
 
 A message already phrased as a whole line goes in as `what` alone (`UserError("no *.mp4 files in X. Put the
 videos there first.")`). str(e) is the line without the `error: ` prefix (what the installer's CLI and callers that
-add context print); e.line() is the whole line. Credentials in URLs are redacted and newlines folded in all three
-parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2); `run_main(main)` runs a
+add context print; a subclass may set `prefixed` to make it the whole line); e.line() is the whole line.
+Credentials in URLs are redacted and newlines folded in all three parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2); `run_main(main)` runs a
 main() and turns a UserError (or Ctrl-C) into the line and an exit status.
 
 Standard library only. Loaded in three ways, all of which end in ONE module object per process (sys.modules key
@@ -59,16 +59,20 @@ def line(what, where="", todo="") -> str:
 
 class UserError(Exception):
     """A failure the user can fix: `error: <what> (<where>). <What to do>.` str(e) is the message without the
-    `error: ` prefix; e.line() the whole line; e.exit_code the status run_main returns (default 1)."""
+    `error: ` prefix (or the whole line when the class sets `prefixed`: errors that reach the user as the last line
+    of a traceback, e.g. the device layer's); e.line() is always the whole line; e.exit_code the status run_main
+    returns (default 1)."""
 
     exit_code = 1
+    prefixed = False
 
     def __init__(self, what: str, where: str = "", todo: str = ""):
         self.what, self.where, self.todo = one_line(what), one_line(where), one_line(todo)
-        super().__init__(message(what, where, todo))
+        self.message = message(what, where, todo)
+        super().__init__(self.line() if self.prefixed else self.message)
 
     def line(self) -> str:
-        return "error: " + str(self)
+        return "error: " + self.message
 
 
 class OneLineParser(argparse.ArgumentParser):
