@@ -22,6 +22,7 @@ detected once by cosmos_predict2.portable.device (COSMOS_DEVICE=cpu|cuda|npu for
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pickle
 import sys
@@ -31,13 +32,25 @@ DEFAULT_T5 = os.path.join("checkpoints", "google-t5", "t5-11b")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-class ScriptError(Exception):
+def _user_error():
+    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
+    package name: one module object per process, shared with the device layer and the installer."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, die = _user_error().UserError, _user_error().die
+
+
+class ScriptError(UserError):
     """A failure phrased as the one line the user sees (without the 'error: ' prefix)."""
-
-
-def die(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 def device_layer():

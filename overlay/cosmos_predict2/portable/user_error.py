@@ -9,7 +9,7 @@ A message already phrased as a whole line goes in as `what` alone (`UserError("n
 videos there first.")`). str(e) is the line without the `error: ` prefix (what the installer's CLI and callers that
 add context print; a subclass may set `prefixed` to make it the whole line); e.line() is the whole line.
 Credentials in URLs are redacted and newlines folded in all three parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2); `run_main(main)` runs a
-main() and turns a UserError (or Ctrl-C) into the line and an exit status.
+main() and turns a UserError (or Ctrl-C) into the line and an exit status; `die(text)` prints one and exits.
 
 Standard library only. Loaded in three ways, all of which end in ONE module object per process (sys.modules key
 `cosmos_predict2.portable.user_error`), so `except UserError` catches every subclass: imported as a package module
@@ -94,6 +94,12 @@ def report(exc: UserError, file=None) -> int:
     """Print the error's line on stderr (or file); return its exit status."""
     print(exc.line(), file=sys.stderr if file is None else file, flush=True)
     return exc.exit_code
+
+
+def die(text, code: int = 1):
+    """Print `error: <text>` for a message already phrased as the whole line (through UserError) and exit."""
+    report(UserError(text))
+    sys.exit(code)
 
 
 def run_main(main, *args, interrupted: str | None = None, interrupted_code: int = 1, **kwargs) -> int:
