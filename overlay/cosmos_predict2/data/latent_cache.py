@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from ..portable.user_error import UserError
+
 FORMAT = "cosmos-predict2-overlay/latent-cache"
 VERSION = 1
 LATENT_KEY = "video_latent"
@@ -49,8 +51,13 @@ def save(path: str, latent: torch.Tensor, *, num_frames: int, video_size, vae: s
     os.replace(tmp, path)
 
 
-def _fail(what: str, where: str, todo: str) -> ValueError:
-    return ValueError(f"error: {what} ({where}). {todo}.")
+class LatentCacheError(UserError, ValueError):
+    """A missing or stale latent cache file: one `error: ...` line (str included: it ends a traceback)."""
+
+    prefixed = True
+
+
+_fail = LatentCacheError
 
 
 def load(path: str, num_frames: int, video_size) -> dict:
