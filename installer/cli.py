@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unreadable source file: still one line
-        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or ns.cmd)}). Check permissions and free "
-              "space, then retry.", file=sys.stderr)
+        print(InstallerError(e.strerror or e, e.filename or ns.cmd, "check permissions and free space, then retry")
+              .line(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C) ({ns.cmd}). Run status: a write is never left half done (an interrupted "

@@ -693,8 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
-        print(f"error: {e.strerror or e} ({e.filename or 'port'}). Check permissions and free space, then retry.",
-              file=sys.stderr)
+        print(InstallerError(e.strerror or e, e.filename or "port", "check permissions and free space, then retry")
+              .line(), file=sys.stderr)
         return 1
     except Exception as e:  # a bug: keep the one-line contract, full traceback on request
         if os.environ.get("COSMOS_OVERLAY_DEBUG"):
