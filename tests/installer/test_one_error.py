@@ -2,8 +2,8 @@
 
 The installer (installer/errors.py loads it by path), the overlay scripts and the portable ops all raise a UserError
 (or a thin subclass) and print `error: <what> (<where>). <What to do>.` through its one formatter. The grep tests
-fail when a second exception base class, argparse parser class or line formatter for user errors appears in
-installer/ or overlay/. No test doubles.
+fail when a second exception base class, argparse parser class or line formatter for user errors, or a builtin
+exception raised with a hand-written `error: ...` line, appears in installer/ or overlay/. No test doubles.
 """
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ def test_prefixed_subclass_and_exit_code():
     e = OpError("bad shape", "portable.rope", "use sbhd")
     assert str(e) == e.line() == "error: bad shape (portable.rope). Use sbhd."
     assert isinstance(e, ValueError)
+    # what pickle does with it (e.g. back from a worker process; pickling itself needs the package importable)
+    rebuild, args, state = ue.UserRuntimeError("lost\nrank", "w", "retry").__reduce__()
+    again = rebuild(*args)
+    again.__dict__.update(state)
+    assert str(again) == "error: lost rank (w). Retry." and again.what == "lost rank"
     err = io.StringIO()
     assert ue.report(e, file=err) == 2 and err.getvalue() == "error: bad shape (portable.rope). Use sbhd.\n"
 
@@ -114,6 +119,8 @@ def _bases(node: ast.ClassDef) -> set[str]:
 
 EXC_BASES = {"Exception", "BaseException", "RuntimeError", "ValueError", "OSError"}
 TEMPLATE = re.compile(r"""["']error: \{[^}]+\} \(\{""")  # `error: {what} ({where})`: a line formatter's shape
+# a builtin exception holding a hand-written error line (use a UserError subclass, or the builtin around line(...))
+HAND_WRITTEN = re.compile(r"""raise [A-Za-z]*(Error|Exception)\(\s*f?["']error: """)
 
 
 def _scan(paths):
@@ -135,6 +142,7 @@ def _scan(paths):
                     formatters.append(f"{rel}:{node.name}")
         if path != USER_ERROR and TEMPLATE.search(text):
             formatters.append(f"{rel}: an `error: {{...}} ({{...}})` template")
+        formatters += [f"{rel}: raise ...(\"error: ...\")" for _ in HAND_WRITTEN.finditer(text)]
     return error_classes, parsers, formatters
 
 
@@ -152,7 +160,9 @@ def test_the_scan_sees_a_second_type(tmp_path):
                    'class ScriptError(Exception):\n    pass\n'
                    'class P(argparse.ArgumentParser):\n    pass\n'
                    'def die(msg):\n    print(f"error: {msg}")\n'
-                   'def report(what, where, todo):\n    return f"error: {what} ({where}). {todo}."\n')
+                   'def report(what, where, todo):\n    return f"error: {what} ({where}). {todo}."\n'
+                   'def check(x):\n    raise ValueError(\n        f"error: {x} is bad (here). Fix it.")\n')
     error_classes, parsers, formatters = _scan([bad])
     assert error_classes == ["bad.py:ScriptError"] and parsers == ["bad.py:P"]
-    assert formatters == ["bad.py:die", "bad.py: an `error: {...} ({...})` template"]
+    assert formatters == ["bad.py:die", "bad.py: an `error: {...} ({...})` template",
+                          'bad.py: raise ...("error: ...")']

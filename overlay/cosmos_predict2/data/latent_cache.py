@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from ..portable.user_error import UserError
+from ..portable.user_error import line
 
 FORMAT = "cosmos-predict2-overlay/latent-cache"
 VERSION = 1
@@ -51,13 +51,9 @@ def save(path: str, latent: torch.Tensor, *, num_frames: int, video_size, vae: s
     os.replace(tmp, path)
 
 
-class LatentCacheError(UserError, ValueError):
-    """A missing or stale latent cache file: one `error: ...` line (str included: it ends a traceback)."""
-
-    prefixed = True
-
-
-_fail = LatentCacheError
+def _fail(what: str, where: str, todo: str) -> ValueError:
+    """A ValueError holding the one error line (a builtin type: DataLoader workers rebuild it from its text)."""
+    return ValueError(line(what, where, todo))
 
 
 def load(path: str, num_frames: int, video_size) -> dict:

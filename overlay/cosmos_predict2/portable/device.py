@@ -46,7 +46,7 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError = _user_error().UserError
+UserError, UserValueError = _user_error().UserError, _user_error().UserValueError
 
 try:
     import torch
@@ -72,16 +72,14 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(
-        f"error: {name}={raw!r} is not a boolean (environment). Use 1/0, true/false, yes/no or on/off, or unset it."
+    raise UserValueError(
+        f"{name}={raw!r} is not a boolean (environment). Use 1/0, true/false, yes/no or on/off, or unset it."
     )
 
 
-class DeviceError(UserError, RuntimeError):
+class DeviceError(_user_error().UserRuntimeError):
     """COSMOS_DEVICE names no device kind. A UserError (and a RuntimeError, as callers catch) whose str is the whole
     `error: ...` line: it reaches the user as the last line of a traceback when training imports this module."""
-
-    prefixed = True
 
 
 class ForcedDeviceAbsent(DeviceError):

@@ -11,6 +11,9 @@ add context print; a subclass may set `prefixed` to make it the whole line); e.l
 Credentials in URLs are redacted and newlines folded in all three parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2); `run_main(main)` runs a
 main() and turns a UserError (or Ctrl-C) into the line and an exit status; `die(text)` prints one and exits.
 
+Errors raised inside DataLoader workers stay builtin types holding `line(...)`: torch rebuilds a worker's
+exception as `type(msg)` from its traceback text, which a UserError would fold into one line.
+
 Standard library only. Loaded in three ways, all of which end in ONE module object per process (sys.modules key
 `cosmos_predict2.portable.user_error`), so `except UserError` catches every subclass: imported as a package module
 (training, the scripts after putting the tree root on sys.path), or loaded by file path under that same key
@@ -73,6 +76,33 @@ class UserError(Exception):
 
     def line(self) -> str:
         return "error: " + self.message
+
+    def __reduce__(self):  # pickled (e.g. back from a worker process) without formatting the text a second time
+        return _restore, (type(self), self.args), self.__dict__
+
+
+def _restore(cls, args):
+    obj = cls.__new__(cls)
+    obj.args = args
+    return obj
+
+
+class UserValueError(UserError, ValueError):
+    """A UserError that callers catch as ValueError (the ops' argument checks); str is the whole line."""
+
+    prefixed = True
+
+
+class UserRuntimeError(UserError, RuntimeError):
+    """A UserError that callers catch as RuntimeError (the ops, the data loader); str is the whole line."""
+
+    prefixed = True
+
+
+class UserNotImplementedError(UserError, NotImplementedError):
+    """A UserError for an input the ops do not support (caught as NotImplementedError); str is the whole line."""
+
+    prefixed = True
 
 
 class OneLineParser(argparse.ArgumentParser):
