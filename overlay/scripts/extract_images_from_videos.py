@@ -30,11 +30,11 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError, die = _user_error().UserError, _user_error().die
+UserError, die, OneLineParser = _user_error().UserError, _user_error().die, _user_error().OneLineParser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Extract every --stride-th frame of INPUT/videos/*.mp4 as JPEG.")
+    parser = OneLineParser(description="Extract every --stride-th frame of INPUT/videos/*.mp4 as JPEG.")
     parser.add_argument("--input_dataset_dir", required=True, help="dataset with videos/*.mp4")
     parser.add_argument("--output_dataset_dir", required=True, help="images go to <this>/images/")
     parser.add_argument("--stride", type=int, default=30, help="keep frames 0, stride, 2*stride, ... (default 30)")

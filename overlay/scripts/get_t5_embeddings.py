@@ -46,7 +46,7 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError, die = _user_error().UserError, _user_error().die
+UserError, die, OneLineParser = _user_error().UserError, _user_error().die, _user_error().OneLineParser
 
 
 class ScriptError(UserError):
@@ -261,7 +261,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None, default_dataset: str = "datasets/hdvila",
          default_prompt: str | None = None, description: str | None = None) -> int:
-    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
+    parser = OneLineParser(description=description or __doc__.split("\n\n")[0])
     add_common_args(parser, default_dataset, default_prompt)
     args = parser.parse_args(argv)
     try:

@@ -15,7 +15,6 @@ Exit status: 0 with a report, 1 when there is nothing to report (no or unreadabl
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -44,7 +43,7 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError = _user_error().UserError
+UserError, OneLineParser = _user_error().UserError, _user_error().OneLineParser
 
 
 class ReportError(UserError):
@@ -189,7 +188,7 @@ def render(rep: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", default=None, help="report JSON (default: <metrics without .metrics.jsonl>.report.json)")
     p.add_argument("--log", default=None, help="the run's log, recorded in the report")
