@@ -30,7 +30,8 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError, die, OneLineParser = _user_error().UserError, _user_error().die, _user_error().OneLineParser
+UserError, OneLineParser, run_main = (_user_error().UserError, _user_error().OneLineParser,
+                                      _user_error().run_main)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     videos_dir = os.path.join(args.input_dataset_dir, "videos")
     if not os.path.isdir(videos_dir):
-        die(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir, or download the "
-            f"dataset: `{_hints().installer('download --dataset cosmos-nemo-assets')}`.")
+        raise UserError(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir, or "
+                        f"download the dataset: `{_hints().installer('download --dataset cosmos-nemo-assets')}`.")
     videos = sorted(f for f in os.listdir(videos_dir) if f.endswith(".mp4"))
     if not videos:
-        die(f"no *.mp4 files in {videos_dir}. Put the videos there first.")
+        raise UserError(f"no *.mp4 files in {videos_dir}. Put the videos there first.")
     out_dir = os.path.join(args.output_dataset_dir, "images")
     os.makedirs(out_dir, exist_ok=True)
     total = 0
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             count = extract(path, out_dir, args.stride, args.quality)
         except Exception as exc:  # a corrupt file: name it, keep what was written
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            die(f"cannot decode {path}: {first}. Replace or remove that video and run again.")
+            raise UserError(f"cannot decode {path}: {first}. Replace or remove that video and run again.") from None
         print(f"{name}: {count} frame(s)")
         total += count
     print(f"Total frames saved: {total} in {out_dir}")
@@ -97,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -46,7 +46,8 @@ def _user_error():
     return sys.modules[name]
 
 
-UserError, die, OneLineParser = _user_error().UserError, _user_error().die, _user_error().OneLineParser
+UserError, OneLineParser, run_main = (_user_error().UserError, _user_error().OneLineParser,
+                                      _user_error().run_main)
 
 
 class ScriptError(UserError):
@@ -264,13 +265,7 @@ def main(argv: list[str] | None = None, default_dataset: str = "datasets/hdvila"
     parser = OneLineParser(description=description or __doc__.split("\n\n")[0])
     add_common_args(parser, default_dataset, default_prompt)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ScriptError as exc:
-        die(str(exc))
-    except KeyboardInterrupt:
-        die("interrupted (keyboard). Run again: finished embeddings are kept.")
-    return 1
+    return run_main(run, args, interrupted="interrupted (keyboard). Run again: finished embeddings are kept.")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints, check_data, check_job, check_output_root,
-                          check_parallel, detect_device, dtype_note, free_port, memory_check, npu_env,
-                          parse_overrides, port_in_use, usable_cpus)
+from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints, check_data, check_job,
+                          check_output_root, check_parallel, detect_device, dtype_note, free_port, memory_check,
+                          npu_env, parse_overrides, port_in_use, usable_cpus)
 from train_experiments import (CONFIG_FILE, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
                                K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
 def _parser() -> argparse.ArgumentParser:

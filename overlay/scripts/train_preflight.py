@@ -25,7 +25,7 @@ if _HERE not in sys.path:  # its parts beside it, also when this file is loaded 
     sys.path.insert(0, _HERE)
 
 from train_checks import *  # noqa: E402,F401,F403  (the names tests and tools read from here)
-from train_checks import PreflightError  # noqa: E402
+from train_checks import PreflightError, _user_error  # noqa: E402
 from train_experiments import *  # noqa: E402,F401,F403
 from train_plan import *  # noqa: E402,F401,F403
 from train_plan import _parser, build_plan, describe, write_plan  # noqa: E402
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = build_plan(argv)
     except PreflightError as e:
-        print(str(e), file=sys.stderr)
-        return 2
+        return _user_error().report(e)  # its one line; exit 2
     if plan.dry_run:  # a real run prints the same text as the first lines of its log (TRAIN_HEADER)
         print(describe(plan), end="")
     if plan.plan_file:

@@ -128,8 +128,8 @@ def _detect() -> tuple[str, object]:
         return "cpu", None
     if forced == "cuda":
         if not torch.cuda.is_available():
-            raise ForcedDeviceAbsent("cuda", "COSMOS_DEVICE=cuda but torch.cuda.is_available() is False",
-                                     "environment", "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE")
+            raise ForcedDeviceAbsent("cuda", "COSMOS_DEVICE=cuda but torch.cuda.is_available() is False", "environment",
+                                     "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE")
         return "cuda", None
     npu_mod = _import_torch_npu()
     if forced == "npu":

@@ -7,18 +7,21 @@ Every user-facing failure is ONE line on stderr, `error: <what> (<where>). <What
 
 A message already phrased as a whole line goes in as `what` alone (`UserError("no *.mp4 files in X. Put the
 videos there first.")`). str(e) is the line without the `error: ` prefix (what the installer's CLI and callers that
-add context print; a subclass may set `prefixed` to make it the whole line); e.line() is the whole line.
-Credentials in URLs are redacted and newlines folded in all three parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2); `run_main(main)` runs a
-main() and turns a UserError (or Ctrl-C) into the line and an exit status; `die(text)` prints one and exits.
+add context print); e.line() is the whole line. UserValueError / UserRuntimeError / UserNotImplementedError are
+UserErrors that callers also catch as the builtin type (the ops, the device layer); their str is the whole line,
+since they reach the user as the last line of a traceback. Credentials in URLs are redacted and newlines folded in
+all three parts. `OneLineParser` is the argparse parser whose usage errors are that one line (exit 2);
+`run_main(main, ...)` runs a main() and turns a UserError (or Ctrl-C) into its line and exit status; `die(text)`
+prints one and exits.
 
 Errors raised inside DataLoader workers stay builtin types holding `line(...)`: torch rebuilds a worker's
-exception as `type(msg)` from its traceback text, which a UserError would fold into one line.
+exception as `type(text)` from its traceback text, which a UserError would fold into one line.
 
-Standard library only. Loaded in three ways, all of which end in ONE module object per process (sys.modules key
-`cosmos_predict2.portable.user_error`), so `except UserError` catches every subclass: imported as a package module
-(training, the scripts after putting the tree root on sys.path), or loaded by file path under that same key
-(installer/errors.py from the installer's resources, portable/device.py when it is itself loaded by path,
-scripts/train_checks.py). Do not define a second exception class or formatter for user errors: subclass UserError
+Standard library only. ONE module object per process (sys.modules key `cosmos_predict2.portable.user_error`), so
+`except UserError` catches every subclass: imported as a package module (training, the ops, the data pipeline) or
+loaded by file path under that same key (installer/errors.py from the installer's resources; device.py,
+autoload.py and precision.py when they are themselves loaded by path; the scripts, which tests also load by path).
+Do not define a second exception class or formatter for user errors: subclass UserError
 (tests/installer/test_one_error.py fails otherwise).
 """
 
@@ -143,5 +146,5 @@ def run_main(main, *args, interrupted: str | None = None, interrupted_code: int 
     except KeyboardInterrupt:
         if interrupted is None:
             raise
-        print(f"error: {interrupted}", file=sys.stderr, flush=True)
+        report(UserError(interrupted))
         return interrupted_code
