@@ -38,15 +38,13 @@ from dataclasses import dataclass, field
 
 try:
     from . import pin
-    from .errors import InstallerError, OneLineParser
+    from .errors import InstallerError, OneLineParser, UserError
     from .errors import redact_url as _redact_url
-    from .errors import UserError
 except ImportError:  # run or loaded as a plain file: python installer/download.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from installer import pin
-    from installer.errors import InstallerError, OneLineParser
+    from installer.errors import InstallerError, OneLineParser, UserError
     from installer.errors import redact_url as _redact_url
-    from installer.errors import UserError
 
 
 @dataclass(frozen=True)
