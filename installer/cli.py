@@ -11,14 +11,12 @@ import os
 import sys
 
 from . import engine, pin
-from .errors import InstallerError, one_line
+from .errors import InstallerError, OneLineParser, one_line
 
 DEFAULT_TARGET = "cosmos-predict2"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + message
-        self.exit(2, f"error: {message} ({self.prog}). Run '{self.prog} --help'.\n")
+_Parser = OneLineParser  # one line instead of usage + message
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,8 +195,8 @@ def handled(cmd: str, run) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unreadable source file: still one line
-        print(f"error: {one_line(e.strerror or e)} ({one_line(e.filename or cmd)}). Check permissions and free "
-              "space, then retry.", file=sys.stderr)
+        print(InstallerError(e.strerror or e, e.filename or cmd, "check permissions and free space, then retry")
+              .line(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C) ({cmd}). " + _INTERRUPTED.get(cmd, "Run status: a write is never left "

@@ -38,10 +38,12 @@ from dataclasses import dataclass, field
 
 try:
     from . import pin
+    from .errors import InstallerError, OneLineParser, UserError
     from .errors import redact_url as _redact_url
 except ImportError:  # run or loaded as a plain file: python installer/download.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from installer import pin
+    from installer.errors import InstallerError, OneLineParser, UserError
     from installer.errors import redact_url as _redact_url
 
 
@@ -119,12 +121,13 @@ DATASET_TARGETS: dict[str, tuple[Item, ...]] = {
 }
 
 
-class DownloadError(Exception):
-    """A failure already phrased as the one line the user sees."""
+class DownloadError(InstallerError):
+    """A failure already phrased as the one line the user sees (passed as `what` alone)."""
 
 
 def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    """Print a message already phrased as the whole line (the one formatter: UserError)."""
+    print(UserError(msg).line(), file=sys.stderr, flush=True)
 
 
 def _repo_url(item: Item) -> str:
@@ -332,9 +335,7 @@ def fetch(item: Item, checkpoint_dir: str, dataset_dir: str, dry_run: bool = Fal
 DEFAULT_TARGET = "cosmos-predict2"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line (naming the valid choices) instead of usage + message
-        self.exit(2, f"error: {message} ({self.prog}). Run '{self.prog} --help'.\n")
+_Parser = OneLineParser  # one line (naming the valid choices) instead of usage + message
 
 
 def build_parser(prog: str = "python -m installer download") -> argparse.ArgumentParser:

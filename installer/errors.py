@@ -1,35 +1,42 @@
-"""The one exception type every user-facing failure goes through (printed as one line by the CLI), and the URL
-redaction every message goes through."""
+"""The installer's user errors: overlay/cosmos_predict2/portable/user_error.py (the one user-error type and
+formatter the scripts and the ops use too), loaded by file path from the installer's resources (the checkout's
+overlay/, else the copy in the wheel's _data/overlay/). The installer cannot import the tree's package."""
 
 from __future__ import annotations
 
-import re
+import importlib.util
+import os
+import sys
 
-# scheme://user:password@host -> scheme://***@host ; ?token=... / &password=... -> ?token=***
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:access_token|token|key|api_key|apikey|password|passwd|secret|sig|"
-                           r"signature|auth|x-amz-signature|x-amz-credential)=)[^&;#\s'\"]+")
-
-
-def redact_url(text) -> str:
-    """The text with credentials in any URL inside it replaced by *** (user:password@, token=... query values)."""
-    if text is None:
-        return ""
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_MODULE = "cosmos_predict2.portable.user_error"  # one module object per process, however it was loaded
 
 
-def one_line(text) -> str:
-    """Redacted, and newlines (e.g. in a wrapped library message) folded so the error stays one line."""
-    return " ".join(redact_url(text).split())
+def _load():
+    if _MODULE in sys.modules:
+        return sys.modules[_MODULE]
+    rel = os.path.join("overlay", "cosmos_predict2", "portable", "user_error.py")
+    path = next((p for p in (os.path.join(os.path.dirname(_HERE), rel), os.path.join(_HERE, "_data", rel))
+                 if os.path.isfile(p)), None)
+    if path is None:
+        raise ImportError(f"{rel} is missing beside the installer ({_HERE}); reinstall cosmos-predict2-overlay")
+    spec = importlib.util.spec_from_file_location(_MODULE, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[_MODULE]
+        raise
+    return mod
 
 
-class InstallerError(Exception):
+_user_error = _load()
+UserError = _user_error.UserError
+OneLineParser = _user_error.OneLineParser
+redact_url = _user_error.redact_url
+one_line = _user_error.one_line
+
+
+class InstallerError(UserError):
     """`error: <what> (<where>). <what to do>.` — the message is the whole line after 'error: '."""
-
-    def __init__(self, what: str, where: str = "", todo: str = ""):
-        what, where, todo = one_line(what), one_line(where), one_line(todo)
-        self.what, self.where, self.todo = what, where, todo
-        msg = what + (f" ({where})" if where else "")
-        if todo:
-            msg += ". " + todo[0].upper() + todo[1:].rstrip(".")
-        super().__init__(msg.rstrip(".") + ".")

@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 
 from . import pin
-from .errors import InstallerError
+from .errors import InstallerError, OneLineParser
 
 LIBRARY_DIRS = ("cosmos_predict2/", "imaginaire/")  # what an sdist of upstream holds: the managed part
 NAME_TRAILER = "Patch-Name: "
@@ -656,11 +656,7 @@ def _read_blobs(work: str, commit: str, paths_: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """`python -m installer port ...`; failures are raised, and printed as one line by cli.handled (the CLI's one
     error handler)."""
-    class P(argparse.ArgumentParser):
-        def error(self, message):
-            self.exit(2, f"error: {message} (port). Run 'python -m installer port --help'.\n")
-
-    p = P(prog="python -m installer port", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m installer port", error_where="port", description=__doc__.split("\n\n")[0])
     p.add_argument("--upstream", metavar="CLONE", help="local clone or bare mirror of upstream with both commits")
     p.add_argument("--to", metavar="REV", help="upstream commit, tag or branch to move the series to")
     p.add_argument("--from", dest="from_pin", metavar="PIN",

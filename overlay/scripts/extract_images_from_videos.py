@@ -11,6 +11,7 @@ Reads INPUT/videos/*.mp4 and writes OUTPUT/images/<video stem>_<k:08d>.jpg (k = 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -18,13 +19,26 @@ if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def die(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+def _user_error():
+    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
+    package name: one module object per process, shared with the device layer and the installer."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, OneLineParser, run_main = (_user_error().UserError, _user_error().OneLineParser,
+                                      _user_error().run_main)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Extract every --stride-th frame of INPUT/videos/*.mp4 as JPEG.")
+    parser = OneLineParser(description="Extract every --stride-th frame of INPUT/videos/*.mp4 as JPEG.")
     parser.add_argument("--input_dataset_dir", required=True, help="dataset with videos/*.mp4")
     parser.add_argument("--output_dataset_dir", required=True, help="images go to <this>/images/")
     parser.add_argument("--stride", type=int, default=30, help="keep frames 0, stride, 2*stride, ... (default 30)")
@@ -63,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     videos_dir = os.path.join(args.input_dataset_dir, "videos")
     if not os.path.isdir(videos_dir):
-        die(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir, or download the "
-            f"dataset: `{_hints().installer('download --dataset cosmos-nemo-assets')}`.")
+        raise UserError(f"no videos/ folder in the input dataset ({videos_dir}). Check --input_dataset_dir, or "
+                        f"download the dataset: `{_hints().installer('download --dataset cosmos-nemo-assets')}`.")
     videos = sorted(f for f in os.listdir(videos_dir) if f.endswith(".mp4"))
     if not videos:
-        die(f"no *.mp4 files in {videos_dir}. Put the videos there first.")
+        raise UserError(f"no *.mp4 files in {videos_dir}. Put the videos there first.")
     out_dir = os.path.join(args.output_dataset_dir, "images")
     os.makedirs(out_dir, exist_ok=True)
     total = 0
@@ -77,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             count = extract(path, out_dir, args.stride, args.quality)
         except Exception as exc:  # a corrupt file: name it, keep what was written
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            die(f"cannot decode {path}: {first}. Replace or remove that video and run again.")
+            raise UserError(f"cannot decode {path}: {first}. Replace or remove that video and run again.") from None
         print(f"{name}: {count} frame(s)")
         total += count
     print(f"Total frames saved: {total} in {out_dir}")
@@ -85,4 +99,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -22,6 +22,7 @@ detected once by cosmos_predict2.portable.device (COSMOS_DEVICE=cpu|cuda|npu for
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pickle
 import sys
@@ -34,13 +35,26 @@ DEFAULT_T5 = os.path.join("checkpoints", "google-t5", "t5-11b")
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
-class ScriptError(Exception):
+def _user_error():
+    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
+    package name: one module object per process, shared with the device layer and the installer."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, OneLineParser, run_main = (_user_error().UserError, _user_error().OneLineParser,
+                                      _user_error().run_main)
+
+
+class ScriptError(UserError):
     """A failure phrased as the one line the user sees (without the 'error: ' prefix)."""
-
-
-def die(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 def device_layer():
@@ -249,16 +263,10 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None, default_dataset: str = "datasets/hdvila",
          default_prompt: str | None = None, description: str | None = None) -> int:
-    parser = argparse.ArgumentParser(description=description or __doc__.split("\n\n")[0])
+    parser = OneLineParser(description=description or __doc__.split("\n\n")[0])
     add_common_args(parser, default_dataset, default_prompt)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ScriptError as exc:
-        die(str(exc))
-    except KeyboardInterrupt:
-        die("interrupted (keyboard). Run again: finished embeddings are kept.")
-    return 1
+    return run_main(run, args, interrupted="interrupted (keyboard). Run again: finished embeddings are kept.")
 
 
 if __name__ == "__main__":

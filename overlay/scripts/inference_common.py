@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -22,17 +23,29 @@ DTYPES = ("bfloat16", "float16", "float32")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
-class ScriptError(Exception):
+def _user_error():
+    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
+    package name: one module object per process, shared with the device layer and the installer."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, die = _user_error().UserError, _user_error().die
+
+
+class ScriptError(UserError):
     """A failure phrased as the one line the user sees (without the 'error: ' prefix)."""
 
 
 class GuardrailBlocked(Exception):
     """The guardrail refused the prompt or the generated frames."""
-
-
-def die(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
 
 
 # ---------------------------------------------------------------------------------------------------- safety

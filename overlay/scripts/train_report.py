@@ -15,7 +15,7 @@ Exit status: 0 with a report, 1 when there is nothing to report (no or unreadabl
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import math
 import os
@@ -29,8 +29,25 @@ except ImportError:  # pragma: no cover - a tree without it
     step_breakdown = None
 
 
-class ReportError(Exception):
-    pass
+def _user_error():
+    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
+    package name: one module object per process, shared with the device layer and the installer."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, OneLineParser = _user_error().UserError, _user_error().OneLineParser
+
+
+class ReportError(UserError):
+    """Nothing to report (no or unreadable metrics); main() prints its `what` as a warning or note line."""
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -171,7 +188,7 @@ def render(rep: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", default=None, help="report JSON (default: <metrics without .metrics.jsonl>.report.json)")
     p.add_argument("--log", default=None, help="the run's log, recorded in the report")
@@ -194,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             level, hint = "warning", "training exited 0 without running an iteration; read the log"
         else:
             level, hint = "warning", "register the callback: trainer.callbacks.train_metrics=L(TrainMetricsCallback)()"
-        print(f"{level}: {e} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
+        print(f"{level}: {e.what} ({a.metrics}); no report written: {hint}.", file=sys.stderr)
         return 1
     rep = summarise(rows, a.skip)
     breakdown = step_breakdown.summarise(rows, rep["warmup_skipped"]) if step_breakdown else None

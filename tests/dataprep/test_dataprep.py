@@ -183,3 +183,7 @@ def test_failures_are_one_line(tree, tiny_t5, tmp_path):
     line = assert_one_error_line(run_script(tree, "extract_images_from_videos", "--input_dataset_dir",
                                             str(tmp_path / "none"), "--output_dataset_dir", str(tmp_path / "o")))
     assert "videos/" in line
+    # argument errors too: one line naming the flag, no usage block (user_error.OneLineParser)
+    r = run_script(tree, "extract_images_from_videos", "--input_dataset_dir", str(tmp_path), "--output_dataset_dir",
+                   str(tmp_path / "o"), "--stride", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--stride must be >= 1" in r.stderr, r.stderr

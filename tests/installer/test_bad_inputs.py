@@ -328,6 +328,9 @@ def test_verify_on_pristine_tree(pristine):
 def test_download_without_module_is_one_line(tmp_path):
     pkg = tmp_path / "installer"
     shutil.copytree(REPO / "installer", pkg, ignore=shutil.ignore_patterns("__pycache__", "download.py"))
+    errors = "overlay/cosmos_predict2/portable/user_error.py"  # the one user-error type (installer/errors.py)
+    (tmp_path / errors).parent.mkdir(parents=True)
+    shutil.copy(REPO / errors, tmp_path / errors)
     r = subprocess.run([sys.executable, "-m", "installer", "download", "--model", "t5-11b"], cwd=tmp_path,
                        capture_output=True, text=True)
     assert "download command is unavailable" in one_error_line(r)

@@ -36,7 +36,7 @@ def tree(tmp_path):
     """A directory shaped like an applied tree as far as preflight's device probe looks (the overlay's own files)."""
     portable = tmp_path / "cosmos_predict2" / "portable"
     portable.mkdir(parents=True)
-    for name in ("device.py", "autoload.py"):
+    for name in ("device.py", "autoload.py", "user_error.py"):
         (portable / name).symlink_to(PORTABLE / name)
     return str(tmp_path)
 

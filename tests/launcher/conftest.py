@@ -21,7 +21,8 @@ def skeleton_tree(tmp_path):
     if os.path.isfile(device):
         os.makedirs(f"{tree}/cosmos_predict2/portable", exist_ok=True)
         shutil.copy(device, f"{tree}/cosmos_predict2/portable/device.py")
-        shutil.copy(os.path.join(os.path.dirname(device), "autoload.py"), f"{tree}/cosmos_predict2/portable/")
+        for name in ("autoload.py", "user_error.py"):
+            shutil.copy(os.path.join(os.path.dirname(device), name), f"{tree}/cosmos_predict2/portable/")
     for sub in ("cosmos_nemo_assets/videos/a.mp4", "cosmos_nemo_assets/t5_xxl/a.pickle",
                 "cosmos_nemo_assets_images/images/a.jpg", "cosmos_nemo_assets_images/t5_xxl/a.pickle"):
         touch(f"{tree}/datasets/smoke/{sub}")

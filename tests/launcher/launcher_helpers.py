@@ -29,6 +29,10 @@ SMOKE = {
 LAUNCHER_FILES = {
     "overlay/train.sh": "train.sh",
     "overlay/scripts/train_preflight.py": "scripts/train_preflight.py",
+    "overlay/scripts/train_experiments.py": "scripts/train_experiments.py",
+    "overlay/scripts/train_checks.py": "scripts/train_checks.py",
+    "overlay/scripts/train_plan.py": "scripts/train_plan.py",
+    "overlay/cosmos_predict2/portable/user_error.py": "cosmos_predict2/portable/user_error.py",
     "overlay/scripts/train_report.py": "scripts/train_report.py",
     "overlay/scripts/memory_estimate.py": "scripts/memory_estimate.py",
     "overlay/cosmos_predict2/portable/metrics.py": "cosmos_predict2/portable/metrics.py",

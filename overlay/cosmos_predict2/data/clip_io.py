@@ -21,7 +21,10 @@ import warnings
 import numpy as np
 import torch
 
+from ..portable.user_error import line  # builtin types here: DataLoader workers rebuild them from the text
+
 MAX_CONSECUTIVE_BAD = 16
+REDO = "Re-create it with scripts/get_t5_embeddings.py"
 
 
 def start_frame(total_frames: int, num_frames: int) -> int:
@@ -48,16 +51,13 @@ def load_t5(path: str) -> np.ndarray:
         with open(path, "rb") as f:
             raw = pickle.load(f)
     except FileNotFoundError:
-        raise ValueError(f"error: T5 embedding file is missing ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py.") from None
+        raise ValueError(line("T5 embedding file is missing", path, REDO)) from None
     except (EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError, ValueError) as e:
         kind = "empty" if isinstance(e, EOFError) else "not a readable pickle"
-        raise ValueError(f"error: T5 embedding file is {kind} ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py.") from None
+        raise ValueError(line(f"T5 embedding file is {kind}", path, REDO)) from None
     emb = raw[0] if isinstance(raw, list) and len(raw) == 1 else None
     if not isinstance(emb, np.ndarray) or emb.ndim != 2:
-        raise ValueError(f"error: T5 embedding file does not hold [array(n_tokens, dim)] ({path}). "
-                         "Re-create it with scripts/get_t5_embeddings.py.")
+        raise ValueError(line("T5 embedding file does not hold [array(n_tokens, dim)]", path, REDO))
     return emb
 
 
@@ -68,9 +68,8 @@ def skip_bad(dataset, paths, index: int, exc: BaseException) -> int:
     dataset.wrong_number = getattr(dataset, "wrong_number", 0) + 1
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if bad > MAX_CONSECUTIVE_BAD or len(paths) < 2:
-        raise RuntimeError(
-            f"error: {bad} unreadable samples in a row, the last {paths[index]} ({reason}) "
-            f"(dataset {getattr(dataset, 'dataset_dir', '?')}). Fix or remove the bad files.")
+        raise RuntimeError(line(f"{bad} unreadable samples in a row, the last {paths[index]} ({reason})",
+                                f"dataset {getattr(dataset, 'dataset_dir', '?')}", "Fix or remove the bad files"))
     warnings.warn(f"skipping unreadable sample {paths[index]}: {reason}", stacklevel=2)
     other = int(np.random.randint(len(paths) - 1))
     return other if other < index % len(paths) else other + 1

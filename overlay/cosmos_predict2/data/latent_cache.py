@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from ..portable.user_error import line
+
 FORMAT = "cosmos-predict2-overlay/latent-cache"
 VERSION = 1
 LATENT_KEY = "video_latent"
@@ -50,7 +52,8 @@ def save(path: str, latent: torch.Tensor, *, num_frames: int, video_size, vae: s
 
 
 def _fail(what: str, where: str, todo: str) -> ValueError:
-    return ValueError(f"error: {what} ({where}). {todo}.")
+    """A ValueError holding the one error line (a builtin type: DataLoader workers rebuild it from its text)."""
+    return ValueError(line(what, where, todo))
 
 
 def load(path: str, num_frames: int, video_size) -> dict:

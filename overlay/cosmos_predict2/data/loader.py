@@ -22,6 +22,8 @@ import os
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..portable.user_error import line
+
 ENV_MODE = "COSMOS_LOADER"
 ENV_THREADS = "COSMOS_LOADER_THREADS"
 
@@ -46,8 +48,8 @@ class EndlessBatchSampler:
                 n += 1
                 yield batch
             if n == 0:
-                raise RuntimeError("error: the training loader has no batch in an epoch (dataset empty or smaller "
-                                   "than the batch size with drop_last). Add samples or lower the batch size.")
+                raise RuntimeError(line("the training loader has no batch in an epoch", "dataset empty or smaller than "
+                                        "the batch size with drop_last", "Add samples or lower the batch size"))
             self.epoch += 1
 
 

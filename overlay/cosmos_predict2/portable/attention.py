@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import device
+from .user_error import UserNotImplementedError, UserRuntimeError, UserValueError
 
 _HALF = (torch.float16, torch.bfloat16)
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -323,8 +324,8 @@ def forced_backend() -> str | None:
     if not name:
         return None
     if name not in BACKENDS:
-        raise ValueError(
-            f"error: {_ENV}={name!r} is not an attention backend (environment). "
+        raise UserValueError(
+            f"{_ENV}={name!r} is not an attention backend (environment). "
             f"Use one of {', '.join(BACKENDS)}, or unset it."
         )
     return name
@@ -335,8 +336,8 @@ def select_backend(q, k, v, p: AttnParams) -> str:
     if forced:
         why = BACKENDS[forced].supports(q, k, v, p)
         if why:
-            raise RuntimeError(
-                f"error: attention backend {forced!r} forced by {_ENV} cannot run this call: {why} "
+            raise UserRuntimeError(
+                f"attention backend {forced!r} forced by {_ENV} cannot run this call: {why} "
                 f"(q {tuple(q.shape)} {q.dtype} on {q.device}). Unset {_ENV} or pick another backend."
             )
         return forced
@@ -346,8 +347,8 @@ def select_backend(q, k, v, p: AttnParams) -> str:
         if why is None:
             return name
         reasons.append(f"{name}: {why}")
-    raise RuntimeError(
-        f"error: no attention backend can run this call ({'; '.join(reasons)}) "
+    raise UserRuntimeError(
+        f"no attention backend can run this call ({'; '.join(reasons)}) "
         f"(q {tuple(q.shape)} {q.dtype} on {q.device}). Check the input shapes and dtypes."
     )
 
@@ -368,14 +369,14 @@ def attention(
     """q [B, Sq, H, D], k/v [B, Sk, Hkv, D] -> [B, Sq, H, D] in the compute dtype (input dtype unless `dtype`)."""
     if q_lens is not None or k_lens is not None:
         # Upstream silently ignores them on its SDPA path; a wrong answer is worse than an error.
-        raise NotImplementedError(
-            "error: variable-length attention (q_lens/k_lens) is not supported (portable.attention). "
+        raise UserNotImplementedError(
+            "variable-length attention (q_lens/k_lens) is not supported (portable.attention). "
             "Pass padded tensors without q_lens/k_lens."
         )
     dtype = q.dtype if dtype is None else dtype
     if dtype not in _SUPPORTED_DTYPES:
-        raise NotImplementedError(
-            f"error: attention dtype {dtype} is not supported (portable.attention). Use bf16, fp16 or fp32."
+        raise UserNotImplementedError(
+            f"attention dtype {dtype} is not supported (portable.attention). Use bf16, fp16 or fp32."
         )
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if q_scale is not None:
@@ -414,13 +415,13 @@ class DotProductAttention(torch.nn.Module):
     ) -> None:
         super().__init__()
         if qkv_format not in ("bshd", "sbhd"):
-            raise ValueError(
-                f"error: qkv_format={qkv_format!r} is not supported (portable.attention.DotProductAttention). "
+            raise UserValueError(
+                f"qkv_format={qkv_format!r} is not supported (portable.attention.DotProductAttention). "
                 "Use 'bshd' or 'sbhd'."
             )
         if attn_mask_type not in ("no_mask", "causal"):
-            raise ValueError(
-                f"error: attn_mask_type={attn_mask_type!r} is not supported "
+            raise UserValueError(
+                f"attn_mask_type={attn_mask_type!r} is not supported "
                 "(portable.attention.DotProductAttention). Use 'no_mask' or 'causal'."
             )
         self.num_attention_heads = num_attention_heads
@@ -439,8 +440,8 @@ class DotProductAttention(torch.nn.Module):
         elif cp_global_ranks is not None:
             size = len(cp_global_ranks)
         if size > 1:
-            raise RuntimeError(
-                f"error: context parallelism over {size} ranks is not supported by the portable "
+            raise UserRuntimeError(
+                f"context parallelism over {size} ranks is not supported by the portable "
                 "DotProductAttention (the transformer_engine attention backend). Use context_parallel_size=1 "
                 "for this model, or a net with the minimal_a2a attention backend."
             )
@@ -459,15 +460,15 @@ class DotProductAttention(torch.nn.Module):
         unsupported = sorted(k for k, val in kwargs.items() if val is not None and k != "core_attention_bias_type")
         if attention_mask is not None or unsupported:
             what = ", ".join((["attention_mask"] if attention_mask is not None else []) + unsupported)
-            raise NotImplementedError(
-                f"error: {what} not supported (portable.attention.DotProductAttention). "
+            raise UserNotImplementedError(
+                f"{what} not supported (portable.attention.DotProductAttention). "
                 "Use padded bshd/sbhd inputs with attn_mask_type 'no_mask' or 'causal'."
             )
         fmt = qkv_format or self.qkv_format
         mask_type = attn_mask_type or self.attn_mask_type
         if fmt not in ("bshd", "sbhd") or mask_type not in ("no_mask", "causal"):
-            raise ValueError(
-                f"error: qkv_format={fmt!r} / attn_mask_type={mask_type!r} not supported "
+            raise UserValueError(
+                f"qkv_format={fmt!r} / attn_mask_type={mask_type!r} not supported "
                 "(portable.attention.DotProductAttention). Use bshd/sbhd and no_mask/causal."
             )
         q, k, v = query_layer, key_layer, value_layer

@@ -10,11 +10,27 @@ path, before torch can be imported) all report it with `diagnose()`.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import sys
 
 _AUTOLOAD = re.compile(r"Failed to load the backend extension: ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 # CANN's default install location (the toolkit's set_env.sh sets ASCEND_TOOLKIT_HOME, so it is unset here)
 SET_ENV = "/usr/local/Ascend/ascend-toolkit/set_env.sh"
+
+
+def _user_error():
+    """user_error.py beside this file (the one user-error formatter), loaded by path under its package name: this
+    file is loaded standalone too (doctor, the device layer before torch imports)."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -41,4 +57,4 @@ def diagnose(exc: BaseException) -> str | None:
                 "or set TORCH_DEVICE_BACKEND_AUTOLOAD=0 to run without the NPU")
     else:
         todo = f"Repair or uninstall {ext}, or set TORCH_DEVICE_BACKEND_AUTOLOAD=0"
-    return f"error: {what} (python environment). {todo}."
+    return _user_error().line(what, "python environment", todo)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 
 
 def _autoload_diagnosis(exc: BaseException) -> str | None:
@@ -31,6 +32,21 @@ def _autoload_diagnosis(exc: BaseException) -> str | None:
     spec.loader.exec_module(mod)
     return mod.diagnose(exc)
 
+
+def _user_error():
+    """portable/user_error.py (the one user-error type), loaded by path under its package name so that a by-path
+    load of this file (doctor, preflight) and a package import share one module object."""
+    name = "cosmos_predict2.portable.user_error"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_error.py"))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+UserError, UserValueError = _user_error().UserError, _user_error().UserValueError
 
 try:
     import torch
@@ -56,17 +72,22 @@ def env_flag(name: str, default: bool = False, environ=None) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ValueError(
-        f"error: {name}={raw!r} is not a boolean (environment). Use 1/0, true/false, yes/no or on/off, or unset it."
+    raise UserValueError(
+        f"{name}={raw!r} is not a boolean (environment). Use 1/0, true/false, yes/no or on/off, or unset it."
     )
 
 
-class ForcedDeviceAbsent(RuntimeError):
-    """COSMOS_DEVICE names a valid kind this host does not have (`kind` says which). A bad kind is a plain
-    RuntimeError: train_preflight's --dry-run accepts the first (it plans for another host), never the second."""
+class DeviceError(_user_error().UserRuntimeError):
+    """COSMOS_DEVICE names no device kind. A UserError (and a RuntimeError, as callers catch) whose str is the whole
+    `error: ...` line: it reaches the user as the last line of a traceback when training imports this module."""
 
-    def __init__(self, kind: str, line: str):
-        super().__init__(line)
+
+class ForcedDeviceAbsent(DeviceError):
+    """COSMOS_DEVICE names a valid kind this host does not have (`kind` says which). train_preflight's --dry-run
+    accepts this one (it plans for another host), never a bad kind (DeviceError)."""
+
+    def __init__(self, kind: str, what: str, where: str, todo: str):
+        super().__init__(what, where, todo)
         self.kind = kind
 _DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
@@ -101,29 +122,22 @@ def _npu_available(npu_mod) -> bool:
 def _detect() -> tuple[str, object]:
     forced = os.environ.get("COSMOS_DEVICE", "").strip().lower()
     if forced and forced not in _KINDS:
-        raise RuntimeError(
-            f"error: COSMOS_DEVICE={forced} is not a device kind (environment). Use one of cpu, cuda, npu, "
-            "or unset it to auto-detect."
-        )
+        raise DeviceError(f"COSMOS_DEVICE={forced} is not a device kind", "environment",
+                          "Use one of cpu, cuda, npu, or unset it to auto-detect")
     if forced == "cpu":
         return "cpu", None
     if forced == "cuda":
         if not torch.cuda.is_available():
-            raise ForcedDeviceAbsent(
-                "cuda",
-                "error: COSMOS_DEVICE=cuda but torch.cuda.is_available() is False (environment). "
-                "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE."
-            )
+            raise ForcedDeviceAbsent("cuda", "COSMOS_DEVICE=cuda but torch.cuda.is_available() is False", "environment",
+                                     "Install a CUDA build of torch on a GPU host, or unset COSMOS_DEVICE")
         return "cuda", None
     npu_mod = _import_torch_npu()
     if forced == "npu":
         if not _npu_available(npu_mod):
             why = "torch_npu cannot be imported" if npu_mod is None else "torch.npu.is_available() is False"
-            raise ForcedDeviceAbsent(
-                "npu",
-                f"error: COSMOS_DEVICE=npu but {why} (environment). Install torch_npu matching torch and source "
-                "CANN's set_env.sh, or unset COSMOS_DEVICE."
-            )
+            raise ForcedDeviceAbsent("npu", f"COSMOS_DEVICE=npu but {why}", "environment",
+                                     "Install torch_npu matching torch and source CANN's set_env.sh, or unset "
+                                     "COSMOS_DEVICE")
         return "npu", npu_mod
     if _npu_available(npu_mod):
         return "npu", npu_mod

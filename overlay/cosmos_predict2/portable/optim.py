@@ -23,6 +23,8 @@ from itertools import chain
 
 import torch
 
+from .user_error import UserRuntimeError, UserValueError
+
 try:
     from torch.distributed.tensor import DTensor, distribute_tensor
 except ImportError:  # torch builds without distributed
@@ -59,12 +61,12 @@ class FusedAdam(torch.optim.Optimizer):
         **unused,
     ) -> None:
         if amsgrad:
-            raise RuntimeError("error: FusedAdam does not support amsgrad (portable.optim). Use amsgrad=False.")
+            raise UserRuntimeError("FusedAdam does not support amsgrad (portable.optim). Use amsgrad=False.")
         if not 0.0 <= _scalar(lr):
-            raise ValueError(f"error: invalid learning rate {lr} (portable.optim). Use lr >= 0.")
+            raise UserValueError(f"invalid learning rate {lr} (portable.optim). Use lr >= 0.")
         betas = tuple(float(b) for b in betas)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"error: invalid betas {betas} (portable.optim). Use two values in [0, 1).")
+            raise UserValueError(f"invalid betas {betas} (portable.optim). Use two values in [0, 1).")
         defaults = dict(
             lr=_scalar(lr), bias_correction=bias_correction, betas=betas, eps=eps, weight_decay=weight_decay
         )
@@ -112,8 +114,8 @@ class FusedAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None, grad_scaler=None, **deprecated):
         if any(v is not None for v in deprecated.values()):
-            raise RuntimeError(
-                "error: FusedAdam.step() takes no grads/output_params/scale/grad_norms (portable.optim). "
+            raise UserRuntimeError(
+                "FusedAdam.step() takes no grads/output_params/scale/grad_norms (portable.optim). "
                 "Call step() with no arguments."
             )
         loss = None
@@ -130,11 +132,11 @@ class FusedAdam(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
-                raise RuntimeError("error: FusedAdam does not support sparse gradients (portable.optim).")
+                raise UserRuntimeError("FusedAdam does not support sparse gradients (portable.optim).")
             local = _local(p)
             if local.dtype not in (torch.float32, *_LOW_PRECISION):
-                raise RuntimeError(
-                    f"error: FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim)."
+                raise UserRuntimeError(
+                    f"FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim)."
                 )
             m, v = self._moments(p)
             entries.append((local, _local(p.grad), m, v, self._master_for(p)))

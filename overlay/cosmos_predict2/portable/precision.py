@@ -25,9 +25,23 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from typing import NamedTuple
 
 import torch
+
+try:
+    from .user_error import UserRuntimeError, UserValueError
+except ImportError:  # loaded by file path (scripts/train_checks.py, installer doctor): user_error.py beside it
+    import importlib.util
+
+    _name = "cosmos_predict2.portable.user_error"  # one module object per process, however it is loaded
+    if _name not in sys.modules:
+        _spec = importlib.util.spec_from_file_location(
+            _name, os.path.join(os.path.dirname(os.path.abspath(__file__)), "user_error.py"))
+        sys.modules[_name] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules[_name])
+    UserRuntimeError, UserValueError = sys.modules[_name].UserRuntimeError, sys.modules[_name].UserValueError
 
 ENV = "COSMOS_CPU_DTYPE"
 _CHOICES = {"": "auto", "auto": "auto", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
@@ -99,8 +113,8 @@ def parse_choice(raw: str | None) -> str:
     """'auto' | 'float32' | 'bfloat16' from COSMOS_CPU_DTYPE's value; raises ValueError (one line) if unknown."""
     key = (raw or "").strip().lower()
     if key not in _CHOICES:
-        raise ValueError(f"error: {ENV}={raw!r} is not a CPU dtype choice (environment or --cpu_dtype). "
-                         "Use auto, fp32 or bf16.")
+        raise UserValueError(f"{ENV}={raw!r} is not a CPU dtype choice (environment or --cpu_dtype). "
+                             "Use auto, fp32 or bf16.")
     return _CHOICES[key]
 
 
@@ -203,7 +217,7 @@ def policy() -> Decision:
         try:
             _POLICY = decide(device.device_type(), choice=os.environ.get(ENV))
         except ValueError as e:
-            raise RuntimeError(str(e)) from None
+            raise UserRuntimeError(str(e).removeprefix("error: ")) from None
     return _POLICY
 
 

@@ -35,6 +35,7 @@ from collections import OrderedDict
 import torch
 
 from . import device
+from .user_error import UserValueError
 
 _FORMATS = ("sbhd", "bshd", "thd")
 _CACHE_SIZE = 4
@@ -114,7 +115,7 @@ def _positions_cp(seqlen: int, cp_size: int, cp_rank: int, dev) -> torch.Tensor:
     if cp_size == 1:
         return torch.arange(seqlen, device=dev)
     if seqlen % 2:
-        raise ValueError(f"error: sequence length {seqlen} must be even with cp_size={cp_size} (portable.rope).")
+        raise UserValueError(f"sequence length {seqlen} must be even with cp_size={cp_size} (portable.rope).")
     seg, full = seqlen // 2, seqlen * cp_size
     first = torch.arange(cp_rank * seg, (cp_rank + 1) * seg, device=dev)
     second = torch.arange(full - (cp_rank + 1) * seg, full - cp_rank * seg, device=dev)
@@ -137,8 +138,8 @@ def _general(t, freqs, tensor_format, start_positions, interleaved, cu_seqlens, 
         else:
             pos = _positions_cp(seqlen, cp_size, cp_rank, f.device)  # [S]
     if pos.numel() and int(pos.max()) >= f.shape[0]:  # checked before indexing: one clear line, not an assert
-        raise ValueError(
-            f"error: RoPE position {int(pos.max())} is beyond freqs length {f.shape[0]} (portable.rope). "
+        raise UserValueError(
+            f"RoPE position {int(pos.max())} is beyond freqs length {f.shape[0]} (portable.rope). "
             "Build freqs for the full sequence."
         )
     if tensor_format == "thd":
@@ -204,25 +205,25 @@ def apply_rotary_pos_emb(
     """TE-compatible RoPE (see module docstring). `fused` is accepted for signature compatibility."""
     del fused  # always the fused kernel's numerics
     if tensor_format not in _FORMATS:
-        raise ValueError(
-            f"error: tensor_format={tensor_format!r} is not supported (portable.rope). Use sbhd, bshd or thd."
+        raise UserValueError(
+            f"tensor_format={tensor_format!r} is not supported (portable.rope). Use sbhd, bshd or thd."
         )
     if tensor_format == "thd" and cu_seqlens is None:
-        raise ValueError("error: tensor_format='thd' needs cu_seqlens (portable.rope). Pass cumulative lengths.")
+        raise UserValueError("tensor_format='thd' needs cu_seqlens (portable.rope). Pass cumulative lengths.")
     if cp_size > 1 and start_positions is not None:
-        raise ValueError("error: start_positions with cp_size > 1 is not supported (portable.rope, as in TE).")
+        raise UserValueError("start_positions with cp_size > 1 is not supported (portable.rope, as in TE).")
     d2 = freqs.shape[-1]
     if d2 > t.shape[-1] or d2 % 2:
-        raise ValueError(
-            f"error: freqs last dim {d2} must be even and <= the head dim {t.shape[-1]} (portable.rope)."
+        raise UserValueError(
+            f"freqs last dim {d2} must be even and <= the head dim {t.shape[-1]} (portable.rope)."
         )
     if tensor_format == "thd" or start_positions is not None or cp_size > 1:
         return _general(t, freqs, tensor_format, start_positions, interleaved, cu_seqlens, cp_size, cp_rank)
 
     seqlen = t.shape[0] if tensor_format == "sbhd" else t.shape[1]
     if seqlen > freqs.shape[0]:
-        raise ValueError(
-            f"error: sequence length {seqlen} exceeds freqs length {freqs.shape[0]} (portable.rope). "
+        raise UserValueError(
+            f"sequence length {seqlen} exceeds freqs length {freqs.shape[0]} (portable.rope). "
             "Build freqs for the full sequence."
         )
     cos, sin = _cos_sin(freqs, seqlen, tensor_format)
