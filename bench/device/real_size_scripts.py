@@ -2,8 +2,8 @@
 """The seed's data-preparation and inference commands at REAL size, random weights, on one GPU: seconds, peak
 memory and output checks, one JSON line per command.
 
-    python bench/real_size_scripts.py TREE [--videos DIR] [--only dataprep,t2i,v2w] [--v2w-steps 4]
-    python bench/real_size_scripts.py TREE --tiny --videos DIR      # CPU self-check with tiny random models
+    python bench/device/real_size_scripts.py TREE [--videos DIR] [--only dataprep,t2i,v2w] [--v2w-steps 4]
+    python bench/device/real_size_scripts.py TREE --tiny --videos DIR      # CPU self-check with tiny random models
 
 From the checkout root (it uses tests/inference/tiny_cosmos.py to write the real architecture configs). TREE is a
 patched tree (`python -m installer apply ... --target TREE`). Steps, each a subprocess run from TREE exactly as a
@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT_V = "A video of sks teal robot."
 PROMPT_I = "An image of sks teal robot."
 

@@ -3,9 +3,9 @@
 
 Run from the root of a patched tree, once per device, then compare the two JSON files:
 
-    COSMOS_DEVICE=cpu python bench/parity_dit.py --init init.pt --out cpu.json   # writes init.pt
-    python bench/parity_dit.py --init init.pt --out cuda.json   # on the GPU machine (TF32 off, attention "math")
-    python bench/parity_dit.py --compare cpu.json cuda.json --tol 1e-4
+    COSMOS_DEVICE=cpu python bench/parity/parity_dit.py --init init.pt --out cpu.json   # writes init.pt
+    python bench/parity/parity_dit.py --init init.pt --out cuda.json   # on the GPU machine (TF32 off, attention "math")
+    python bench/parity/parity_dit.py --compare cpu.json cuda.json --tol 1e-4
 
 What is the same on both sides: the weights (the --init file), every batch, sigma and
 the noise (drawn from the CPU generator after reseeding with seed + iteration: portable.determinism's

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """torchrun worker (2 GPUs, NCCL): the real 2B Video2World DiT under context parallel 2 equals CP=1, fp32 and bf16.
 
-    cd TREE && torchrun --nproc_per_node=2 /path/to/bench/cp_parity_cuda.py [--frames 8] [--res 480]
+    cd TREE && torchrun --nproc_per_node=2 /path/to/bench/parity/cp_parity_cuda.py [--frames 8] [--res 480]
 
 Each rank builds the 2B DiT from upstream's experiment config (weights broadcast from rank 0) and the same inputs,
 runs forward+backward without CP (the reference), then enables CP on the 2-rank NCCL group, feeds its half of the
