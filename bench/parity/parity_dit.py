@@ -44,8 +44,10 @@ def run(args) -> dict:
     from imaginaire.lazy_config import instantiate
     from imaginaire.utils.config_helper import override
 
-    dev = pdev.get_device()
+    dev = pdev.get_device()  # the tree's device layer decides (COSMOS_DEVICE included); nothing here asks torch
     if dev.type == "cuda":
+        if not args.attn:  # SDPA's "math" kernel: the fused ones sum in other orders (--attn picks another)
+            os.environ["COSMOS_ATTN_BACKEND"] = "math"
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
@@ -117,8 +119,6 @@ def main(argv=None) -> int:
         print("error: run parity_dit.py from the root of a patched tree (cosmos_predict2/portable not found).",
               file=sys.stderr)
         return 2
-    if args.attn is None and os.environ.get("COSMOS_DEVICE", "") != "cpu" and torch.cuda.is_available():
-        args.attn = "math"
     row = run(args)
     print(json.dumps(row), flush=True)
     if args.out:

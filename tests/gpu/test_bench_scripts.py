@@ -120,6 +120,33 @@ def test_parity_compare_uses_the_relative_tolerance(tmp_path, delta, ok):
     assert row["max_rel"] == pytest.approx(delta, rel=1e-6)
 
 
+def test_parity_run_on_cpu_takes_the_device_layers_device(applied_tree, tmp_path):
+    """The CPU side of the cross-device parity (what bench/device/prepare_gpu_carry.sh runs): the device comes from the
+    tree's device layer (COSMOS_DEVICE=cpu), so attention stays on auto (math is pinned on CUDA only)."""
+    out, init = tmp_path / "cpu.json", tmp_path / "init.pt"
+    r = subprocess.run([sys.executable, str(PARITY / "parity_dit.py"), "--steps", "2", "--init", str(init),
+                        "--out", str(out)], cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())
+    assert (row["device"], row["name"], row["attn"], len(row["losses"])) == ("cpu", "cpu", "auto", 2) and init.is_file()
+
+
+def test_cp_parity_without_a_gpu_or_cpu_flag_fails_in_one_line(applied_tree):
+    r = subprocess.run([sys.executable, str(PARITY / "cp_parity_cuda.py")], cwd=applied_tree, env=_env(applied_tree),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: no GPU") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_real_size_driver_asks_the_trees_device_layer(applied_tree, tmp_path):
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "real_size_scripts.py"), str(applied_tree), "--out",
+                        str(tmp_path / "out")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device layer chose cpu" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "real_size_scripts.py"), str(tmp_path), "--tiny"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and "device.py not found" in r.stderr, r.stderr
+
+
 def test_gpu_suite_is_valid_bash():
     r = subprocess.run(["bash", "-n", str(DEVICE_RUNS / "gpu_suite.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
