@@ -1,4 +1,5 @@
-"""CPU checks of the GPU scripts (bench/, bench/parity/, bench/device/): they run, count FLOPs as documented, and fail with one line.
+"""CPU checks of the GPU scripts (bench/, bench/parity/, bench/device/): they run, count FLOPs as documented, and
+fail with one line.
 
 The GPU numbers themselves live in BENCHMARKS.md; these tests keep the scripts that produce them working in CI.
 """
