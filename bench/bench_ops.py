@@ -44,6 +44,8 @@ HEAD_DIM = 128
 BACK_TO_BACK = 20  # calls per event pair for the elementwise ops' throughput rows ("impl@x20")
 
 
+# This benchmark runs from the checkout before any patched tree exists, so it loads the overlay's portable package
+# (device layer included) by path: the device is still that layer's decision, never a check of its own here.
 def load_portable(name: str = "cosmos_portable_bench"):
     spec = importlib.util.spec_from_file_location(
         name, PORTABLE_DIR / "__init__.py", submodule_search_locations=[str(PORTABLE_DIR)]

@@ -1,4 +1,5 @@
-"""CPU checks of the GPU benchmark scripts (bench/): they run, count FLOPs as documented, and fail with one line.
+"""CPU checks of the GPU scripts (bench/, bench/parity/, bench/device/): they run, count FLOPs as documented, and
+fail with one line.
 
 The GPU numbers themselves live in BENCHMARKS.md; these tests keep the scripts that produce them working in CI.
 """
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "bench"
+BENCH = REPO / "bench"  # benchmarks
+PARITY = BENCH / "parity"  # cross-device and CP parity checks
+DEVICE_RUNS = BENCH / "device"  # what runs on / is carried to the GPU machine
 
 
 def _env(tree: Path | None = None) -> dict:
@@ -111,20 +114,47 @@ def test_parity_compare_uses_the_relative_tolerance(tmp_path, delta, ok):
     pa, pb = tmp_path / "a.json", tmp_path / "b.json"
     pa.write_text(json.dumps(a))
     pb.write_text(json.dumps(b))
-    r = subprocess.run([sys.executable, str(BENCH / "parity_dit.py"), "--compare", str(pa), str(pb), "--tol", "1e-4"],
+    r = subprocess.run([sys.executable, str(PARITY / "parity_dit.py"), "--compare", str(pa), str(pb), "--tol", "1e-4"],
                        capture_output=True, text=True, timeout=120)
     row = _rows(r.stdout)[0]
     assert row["ok"] is ok and (r.returncode == 0) is ok
     assert row["max_rel"] == pytest.approx(delta, rel=1e-6)
 
 
+def test_parity_run_on_cpu_takes_the_device_layers_device(applied_tree, tmp_path):
+    """The CPU side of the cross-device parity (what bench/device/prepare_gpu_carry.sh runs): the device comes from the
+    tree's device layer (COSMOS_DEVICE=cpu), so attention stays on auto (math is pinned on CUDA only)."""
+    out, init = tmp_path / "cpu.json", tmp_path / "init.pt"
+    r = subprocess.run([sys.executable, str(PARITY / "parity_dit.py"), "--steps", "2", "--init", str(init),
+                        "--out", str(out)], cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads(out.read_text())
+    assert (row["device"], row["name"], row["attn"], len(row["losses"])) == ("cpu", "cpu", "auto", 2) and init.is_file()
+
+
+def test_cp_parity_without_a_gpu_or_cpu_flag_fails_in_one_line(applied_tree):
+    r = subprocess.run([sys.executable, str(PARITY / "cp_parity_cuda.py")], cwd=applied_tree, env=_env(applied_tree),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: no GPU") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_real_size_driver_asks_the_trees_device_layer(applied_tree, tmp_path):
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "real_size_scripts.py"), str(applied_tree), "--out",
+                        str(tmp_path / "out")], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "device layer chose cpu" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "real_size_scripts.py"), str(tmp_path), "--tiny"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and r.stderr.startswith("error: ") and "device.py not found" in r.stderr, r.stderr
+
+
 def test_gpu_suite_is_valid_bash():
-    r = subprocess.run(["bash", "-n", str(BENCH / "gpu_suite.sh")], capture_output=True, text=True)
+    r = subprocess.run(["bash", "-n", str(DEVICE_RUNS / "gpu_suite.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 def test_cp_parity_worker_self_check_on_cpu(applied_tree):
-    """bench/cp_parity_cuda.py's --cpu mode (gloo, smoke DiT): CP=2 reproduces CP=1, the CP-ignoring op does not."""
+    """bench/parity/cp_parity_cuda.py --cpu (gloo, smoke DiT): CP=2 reproduces CP=1, the CP-ignoring op does not."""
     import socket
 
     with socket.socket() as s:
@@ -133,7 +163,7 @@ def test_cp_parity_worker_self_check_on_cpu(applied_tree):
     from tests import procgroup  # torchrun's workers die with it on timeout
 
     r = procgroup.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-                       str(BENCH / "cp_parity_cuda.py"), "--cpu", "--res", "tiny", "--frames", "4",
+                       str(PARITY / "cp_parity_cuda.py"), "--cpu", "--res", "tiny", "--frames", "4",
                        "--exp", "predict2_video2world_training_2b_cosmos_nemo_assets_smoke"],
                       cwd=applied_tree, env=_env(applied_tree), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -147,7 +177,7 @@ def test_cp_parity_worker_self_check_on_cpu(applied_tree):
 
 
 def test_real_size_scripts_driver_tiny_on_cpu(applied_tree, tmp_path):
-    """bench/real_size_scripts.py --tiny: every seed command of section 7 runs and its output check passes."""
+    """bench/device/real_size_scripts.py --tiny: every seed command of section 7 runs and its output check passes."""
     import shutil
 
     tree = tmp_path / "tree"
@@ -156,7 +186,7 @@ def test_real_size_scripts_driver_tiny_on_cpu(applied_tree, tmp_path):
                         "--skip-vae"], cwd=tree, env=_env(tree), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     videos = tmp_path / "data" / "datasets" / "smoke" / "cosmos_nemo_assets" / "videos"
-    r = subprocess.run([sys.executable, str(BENCH / "real_size_scripts.py"), str(tree), "--tiny", "--videos",
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "real_size_scripts.py"), str(tree), "--tiny", "--videos",
                         str(videos), "--out", str(tmp_path / "out"), "--v2w-steps", "1"],
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

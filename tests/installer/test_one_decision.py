@@ -1,8 +1,9 @@
 """One place for each decision: the device (portable/device.py) and boolean environment variables (device.env_flag).
 
 doctor (installer/doctor.py) and the launcher's preflight (overlay/scripts/train_preflight.py) load the device layer
-by path instead of deciding again; these tests fail if either grows its own rule back. No test doubles: this host's
-real torch (no torch_npu, no GPU), COSMOS_DEVICE set through monkeypatch.
+by path instead of deciding again; these tests fail if either grows its own rule back (or the overlay, the installer
+or a bench/ script does). No test doubles: this host's real torch (no torch_npu, no GPU), COSMOS_DEVICE set through
+monkeypatch.
 """
 
 from __future__ import annotations
@@ -83,9 +84,20 @@ def test_dry_run_plans_for_an_absent_forced_device_but_not_a_bad_kind(monkeypatc
 SELECTION = re.compile(r"\b(torch\.(cuda|npu)\.is_available|torch_npu\.npu\.is_available)\s*\(")
 
 
+def _bench_files() -> list[Path]:
+    """bench/'s scripts (benchmarks, parity/, device/), not its recorded results. The ones run inside a patched tree
+    import its device layer; bench_ops.py (run before a tree exists) and device/real_size_scripts.py (run from the
+    checkout) load one by path. None is allowed a check of its own."""
+    bench = REPO / "bench"
+    return [p for p in bench.rglob("*") if p.suffix in (".py", ".sh") and "results" not in p.relative_to(bench).parts]
+
+
 def test_only_the_device_layer_asks_for_devices():
     """Device selection (`torch.cuda.is_available()` / `torch.npu.is_available()`) appears in device.py only."""
-    files = [*(REPO / "overlay").rglob("*.py"), *(REPO / "installer").rglob("*.py"), REPO / "overlay" / "train.sh"]
+    files = [*(REPO / "overlay").rglob("*.py"), *(REPO / "installer").rglob("*.py"), REPO / "overlay" / "train.sh",
+             *_bench_files()]
+    assert {"bench_dit.py", "parity_dit.py", "cp_parity_cuda.py", "real_size_scripts.py", "gpu_suite.sh"} <= {
+        p.name for p in files}
     offenders = [str(p.relative_to(REPO)) for p in files
                  if p.name != "device.py" and SELECTION.search(p.read_text(encoding="utf-8"))]
     assert offenders == []

@@ -1,9 +1,9 @@
 #!/bin/bash
 # One device call = one run of this script with the stages to run, e.g.
-#   bash bench/gpu_suite.sh env ops setup dit480
+#   bash bench/device/gpu_suite.sh env ops setup dit480
 # From the checkout root on the GPU machine, with carry [".gpu"]: .gpu/ (git-ignored) holds the upstream sdist,
 # the wheels the image lacks (.gpu/whl), real-size and smoke synthetic datasets and the CPU parity files; make it
-# with `bash bench/prepare_gpu_carry.sh` on the CPU machine. Builds the patched tree with the installer into /tmp/tree. Every JSON result line goes to
+# with `bash bench/device/prepare_gpu_carry.sh` on the CPU machine. Builds the patched tree with the installer into /tmp/tree. Every JSON result line goes to
 # $OUT/results.jsonl, the full log to $OUT/log.txt; a summary is printed last.
 set -u -o pipefail
 REPO=$(pwd)
@@ -71,8 +71,8 @@ stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --f
 stage_t2i_bare() { (cd $TREE && runlog t2i_bare python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ${T2I_VARIANTS:-ours_unfused,ours} --warmup 3 --steps ${T2I_STEPS:-10}); }
 stage_infer() { (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35}); }
 stage_parity() {
-  (cd $TREE && runlog parity python3 $REPO/bench/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)
-  python3 bench/parity_dit.py --compare .gpu/parity_cpu.json $OUT/parity_cuda.json --tol 1e-4 2>&1 | tee -a "$LOG"
+  (cd $TREE && runlog parity python3 $REPO/bench/parity/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)
+  python3 bench/parity/parity_dit.py --compare .gpu/parity_cpu.json $OUT/parity_cuda.json --tol 1e-4 2>&1 | tee -a "$LOG"
   grep -h '^{' "$LOG" > "$RES"
 }
 
@@ -145,7 +145,7 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
     train_e2e v2w_2b_720_cp2_blockwise 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
 }
-stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/cp_parity_cuda.py --frames 8 --res 480); }
+stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/parity/cp_parity_cuda.py --frames 8 --res 480); }
 
 ensure_site
 for s in "$@"; do

@@ -3,9 +3,9 @@
 
 Run from the root of a patched tree, once per device, then compare the two JSON files:
 
-    COSMOS_DEVICE=cpu python bench/parity_dit.py --init init.pt --out cpu.json   # writes init.pt
-    python bench/parity_dit.py --init init.pt --out cuda.json   # on the GPU machine (TF32 off, attention "math")
-    python bench/parity_dit.py --compare cpu.json cuda.json --tol 1e-4
+    COSMOS_DEVICE=cpu python bench/parity/parity_dit.py --init init.pt --out cpu.json   # writes init.pt
+    python bench/parity/parity_dit.py --init init.pt --out cuda.json   # on the GPU machine (TF32 off, attention "math")
+    python bench/parity/parity_dit.py --compare cpu.json cuda.json --tol 1e-4
 
 What is the same on both sides: the weights (the --init file), every batch, sigma and
 the noise (drawn from the CPU generator after reseeding with seed + iteration: portable.determinism's
@@ -44,8 +44,10 @@ def run(args) -> dict:
     from imaginaire.lazy_config import instantiate
     from imaginaire.utils.config_helper import override
 
-    dev = pdev.get_device()
+    dev = pdev.get_device()  # the tree's device layer decides (COSMOS_DEVICE included); nothing here asks torch
     if dev.type == "cuda":
+        if not args.attn:  # SDPA's "math" kernel: the fused ones sum in other orders (--attn picks another)
+            os.environ["COSMOS_ATTN_BACKEND"] = "math"
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
@@ -117,8 +119,6 @@ def main(argv=None) -> int:
         print("error: run parity_dit.py from the root of a patched tree (cosmos_predict2/portable not found).",
               file=sys.stderr)
         return 2
-    if args.attn is None and os.environ.get("COSMOS_DEVICE", "") != "cpu" and torch.cuda.is_available():
-        args.attn = "math"
     row = run(args)
     print(json.dumps(row), flush=True)
     if args.out:

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Fill .gpu/ (git-ignored; carry it to the GPU machine) with what bench/gpu_suite.sh needs there:
+# Fill .gpu/ (git-ignored; carry it to the GPU machine) with what bench/device/gpu_suite.sh needs there:
 #   .gpu/cosmos_predict2-1.0.9.tar.gz   upstream sdist (the installer builds the tree from it on the device)
 #   .gpu/whl/                           cp312 manylinux wheels of the training path's packages the device image lacks
 #   .gpu/data/datasets/smoke/...        2 videos of 94 frames at 704x1280 + 2 images (real-size synthetic data)
 #   .gpu/smoke/datasets/smoke/...       the default tiny smoke data
 #   .gpu/parity_init.pt, parity_cpu.json  CPU side of the cross-device parity run
 # Usage (checkout root, CPU machine with the project venv and PyPI access):
-#   bash bench/prepare_gpu_carry.sh [SDIST] [PYTHON]
+#   bash bench/device/prepare_gpu_carry.sh [SDIST] [PYTHON]
 # then: grep -q '^/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude   (never commit .gpu)
 set -euo pipefail
 SDIST=${1:-/work/cache/cosmos_predict2-1.0.9.tar.gz}
@@ -33,5 +33,5 @@ TREE=$(mktemp -d)/tree
 $PY -m installer apply --source "$SDIST" --target "$TREE" | tail -1
 (cd "$TREE" && $PY -m scripts.make_smoke_dataset --root "$OLDPWD/.gpu/data" --frames 94 --size 704 --width 1280 --skip-vae \
    && $PY -m scripts.make_smoke_dataset --root "$OLDPWD/.gpu/smoke" --skip-vae \
-   && COSMOS_DEVICE=cpu $PY "$OLDPWD/bench/parity_dit.py" --init "$OLDPWD/.gpu/parity_init.pt" --out "$OLDPWD/.gpu/parity_cpu.json")
+   && COSMOS_DEVICE=cpu $PY "$OLDPWD/bench/parity/parity_dit.py" --init "$OLDPWD/.gpu/parity_init.pt" --out "$OLDPWD/.gpu/parity_cpu.json")
 du -sh .gpu

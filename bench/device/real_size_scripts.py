@@ -2,8 +2,8 @@
 """The seed's data-preparation and inference commands at REAL size, random weights, on one GPU: seconds, peak
 memory and output checks, one JSON line per command.
 
-    python bench/real_size_scripts.py TREE [--videos DIR] [--only dataprep,t2i,v2w] [--v2w-steps 4]
-    python bench/real_size_scripts.py TREE --tiny --videos DIR      # CPU self-check with tiny random models
+    python bench/device/real_size_scripts.py TREE [--videos DIR] [--only dataprep,t2i,v2w] [--v2w-steps 4]
+    python bench/device/real_size_scripts.py TREE --tiny --videos DIR      # CPU self-check with tiny random models
 
 From the checkout root (it uses tests/inference/tiny_cosmos.py to write the real architecture configs). TREE is a
 patched tree (`python -m installer apply ... --target TREE`). Steps, each a subprocess run from TREE exactly as a
@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROMPT_V = "A video of sks teal robot."
 PROMPT_I = "An image of sks teal robot."
 
@@ -60,6 +60,24 @@ TINY_T2I = ["--height", "64", "--width", "64", "--steps", "2"]
 TINY_V2W = ["--height", "64", "--width", "64", "--frames", "9"]
 
 
+def device_layer(tree: Path):
+    """TREE's device layer (cosmos_predict2/portable/device.py), loaded by path as doctor and preflight do: this
+    driver runs from the checkout, not inside the tree, and still must not decide the device itself."""
+    import importlib.util
+
+    path = tree / "cosmos_predict2" / "portable" / "device.py"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found (real_size_scripts.py). Pass a tree made by "
+                         "`python -m installer apply --target TREE`.")
+    spec = importlib.util.spec_from_file_location("_cosmos_tree_device", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+DEV = None  # main() sets it: TREE's device layer
+
+
 def write_random_t5(dst: Path, tokenizer_from: Path) -> int:
     import torch
 
@@ -77,14 +95,14 @@ def write_random_t5(dst: Path, tokenizer_from: Path) -> int:
     t0 = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with DEV.get_device():
         model = T5EncoderModel(T5Config(**_T5_11B)).to(torch.bfloat16)
     model.save_pretrained(dst, safe_serialization=True)
     for f in os.listdir(tokenizer_from):
         shutil.copy(tokenizer_from / f, dst / f)
     n = sum(p.numel() for p in model.parameters())
     del model
-    torch.cuda.empty_cache()
+    DEV.empty_cache()
     emit(bench="scripts", step="write_random_t5_11b", params=n, seconds=time.perf_counter() - t0)
     return n
 
@@ -182,13 +200,19 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random models and sizes on CPU (self-check)")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out") + "/scripts")
     args = ap.parse_args(argv)
-    global TINY
+    global TINY, DEV
     TINY = args.tiny
     tree, out = Path(args.tree).resolve(), Path(args.out)
+    DEV = device_layer(tree)
+    if DEV.device_type() == "cpu" and not TINY:
+        print("error: the real-size commands need a GPU; the device layer chose cpu (real_size_scripts.py). "
+              "Run on a GPU machine, or pass --tiny for the CPU self-check.", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    emit(bench="env", torch=torch.__version__, name=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    emit(bench="env", torch=torch.__version__, device=DEV.device_type(),
+         name=torch.cuda.get_device_name() if DEV.device_type() == "cuda" else DEV.device_type(),
          cudnn=torch.backends.cudnn.version(),
          diffusers=__import__("diffusers").__version__, transformers=__import__("transformers").__version__)
     sys.path.insert(0, str(REPO / "tests" / "inference"))

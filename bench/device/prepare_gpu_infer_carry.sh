@@ -1,16 +1,16 @@
 #!/bin/bash
-# Fill .gpu_infer/ (git-ignored; carry it to the GPU machine) with what bench/real_size_scripts.py needs there:
+# Fill .gpu_infer/ (git-ignored; carry it to the GPU machine) with what bench/device/real_size_scripts.py needs there:
 #   .gpu_infer/cosmos_predict2-1.0.9.tar.gz   upstream sdist (the installer builds the tree from it on the device)
 #   .gpu_infer/whl/    cp312 wheels: the tested diffusers/transformers pair (0.35.1 / 4.56.2 with tokenizers 0.22.2,
 #                      huggingface_hub 0.35.3, peft 0.17.1: GPU images often ship transformers 5, which diffusers
 #                      0.35 cannot import), PyAV (the scripts' video I/O), unidiff (the installer)
-#   .gpu_infer/data/   2 videos of 94 frames at 704x1280 (made like bench/prepare_gpu_carry.sh's)
+#   .gpu_infer/data/   2 videos of 94 frames at 704x1280 (made like bench/device/prepare_gpu_carry.sh's)
 # Usage (checkout root, CPU machine with the project venv and PyPI access; about 55 MB):
-#   bash bench/prepare_gpu_infer_carry.sh [SDIST] [PYTHON]
+#   bash bench/device/prepare_gpu_infer_carry.sh [SDIST] [PYTHON]
 # then, on the GPU machine (carry [".gpu_infer"]):
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/si .gpu_infer/whl/*.whl && export PYTHONPATH=/tmp/si
 #   python3 -m installer apply --source .gpu_infer/cosmos_predict2-1.0.9.tar.gz --target /tmp/ti
-#   python3 bench/real_size_scripts.py /tmp/ti --v2w-steps 3
+#   python3 bench/device/real_size_scripts.py /tmp/ti --v2w-steps 3
 set -euo pipefail
 SDIST=${1:-/work/cache/cosmos_predict2-1.0.9.tar.gz}
 PY=${2:-python}

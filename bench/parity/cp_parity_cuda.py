@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """torchrun worker (2 GPUs, NCCL): the real 2B Video2World DiT under context parallel 2 equals CP=1, fp32 and bf16.
 
-    cd TREE && torchrun --nproc_per_node=2 /path/to/bench/cp_parity_cuda.py [--frames 8] [--res 480]
+    cd TREE && torchrun --nproc_per_node=2 /path/to/bench/parity/cp_parity_cuda.py [--frames 8] [--res 480]
 
 Each rank builds the 2B DiT from upstream's experiment config (weights broadcast from rank 0) and the same inputs,
 runs forward+backward without CP (the reference), then enables CP on the 2-rank NCCL group, feeds its half of the
@@ -9,7 +9,8 @@ latent frames, gathers the outputs and all-reduces the gradients; once in fp32 (
 <~1e-5) and once in bf16 from the same fp32 weights. Reported: relative L2 errors ||cp - ref|| / ||ref|| of output
 and gradients; the bf16 noise floor (bf16 CP=1 against fp32 CP=1); and, as a negative control, the error when the
 attention ignores the CP group (must be far larger). Rank 0 prints one JSON line (bf16 at the top level, fp32
-under "fp32").
+under "fp32"). The device and the process-group backend are the tree's device layer's decision; --cpu forces
+CPU/gloo (COSMOS_DEVICE=cpu).
 """
 
 from __future__ import annotations
@@ -39,17 +40,23 @@ def main(argv=None) -> int:
                     help="self-check of this script on CPU/gloo (use with --exp <smoke experiment> --res tiny)")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.getcwd())
-    dist.init_process_group("gloo" if args.cpu else "nccl")
+    if args.cpu:
+        os.environ["COSMOS_DEVICE"] = "cpu"  # before the device layer's one detection, which decides all below
+    from cosmos_predict2.portable import device as pdev
+
+    if pdev.device_type() == "cpu" and not args.cpu:
+        if os.environ.get("RANK", "0") == "0":
+            print("error: no GPU for the 2B CP parity check (cp_parity_cuda.py). On CPU run the self-check: --cpu "
+                  "--res tiny --exp predict2_video2world_training_2b_cosmos_nemo_assets_smoke.", file=sys.stderr)
+        return 2
+    dist.init_process_group(pdev.dist_backend())  # nccl on CUDA, gloo on CPU
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != 2:
         print(f"error: cp_parity_cuda.py needs 2 ranks, got {world}. Run with torchrun --nproc_per_node=2.",
               file=sys.stderr)
         return 2
-    if args.cpu:
-        dev = torch.device("cpu")
-    else:
-        torch.cuda.set_device(rank)
-        dev = torch.device("cuda", rank)
+    pdev.set_device(rank)
+    dev = pdev.get_device(rank)
     from megatron.core import parallel_state  # noqa: F401  (import order as in training)
 
     from cosmos_predict2.configs.base.config import make_config
@@ -124,7 +131,7 @@ def main(argv=None) -> int:
     if rank == 0:
         print(json.dumps(dict(
             bench="cp_parity", exp=args.exp, S=T * (H // 2) * (W // 2), frames=T, res=args.res,
-            name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", torch=torch.__version__,
+            name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type, torch=torch.__version__,
             nccl=".".join(map(str, torch.cuda.nccl.version())) if dev.type == "cuda" else None,
             **bf16, fp32=fp32,
             # the bf16 noise floor: CP=1 in bf16 against CP=1 in fp32, same weights and inputs
