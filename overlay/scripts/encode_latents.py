@@ -15,33 +15,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import time
+
+from scripts.user_errors import UserError
 
 CONFIG = "cosmos_predict2/configs/base/config.py"
 PRECISIONS = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "fp32": "float32",
               "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _user_error():
-    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
-    package name: one module object per process, shared with the device layer and the installer."""
-    name = "cosmos_predict2.portable.user_error"
-    if name not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
 def _fail(what: str, where: str, todo: str) -> int:
     """Print the one error line (UserError's formatter) and return the exit status 2."""
-    print(_user_error().UserError(what, where, todo).line(), file=sys.stderr)
+    print(UserError(what, where, todo).line(), file=sys.stderr)
     return 2
 
 

@@ -11,30 +11,13 @@ Reads INPUT/videos/*.mp4 and writes OUTPUT/images/<video stem>_<k:08d>.jpg (k = 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
 if __package__ != "scripts":  # `python scripts/<name>.py`: the tree root makes `scripts` a package, as under -m
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _user_error():
-    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
-    package name: one module object per process, shared with the device layer and the installer."""
-    name = "cosmos_predict2.portable.user_error"
-    if name not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-UserError, OneLineParser, run_main = (_user_error().UserError, _user_error().OneLineParser,
-                                      _user_error().run_main)
+from scripts.user_errors import OneLineParser, UserError, run_main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -23,21 +22,15 @@ DTYPES = ("bfloat16", "float16", "float32")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 
 
-def _user_error():
-    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
-    package name: one module object per process, shared with the device layer and the installer."""
-    name = "cosmos_predict2.portable.user_error"
-    if name not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+def _sibling(name: str):
+    """scripts/<name>.py as the module `scripts.<name>`, in every run context (also when this file is loaded by
+    path): the tree root importable, as under `python -m scripts.…`."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return importlib.import_module(f"scripts.{name}")
 
 
-UserError, die = _user_error().UserError, _user_error().die
+UserError, die = _sibling("user_errors").UserError, _sibling("user_errors").die
 
 
 class ScriptError(UserError):
@@ -226,13 +219,6 @@ def apply_tiny_defaults(parser: argparse.ArgumentParser, args) -> None:
         raise ScriptError(f"--frames {args.frames} exceeds the tiny model's {from_tiny.MAX_FRAMES} (--tiny). "
                           "Use e.g. --frames 9.")
 
-
-def _sibling(name: str):
-    """scripts/<name>.py as the module `scripts.<name>`, in every run context (also when this file is loaded by
-    path): the tree root importable, as under `python -m scripts.…`."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    return importlib.import_module(f"scripts.{name}")
 
 
 def _hints():

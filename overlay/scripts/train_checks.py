@@ -17,23 +17,7 @@ from train_experiments import (DOWNLOAD_VIDEO, EXTRACT_IMAGES, K_BATCH, K_CP, K_
                                K_JOB, K_SAMPLER_DATASET, K_SHARD, K_VAE, MAKE_SMOKE, NPU_ENV_DEFAULTS, T5_IMAGES,
                                T5_VIDEO, VAE_TEMPORAL_COMPRESSION, Experiment, latent_frames)
 
-
-def _user_error():
-    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
-    package name: one module object per process, shared with the device layer and the installer."""
-    name = "cosmos_predict2.portable.user_error"
-    if name not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-UserError = _user_error().UserError
-OneLineParser = _user_error().OneLineParser
+from user_errors import OneLineParser, UserError
 
 
 class PreflightError(UserError):

@@ -10,7 +10,8 @@ The parts, beside this file (imported by plain name: this runs as a file and is 
     train_experiments.py  EXPERIMENTS, the single table of what the launcher needs to know about each experiment
                           (tests/launcher checks it against upstream's own config objects), and the override keys
     train_checks.py       the checks (flags, parallel layout, data, checkpoints, device, memory, dtype, ports, output
-                          root) and PreflightError (a UserError: cosmos_predict2/portable/user_error.py)
+                          root) and PreflightError (a UserError: cosmos_predict2/portable/user_error.py, through
+                          user_errors.py, the scripts' one loader of it)
     train_plan.py         the flags (argparse), fresh/resumed run, the torchrun command and environment, the bash plan
 This file is the entry point train.sh runs; its namespace re-exports the parts' public names.
 """
@@ -25,10 +26,11 @@ if _HERE not in sys.path:  # its parts beside it, also when this file is loaded 
     sys.path.insert(0, _HERE)
 
 from train_checks import *  # noqa: E402,F401,F403  (the names tests and tools read from here)
-from train_checks import PreflightError, _user_error  # noqa: E402
+from train_checks import PreflightError  # noqa: E402
 from train_experiments import *  # noqa: E402,F401,F403
 from train_plan import *  # noqa: E402,F401,F403
 from train_plan import _parser, build_plan, describe, write_plan  # noqa: E402
+from user_errors import report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = build_plan(argv)
     except PreflightError as e:
-        return _user_error().report(e)  # its one line; exit 2
+        return report(e)  # its one line; exit 2
     if plan.dry_run:  # a real run prints the same text as the first lines of its log (TRAIN_HEADER)
         print(describe(plan), end="")
     if plan.plan_file:

@@ -15,35 +15,18 @@ Exit status: 0 with a report, 1 when there is nothing to report (no or unreadabl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import statistics
 import sys
 
+from user_errors import OneLineParser, UserError  # this folder is sys.path[0] (run as a file by train.sh)
 
 try:  # the per-phase table (scripts/step_breakdown.py, next to this file)
     import step_breakdown
 except ImportError:  # pragma: no cover - a tree without it
     step_breakdown = None
-
-
-def _user_error():
-    """cosmos_predict2/portable/user_error.py of this tree (the one user-error type), loaded by path under its
-    package name: one module object per process, shared with the device layer and the installer."""
-    name = "cosmos_predict2.portable.user_error"
-    if name not in sys.modules:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        spec = importlib.util.spec_from_file_location(
-            name, os.path.join(root, "cosmos_predict2", "portable", "user_error.py"))
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-UserError, OneLineParser = _user_error().UserError, _user_error().OneLineParser
 
 
 class ReportError(UserError):

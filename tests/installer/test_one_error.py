@@ -111,6 +111,12 @@ def test_one_module_object_for_every_loader():
     spec.loader.exec_module(dev)
     assert dev.UserError is ue.UserError and issubclass(dev.ForcedDeviceAbsent, ue.UserError)
     assert issubclass(dev.ForcedDeviceAbsent, RuntimeError)
+    # the scripts' one loader (overlay/scripts/user_errors.py), loaded by path as train.sh's scripts import it
+    spec = importlib.util.spec_from_file_location("_scripts_user_errors",
+                                                  REPO / "overlay" / "scripts" / "user_errors.py")
+    scripts_errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scripts_errors)
+    assert scripts_errors.UserError is ue.UserError and scripts_errors.OneLineParser is ue.OneLineParser
 
 
 def _bases(node: ast.ClassDef) -> set[str]:

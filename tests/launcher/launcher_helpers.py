@@ -32,6 +32,7 @@ LAUNCHER_FILES = {
     "overlay/scripts/train_experiments.py": "scripts/train_experiments.py",
     "overlay/scripts/train_checks.py": "scripts/train_checks.py",
     "overlay/scripts/train_plan.py": "scripts/train_plan.py",
+    "overlay/scripts/user_errors.py": "scripts/user_errors.py",
     "overlay/cosmos_predict2/portable/user_error.py": "cosmos_predict2/portable/user_error.py",
     "overlay/scripts/train_report.py": "scripts/train_report.py",
     "overlay/scripts/memory_estimate.py": "scripts/memory_estimate.py",

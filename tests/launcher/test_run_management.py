@@ -220,7 +220,8 @@ def test_train_sh_copied_out_of_its_tree(skeleton_tree, tmp_path):
     assert "--tree=<patched tree>" in r.stderr
     # with --tree it runs from anywhere
     os.makedirs(f"{skeleton_tree}/scripts")
-    for name in ("train_preflight.py", "train_experiments.py", "train_checks.py", "train_plan.py", "hints.py"):
+    for name in ("train_preflight.py", "train_experiments.py", "train_checks.py", "train_plan.py", "hints.py",
+                 "user_errors.py"):
         shutil.copy(os.path.join(REPO, "overlay/scripts", name), f"{skeleton_tree}/scripts/")
     r = run_train_sh([f"--tree={skeleton_tree}", f"--EXP={EXP}", "--dry-run"],
                      env={"COSMOS_DEVICE": "cpu", "IMAGINAIRE_OUTPUT_ROOT": f"{skeleton_tree}/outputs"},
