@@ -28,6 +28,8 @@ Variants (each rebuilds the net from the same seed):
 - ours_nosac: our ops, no activation checkpointing (memory permitting).
 - ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
   recomputation than predict2_2b_720, more memory).
+- <variant>_fa4 (e.g. ours_fa4, ours_linsa_fa4): that variant with FlashAttention-4's CuTe kernels (the optional
+  flash_cute attention backend, pip package flash-attn-4) instead of cuDNN's SDPA.
 
 --net t2i: the Text2Image 2B net (`_PREDICT2_TEXT2IMAGE_NET_2B`, SAC mode mm_only) on one 768x1360 image (96x170
 latents, S = 48*85 = 4080 tokens, the Cosmos-NeMo-Assets experiment's size), data type IMAGE, no conditioning
@@ -112,6 +114,12 @@ def set_variant(variant: str):
     from cosmos_predict2.portable.sac import is_attention_op
 
     anchor_ops = variant == "anchor"
+    # ours_fa4: ours with FlashAttention-4's CuTe kernels (the optional flash_cute backend) instead of cuDNN
+    if variant.endswith("_fa4"):
+        os.environ["COSMOS_ATTN_BACKEND"] = "flash_cute"
+        variant = variant[: -len("_fa4")]
+    else:
+        os.environ.pop("COSMOS_ATTN_BACKEND", None)
     os.environ["COSMOS_DISABLE_COMPILE"] = "1" if anchor_ops else "0"
     dit.apply_rotary_pos_emb = anchor_rope if anchor_ops else apply_rotary_pos_emb
     dit.is_attention_op = upstream_is_attention_op if variant in ("anchor", "ours_upsac") else is_attention_op

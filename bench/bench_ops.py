@@ -14,7 +14,8 @@ Shapes: B=1, bf16, head_dim 128; 2B: 16 heads, 14B: 40 heads; S = 37440 (480p, 9
 - rmsnorm: ours vs the same math in eager torch, GB/s = (read x + write out) / time;
 - rope and rmsnorm are timed twice: one call per event pair (what a lone call costs, host work included) and
   20 back-to-back calls per event pair ("impl@x20": kernel throughput, the number to hold against the copy roof);
-- attention: ours (portable attention(), auto backend) vs SDPA pinned to cudnn / flash / efficient, forward
+- attention: ours (portable attention(), auto backend) vs SDPA pinned to cudnn / flash / efficient and, where
+  flash-attn-4 is installed, its CuTe kernels (the flash_cute backend), forward
   and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 3.5x that for forward+backward (backward = 2.5x forward: dQ, dK, dV, dP and the recomputed QK^T, as FlashAttention counts);
 - optim: one step of FusedAdam (fp32 masters) over 256M bf16 params vs AdamW on bf16 params (the anchor) and
   fused AdamW on fp32 params; GB/s counts ~30 bytes per parameter (apex's fused kernel traffic).
@@ -201,6 +202,14 @@ def bench_attention(pkg, t: Timer, dev, shapes, backward: bool) -> None:
                 return out.transpose(1, 2)
 
             impls[name] = run
+        if dev.type == "cuda" and "flash_cute" in pkg.attention.BACKENDS:  # FlashAttention-4 CuTe, if installed
+            fa4 = pkg.attention.BACKENDS["flash_cute"]
+            pf = pkg.attention.AttnParams(1 / math.sqrt(D), False, 0.0, False)
+            why = fa4.supports(q, k, v, pf)
+            if why:
+                emit(bench="attention", model=model, S=S, H=H, impl="flash_cute", skipped=why)
+            else:
+                impls["flash_cute"] = lambda fa4=fa4, pf=pf: fa4.run(q, k, v, pf)
         for impl, fn in impls.items():
             try:
                 ms = t.median_ms(fn, warmup=2, max_reps=10)

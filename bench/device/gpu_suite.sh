@@ -26,12 +26,13 @@ runlog() {  # runlog NAME CMD...: run, keep the log, collect JSON lines
 }
 
 ensure_site() {
+  [ -d .gpu/whl ] || return 0  # a call that carries no .gpu (e.g. stage fa4_unpack)
   local want; want=$(ls .gpu/whl | md5sum)
   if [ "$(cat /tmp/site/.done 2>/dev/null)" != "$want" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
       && echo "$want" > /tmp/site/.done || { log "error: wheel install failed"; return 1; }
   fi
-  export PYTHONPATH=/tmp/site
+  export PYTHONPATH=/tmp/site${FA4_PATH:+:$FA4_PATH}
 }
 
 stage_env() {
@@ -40,7 +41,7 @@ stage_env() {
   python3 -m pip list 2>/dev/null | grep -i -E "^(torch|triton|numpy|transformers|einops|imageio|pandas|psutil|safetensors|huggingface|opencv|pyyaml|tabulate|portalocker|termcolor|megatron|hydra|omegaconf|antlr4|loguru|fvcore|iopath|yacs|decord|av|webdataset|wandb|diffusers|pydantic|attrs|platformdirs|gitpython|sentry) " | tee -a "$LOG"
 }
 
-stage_ops() { runlog ops python3 bench/bench_ops.py --budget-s ${OPS_BUDGET_S:-0.6} --only ${OPS_ONLY:-copy,matmul,rope,rmsnorm,attention,optim}; }
+stage_ops() { runlog ops python3 bench/bench_ops.py --budget-s ${OPS_BUDGET_S:-0.6} --only ${OPS_ONLY:-copy,matmul,rope,rmsnorm,attention,optim} ${OPS_ARGS:-}; }
 
 stage_setup() {
   ensure_site || return 1
@@ -144,6 +145,22 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
     log "v2w_2b_720_cp2 ran out of memory: retrying with sac_config.mode=block_wise"
     train_e2e v2w_2b_720_cp2_blockwise 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
+}
+stage_cudatests() { runlog cudatests python3 tests/ops/test_cuda.py; }
+# FlashAttention-4 (optional flash_cute attention backend). Its CuTe DSL's cu13 libraries (92 MB as a wheel, 61 MiB
+# as .fa4a/cu13.tar.xz) fill a device call's carry alone, so they travel in a call of their own (carry [".fa4a"],
+# stage fa4_unpack), and the next call on the same warm machine (carry [".gpu"], with the small wheels in
+# .gpu/fa4whl) runs stage fa4. Make both with bench/device/prepare_fa4_carry.sh.
+stage_fa4_unpack() { mkdir -p /tmp/fa4libs && tar xJf .fa4a/cu13.tar.xz -C /tmp/fa4libs && du -sh /tmp/fa4libs | tee -a "$LOG"; }
+stage_fa4() {
+  ensure_site || return 1
+  [ -d /tmp/fa4libs/nvidia_cutlass_dsl ] || { log "error: /tmp/fa4libs is missing (stage fa4). Run stage fa4_unpack in the call before, on the same machine."; return 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/fa4whl/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  cp -a /tmp/fa4libs/. /tmp/site/
+  # the CuTe DSL finds its `cutlass` package through a .pth file, which --target installs do not run
+  FA4_PATH=/tmp/site/nvidia_cutlass_dsl/dsl_packages
+  export PYTHONPATH=/tmp/site:$FA4_PATH
+  python3 -c "import flash_attn.cute, torch; q = torch.randn(1, 512, 2, 128, device='cuda', dtype=torch.bfloat16); o = flash_attn.cute.flash_attn_func(q, q, q); o = o[0] if isinstance(o, tuple) else o; print('fa4 ok', tuple(o.shape), flash_attn.cute.__version__)" 2>&1 | tail -5 | tee -a "$LOG"
 }
 stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/parity/cp_parity_cuda.py --frames 8 --res 480); }
 

@@ -143,3 +143,31 @@ def _cp_worker(rank, world):
 
 def test_dot_product_attention_refuses_context_parallel(portable):
     run_ranks(_cp_worker, 2)
+
+
+def test_flash_cute_backend_is_opt_in_and_saved_by_sac(portable, monkeypatch):
+    """FlashAttention-4 (CuTe) backend: never auto-selected unless asked, refused off CUDA with the reason, and its
+    forward is the op SAC saves (a custom op; FA4's own kernels are invisible to a checkpoint policy)."""
+    att, sac, fc = portable.attention, portable.sac, portable.flash_cute
+    q = rand(1, 8, 2, 8)
+    p = att.AttnParams(scale=0.3, causal=False, dropout_p=0.0, deterministic=False)
+    assert "flash_cute" in att.BACKENDS
+    assert "flash_cute" not in att.auto_order(q)
+    assert "needs device cuda" in att.BACKENDS["flash_cute"].supports(q, q, q, p)
+    monkeypatch.setenv("COSMOS_ATTN_BACKEND", "flash_cute")
+    with pytest.raises(RuntimeError, match="'flash_cute' forced by COSMOS_ATTN_BACKEND cannot run this call"):
+        att.attention(q, q, q)
+    if not fc.available():  # the CI venv: the check names the missing package
+        assert fc.import_error() == "flash_attn.cute is not installed (pip package flash-attn-4)"
+    fwd, bwd = fc._define()
+    assert fc._define()[0] is fwd  # defined once per process, whatever the package name it was loaded under
+    assert sac.is_attention_op(fwd.default) and not sac.is_attention_op(bwd.default)
+    assert not sac.is_attention_op(torch.ops.aten.mm.default)
+    # Shapes without the kernels (fake tensors): out like q with v's head_dim, lse [B, H, S] in fp32.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        qf, kf, vf = torch.empty(2, 40, 4, 64), torch.empty(2, 24, 4, 64), torch.empty(2, 24, 4, 32)
+        out, lse = fwd(qf.bfloat16(), kf.bfloat16(), vf.bfloat16(), 0.125, False)
+        assert tuple(out.shape) == (2, 40, 4, 32) and out.dtype == torch.bfloat16
+        assert tuple(lse.shape) == (2, 4, 40) and lse.dtype == torch.float32

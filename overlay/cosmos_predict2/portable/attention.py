@@ -20,8 +20,12 @@ sequence and a slice of the heads), and the op names selective activation checkp
   `deterministic=True` selects it (its matmuls and softmax have deterministic kernels; the fused kernels'
   backward does not promise that); it has no head-count limit, so it is also the NPU fallback beyond 256 heads.
 - "sdpa_cpu": SDPA's default CPU dispatch (its fused CPU flash kernel where it applies).
-Auto order: NPU -> npu_fusion; CUDA -> cudnn, flash, efficient on sm90/sm100, flash first elsewhere, efficient
-for fp32; CPU -> sdpa_cpu; math last everywhere. `COSMOS_ATTN_BACKEND=<name>` forces one backend and fails with
+- "flash_cute": FlashAttention-4's CuTe kernels (optional pip package flash-attn-4; sm90/sm100, fp16/bf16) as
+  custom ops that SAC can save (portable/flash_cute.py). Where it imports, auto mode puts it first for queries of
+  >= FLASH_CUTE_MIN_SEQ tokens (Video2World at 480p/720p), where it measured faster than cuDNN.
+Auto order: NPU -> npu_fusion; CUDA -> flash_cute for long sequences where installed, then cudnn, flash, efficient
+on sm90/sm100, flash first elsewhere, efficient for fp32; CPU -> sdpa_cpu; math last everywhere.
+`COSMOS_ATTN_BACKEND=<name>` forces one backend and fails with
 one clear line if its constraints do not hold.
 
 `DotProductAttention` stands in for TransformerEngine's module of the same name as upstream's DiT uses it.
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import device
+from . import device, flash_cute
 from .user_error import UserNotImplementedError, UserRuntimeError, UserValueError
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -244,6 +248,38 @@ register(Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa
                  # the CPU flash kernel (…_flash_attention_for_cpu) and the privateuse1 hook SDPA may pick
                  saved_ops=("_scaled_dot_product_flash_attention_for_cpu",
                             "_scaled_dot_product_fused_attention_overrideable")))
+
+
+# ---------------------------------------------------------------- FlashAttention-4 (CuTe), optional
+
+
+# Auto-selected (before cuDNN) from this query length on: on one H200 (BENCHMARKS.md 2d) FA4 ran the 2B DiT's
+# attention at 84480 tokens 1.15x faster than cuDNN 9.19 forward+backward and 1.13x forward, but at 4080 tokens
+# (Text2Image 768x1360) its forward+backward was 1.35x slower. Between the two, not measured.
+FLASH_CUTE_MIN_SEQ = 32768
+
+
+def _flash_cute_check(q, k, v, p):
+    why = _cuda_half_check("flash_cute", 90, 256)(q, k, v, p)
+    if why:
+        return why
+    cc = _cuda_cc(q)
+    if cc not in (90, 100):
+        return f"flash_cute runs on sm90/sm100 only, device is sm{cc}"
+    if p.dropout_p:
+        return "flash_cute has no attention dropout"
+    return flash_cute.import_error()
+
+
+def _flash_cute_rank(q):
+    if q.dtype not in _HALF or q.shape[1] < FLASH_CUTE_MIN_SEQ or _cuda_cc(q) not in (90, 100):
+        return None
+    return -1 if flash_cute.import_error() is None else None
+
+
+register(Backend("flash_cute", ("cuda",), _flash_cute_check,
+                 lambda q, k, v, p: flash_cute.attention(q, k, v, p.scale, p.causal),
+                 priority=_flash_cute_rank, saved_ops=("flash_cute_fwd",)))
 
 
 # ---------------------------------------------------------------- NPU backend
