@@ -56,6 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SMOKE_EXP = "predict2_text2image_training_2b_cosmos_nemo_assets_smoke"
 FULL_EXP = "predict2_text2image_training_2b_cosmos_nemo_assets"
 ENV_OUT = "TRAINER_OVERHEAD_OUT"
+ENV_KEEP = "TRAINER_OVERHEAD_KEEP_UNSHARDED"
 ENV_COUNT = "TRAINER_OVERHEAD_COUNT"  # 0: no dispatch mode (host times only)
 
 SYNC_OPS = {
@@ -260,6 +261,24 @@ def install_host_hooks(counter: Counter) -> None:
 
 
 # ---------------------------------------------------------------- trainer side: a callback ------------------------
+def keep_unsharded_after_forward() -> None:
+    """Experiment (TRAINER_OVERHEAD_KEEP_UNSHARDED=1): FSDP2 with reshard_after_forward=False everywhere, so backward
+    does not all-gather every block again (one rank: copies, not communication). Costs the unsharded bf16
+    parameters kept from forward to backward (2B: ~4 GiB). Changes no value; measures what the re-gather costs."""
+    import cosmos_predict2.models.text2image_dit as dit_mod
+    import cosmos_predict2.pipelines.text2image as pipe_mod
+
+    def wrap(fn):
+        def keep(*a, **k):
+            k["reshard_after_forward"] = False
+            return fn(*a, **k)
+        return keep
+
+    for mod in (dit_mod, pipe_mod):
+        mod.fully_shard = wrap(mod.fully_shard)
+
+
+
 try:
     from imaginaire.utils.callback import Callback as _Callback
 except ImportError:  # the launcher side runs outside the tree's import path
@@ -274,6 +293,8 @@ class OpProbe(_Callback):
         self.counter = Counter(root or os.getcwd())
         self.mode = None
         install_host_hooks(self.counter)
+        if os.environ.get(ENV_KEEP) == "1":
+            keep_unsharded_after_forward()
 
     def _wrap_callbacks(self) -> None:
         group = self.trainer.callbacks

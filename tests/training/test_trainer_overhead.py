@@ -5,6 +5,8 @@ One trainer run (5 steps, COSMOS_STEP_TIMING_EVERY=2: StepTimingCallback times e
   (it used to copy every fp32 master into its bf16 parameter, which FusedAdam's step had just done);
 - patch dtensor-ema-update-local-shards + portable/shards.py: the EMA update and FusedAdam reach the local shards
   of the FSDP2 DTensor parameters without DTensor dispatches;
+- patch grad-clip-finite-on-local-shards: GradClip's nan_to_num runs on the local shards (no DTensor dispatch);
+- patch loss-log-one-finite-check: LossLog reads the loss on the host once per step, not twice;
 - StepTimingCallback(every_n=2): no device synchronization on the untimed steps, phases only for the timed ones.
 The losses are bitwise those of the series without these changes (checked by hand: the same five losses).
 """
@@ -52,6 +54,23 @@ def test_ema_and_optimizer_reach_local_shards_without_dtensor_dispatch(probe_run
         bad = {s: n for s, n in src.items() if ("optim.py" in s or "dtensor_helper.py" in s) and "[dtensor]" in s}
         assert not bad, (phase, bad)
     assert probe_run["steady"]["phases"]["ema_zero"].get("dtensor_ops", 0) == 0
+
+
+def test_grad_clip_finite_check_runs_on_local_shards(probe_run):
+    # before patch grad-clip-finite-on-local-shards: one DTensor nan_to_num per gradient (47 on the tiny net); what
+    # is left are clip_grad_norm_'s few foreach ops on the DTensor gradients
+    opt = probe_run["steady"]["phases"]["optimizer"]
+    assert opt.get("dtensor_ops", 0) <= 5, opt
+
+
+def test_loss_log_reads_the_loss_once_per_step(probe_run):
+    # before patch loss-log-one-finite-check: isnan then isinf, two host reads on every finite step
+    for step, sites in probe_run["per_step_syncs"].items():
+        if step == "5":  # the loop's exit after the last step
+            continue
+        reads = [s for s in sites if s["source"] == "callback LossLog.on_training_step_end"
+                 and s["what"] == "_local_scalar_dense"]
+        assert sum(s["n"] for s in reads) == 1, (step, reads)
 
 
 def test_step_timing_every_n_synchronizes_only_timed_steps(probe_run):

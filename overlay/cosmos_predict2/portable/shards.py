@@ -26,3 +26,14 @@ def local_shard(t: torch.Tensor) -> torch.Tensor:
     if local is None or type(local).__name__ == "AsyncCollectiveTensor":  # private layout changed, or comms pending
         return t.to_local()
     return local
+
+
+def finite_target(grad: torch.Tensor) -> torch.Tensor:
+    """Where GradClip's in-place nan_to_num of `grad` can run without a DTensor dispatch: the local shard when every
+    placement is Shard or Replicate (an element-wise op on each shard is the op on the whole tensor), the DTensor
+    itself when a placement is Partial (pending sums: DTensor decides how to apply a non-linear op to those)."""
+    if DTensor is None or not isinstance(grad, DTensor):
+        return grad
+    if any(p.is_partial() for p in grad.placements):
+        return grad
+    return local_shard(grad)
