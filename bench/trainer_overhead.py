@@ -30,6 +30,11 @@ is_nonzero, nonzero, equal, masked_select, unique, repeat_interleave without out
 (on a device run), explicit synchronize calls (portable device layer, torch.cuda/npu.synchronize), and host reads
 by Tensor.tolist/.cpu()/.numpy() of a tensor (on CPU these are no-ops, on a device they wait for it).
 Each is listed with its source (callback name or innermost file:function of the tree, and the torch subsystem).
+On CPU a host read of a tensor that lives on the CPU in a device run too (the loader's sampler indices at an epoch
+boundary, loader.py:__iter__) is counted as well: read the sites, not only the totals.
+
+TRAINER_OVERHEAD_KEEP_UNSHARDED=1 (trainer side): FSDP2 with reshard_after_forward=False (an experiment: what the
+re-gather of every block in backward costs on one rank; it changes no value, it keeps ~4 GiB more on the 2B net).
 
 Prints one JSON line per side (bench=trainer_overhead, side=trainer|bare) for the steady step (the second-last
 of --iters), and a table. On CPU it takes 1-2 minutes.
@@ -456,9 +461,12 @@ def run_bare(args) -> dict:
         for i in range(args.iters):
             counter.step = i
             step()
-            pdev.synchronize()  # bench_dit's step boundary
+            counter.phase = "step_end"
+            pdev.synchronize()  # bench_dit's step boundary (one per timed step there too)
         counter.step = None
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
+    del net, opt, x, kw, target
+    pdev.empty_cache()  # the trainer run that follows is another process on the same device
     return _steady(steps, "bare", args)
 
 
