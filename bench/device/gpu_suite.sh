@@ -161,8 +161,13 @@ stage_e2e_t2i_before() {
   rm -rf /tmp/tree_before && cp -r $TREE /tmp/tree_before || return 1
   for n in loss-log-one-finite-check grad-clip-finite-on-local-shards dtensor-ema-update-local-shards \
            low-precision-callback-skips-written-back-masters; do
-    (cd /tmp/tree_before && patch -R -p1 -s --no-backup-if-mismatch < "$(ls $REPO/patches/ccb40411471d7e37cad7c8a4b4b9f7f088edbdf1/*-$n.patch)") \
-      || { log "error: could not reverse $n"; return 1; }
+    local ok=0 f  # the series of the tree's pin: the copy of the patch that reverses cleanly
+    for f in $REPO/patches/*/*-$n.patch; do
+      if (cd /tmp/tree_before && patch -R -p1 -s --dry-run < "$f" >/dev/null 2>&1); then
+        (cd /tmp/tree_before && patch -R -p1 -s --no-backup-if-mismatch < "$f") && ok=1 && break
+      fi
+    done
+    [ $ok = 1 ] || { log "error: could not reverse $n in /tmp/tree_before"; return 1; }
   done
   sed -i 's/local = getattr(t, "_local_tensor", None)/local = None/' /tmp/tree_before/cosmos_predict2/portable/shards.py
   TREE=/tmp/tree_before train_e2e t2i_2b_before 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}
