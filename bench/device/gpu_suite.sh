@@ -158,6 +158,7 @@ stage_t2i_overhead() {
 }
 stage_e2e_t2i_before() {
   ensure_site
+  command -v patch >/dev/null || { log "error: no patch(1) on this machine (stage e2e_t2i_before)"; return 1; }
   rm -rf /tmp/tree_before && cp -r $TREE /tmp/tree_before || return 1
   for n in loss-log-one-finite-check grad-clip-finite-on-local-shards dtensor-ema-update-local-shards \
            low-precision-callback-skips-written-back-masters; do
