@@ -164,6 +164,34 @@ stage_fa4() {
 }
 stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/parity/cp_parity_cuda.py --frames 8 --res 480); }
 
+# Trainer host overhead (bench/trainer_overhead.py). t2i_overhead: per-phase ops/syncs (count mode, eager, slow) and
+# host ms (--time, compiled) of train.sh's trainer vs the bare step on the 2B Text2Image net. e2e_t2i_before: stage
+# e2e_t2i on a copy of the tree without the trainer-overhead changes (their four patches reversed, local_shard =
+# to_local()), for a before/after pair in one call.
+stage_t2i_overhead() {
+  ensure_site
+  (cd $TREE && runlog t2i_overhead_count python3 $REPO/bench/trainer_overhead.py --full --iters ${OVH_ITERS:-4})
+  (cd $TREE && runlog t2i_overhead_time python3 $REPO/bench/trainer_overhead.py --full --time --iters ${OVH_TIME_ITERS:-8})
+}
+stage_e2e_t2i_before() {
+  ensure_site
+  command -v patch >/dev/null || { log "error: no patch(1) on this machine (stage e2e_t2i_before)"; return 1; }
+  rm -rf /tmp/tree_before && cp -r $TREE /tmp/tree_before || return 1
+  for n in loss-log-one-finite-check grad-clip-finite-on-local-shards dtensor-ema-update-local-shards \
+           low-precision-callback-skips-written-back-masters; do
+    local ok=0 f  # the series of the tree's pin: the copy of the patch that reverses cleanly
+    for f in $REPO/patches/*/*-$n.patch; do
+      if (cd /tmp/tree_before && patch -R -p1 -s --dry-run < "$f" >/dev/null 2>&1); then
+        (cd /tmp/tree_before && patch -R -p1 -s --no-backup-if-mismatch < "$f") && ok=1 && break
+      fi
+    done
+    [ $ok = 1 ] || { log "error: could not reverse $n in /tmp/tree_before"; return 1; }
+  done
+  sed -i 's/local = getattr(t, "_local_tensor", None)/local = None/' /tmp/tree_before/cosmos_predict2/portable/shards.py
+  TREE=/tmp/tree_before train_e2e t2i_2b_before 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}
+  breakdown t2i_2b_before
+}
+
 ensure_site
 for s in "$@"; do
   log "stage $s"

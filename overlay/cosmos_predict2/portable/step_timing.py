@@ -11,7 +11,13 @@ the phase that queued it):
     optimizer on_before_optimizer_step -> end of the trainer's training_step (grad clipping callbacks included)
     step      this rank's wall time from the previous step's end to this step's optimizer end
 "other" (host-to-device copy, callbacks, checkpoint saves) is what the report derives: step - the four phases.
-With gradient accumulation the phases add up over the micro-steps. Every rank's figures are all_gathered once per
+With gradient accumulation the phases add up over the micro-steps.
+
+Cost: six device synchronizations per timed step (plus one at the end of the step before it). On a launch-bound
+step (Text2Image 2B: the GPU waits for the host's launches) each one stops the host from running ahead.
+`every_n=N` (or COSMOS_STEP_TIMING_EVERY=N; train.sh: `-- ++trainer.callbacks.step_timing.every_n=N`) times only the
+iterations divisible by N and leaves the others alone: no synchronization, no gather, no `phases_s_per_rank` field
+in their metrics lines (the breakdown table averages over the timed steps). Default 1: every step. Every rank's figures are all_gathered once per
 step (one tiny all_gather on every rank) and handed to TrainMetricsCallback, which writes them into the step's
 metrics.jsonl line as `phases_s_per_rank` (list over ranks of {data, vae_cond, fwd_bwd, optimizer, step}).
 
@@ -59,9 +65,12 @@ def _now() -> float:
 
 class StepTimingCallback(Callback):
     def __init__(self, profile_steps: int | None = None, profile_warmup: int | None = None,
-                 trace_path: str | None = None):
+                 trace_path: str | None = None, every_n: int | None = None):
         super().__init__()
         env = os.environ
+        self.every_n = max(1, int(every_n if every_n is not None else env.get("COSMOS_STEP_TIMING_EVERY", 1) or 1))
+        self._on = True  # this step is timed
+        self._opt_seen = False
         self.profile_steps = int(profile_steps if profile_steps is not None else env.get("COSMOS_PROFILE_STEPS", 0) or 0)
         self.profile_warmup = int(profile_warmup if profile_warmup is not None
                                   else env.get("COSMOS_PROFILE_WARMUP", 2) or 0)
@@ -79,6 +88,8 @@ class StepTimingCallback(Callback):
         fn = getattr(pipe, "get_data_and_condition", None)
         if fn is not None and not getattr(fn, "_step_timed", False):
             def timed(*args, **kwargs):
+                if not self._on:
+                    return fn(*args, **kwargs)
                 t = _now()
                 out = fn(*args, **kwargs)
                 self._cond_in_micro += _now() - t
@@ -89,10 +100,13 @@ class StepTimingCallback(Callback):
         self._step_start = _now()
 
     def on_before_dataloading(self, iteration: int = 0) -> None:
-        if self._step_start is None:
-            self._step_start = _now()
         if self.profile_steps and self._prof is None and self._profiled == 0 and iteration >= self.profile_warmup:
             self._start_profiler()
+        self._on = iteration % self.every_n == 0
+        if not self._on:
+            return
+        if self._step_start is None:
+            self._step_start = _now()
         self._marks["data"] = time.perf_counter()  # the device was synchronised at the previous step's end
 
     def on_after_dataloading(self, iteration: int = 0) -> None:
@@ -100,6 +114,8 @@ class StepTimingCallback(Callback):
             self._acc["data"] += time.perf_counter() - self._marks.pop("data")
 
     def on_before_forward(self, iteration: int = 0) -> None:
+        if not self._on:
+            return
         self._cond_in_micro = 0.0
         self._marks["fwd"] = _now()
 
@@ -110,10 +126,17 @@ class StepTimingCallback(Callback):
             self._cond_in_micro = 0.0
 
     def on_before_optimizer_step(self, model_ddp, optimizer, scheduler, grad_scaler, iteration: int = 0) -> None:
+        if not self._on:
+            self._opt_seen = True
+            return
         self._marks["opt"] = _now()
 
     def on_training_step_batch_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
-        if "opt" not in self._marks:  # still accumulating gradients: the step is not over
+        if self._opt_seen:  # an untimed step ended: if the next one is timed, it starts from here
+            self._opt_seen = False
+            self._step_start = _now() if (iteration + 1) % self.every_n == 0 else None
+            return
+        if "opt" not in self._marks:  # still accumulating gradients (or an untimed micro-step)
             return
         end = _now()
         self._acc["optimizer"] += end - self._marks.pop("opt")

@@ -1,0 +1,119 @@
+"""Per-step host work of the trainer (bench/trainer_overhead.py through the real trainer, tiny Text2Image on CPU).
+
+One trainer run (5 steps, COSMOS_STEP_TIMING_EVERY=2: StepTimingCallback times every 2nd step) under the probe's counting dispatch mode:
+- patch low-precision-callback-skips-written-back-masters: LowPrecisionCallback dispatches nothing after the step
+  (it used to copy every fp32 master into its bf16 parameter, which FusedAdam's step had just done);
+- patch dtensor-ema-update-local-shards + portable/shards.py: the EMA update and FusedAdam reach the local shards
+  of the FSDP2 DTensor parameters without DTensor dispatches;
+- patch grad-clip-finite-on-local-shards: GradClip's nan_to_num runs on the local shards (no DTensor dispatch);
+- patch loss-log-one-finite-check: LossLog reads the loss on the host once per step, not twice;
+- StepTimingCallback(every_n=2): no device synchronization on the untimed steps, phases only for the timed ones.
+The losses are bitwise those of the series without these changes (checked by hand: the same five losses).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .trainer_runs import cpu_env, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = REPO / "bench" / "trainer_overhead.py"
+
+
+@pytest.fixture(scope="module")
+def probe_run(smoke_tree) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port())],
+        cwd=smoke_tree, env=cpu_env(smoke_tree, COSMOS_STEP_TIMING_EVERY="2"), capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return row
+
+
+def _sources(row: dict, phase: str) -> dict:
+    return dict(map(tuple, row["steady"]["top_sources"].get(phase, [])))
+
+
+def test_low_precision_callback_dispatches_nothing_after_the_step(probe_run):
+    ema_zero = _sources(probe_run, "ema_zero")
+    assert not [s for s in ema_zero if "LowPrecisionCallback" in s], ema_zero
+    # what is left there: the EMA update (two foreach ops) and zero_grad
+    assert probe_run["steady"]["phases"]["ema_zero"]["ops"] <= 8, probe_run["steady"]["phases"]["ema_zero"]
+
+
+def test_ema_and_optimizer_reach_local_shards_without_dtensor_dispatch(probe_run):
+    for phase in ("optimizer", "ema_zero"):
+        src = _sources(probe_run, phase)
+        bad = {s: n for s, n in src.items() if ("optim.py" in s or "dtensor_helper.py" in s) and "[dtensor]" in s}
+        assert not bad, (phase, bad)
+    assert probe_run["steady"]["phases"]["ema_zero"].get("dtensor_ops", 0) == 0
+
+
+def test_grad_clip_finite_check_runs_on_local_shards(probe_run):
+    # before patch grad-clip-finite-on-local-shards: one DTensor nan_to_num per gradient (47 on the tiny net); what
+    # is left are clip_grad_norm_'s few foreach ops on the DTensor gradients
+    opt = probe_run["steady"]["phases"]["optimizer"]
+    assert opt.get("dtensor_ops", 0) <= 5, opt
+
+
+def test_loss_log_reads_the_loss_once_per_step(probe_run):
+    # before patch loss-log-one-finite-check: isnan then isinf, two host reads on every finite step
+    for step, sites in probe_run["per_step_syncs"].items():
+        if step == "5":  # the loop's exit after the last step
+            continue
+        reads = [s for s in sites if s["source"] == "callback LossLog.on_training_step_end"
+                 and s["what"] == "_local_scalar_dense"]
+        assert sum(s["n"] for s in reads) == 1, (step, reads)
+
+
+def test_step_timing_every_n_synchronizes_only_timed_steps(probe_run):
+    assert probe_run["timed_steps"] == [1, 3, 5], probe_run["timed_steps"]  # metrics count finished steps
+    per_step = probe_run["per_step_syncs"]
+
+    def timing_syncs(step: str) -> int:
+        return sum(s["n"] for s in per_step[step] if "StepTimingCallback" in s["source"]
+                   or "step_timing.py" in s["source"])
+
+    # trainer steps 0, 2, 4 are timed: six synchronizations each; 1 and 3 are not, and end right before a timed
+    # step: one synchronization there (the timed step's start), none anywhere else
+    assert [timing_syncs(k) for k in ("0", "1", "2", "3", "4")] == [6, 1, 6, 1, 6], per_step
+
+
+def test_local_shard_is_the_storage_to_local_views(smoke_tree, tmp_path):
+    """portable/shards.local_shard on a one-rank DTensor: the same storage as to_local(), no dispatch."""
+    code = f"""
+import os, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import distribute_tensor, Shard
+from torch.utils._python_dispatch import TorchDispatchMode
+from cosmos_predict2.portable.shards import local_shard
+dist.init_process_group("gloo", init_method="file://{tmp_path}/pg", rank=0, world_size=1)
+mesh = init_device_mesh("cpu", (1,))
+p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]))
+class Count(TorchDispatchMode):
+    n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        Count.n += 1
+        return func(*args, **(kwargs or {{}}))
+with Count():
+    loc = local_shard(p)
+assert Count.n == 0, Count.n
+assert loc.data_ptr() == p.to_local().data_ptr() and loc.shape == p.to_local().shape
+with torch.no_grad():
+    loc.mul_(2)
+assert torch.equal(p.to_local(), loc)
+t = torch.ones(2)
+assert local_shard(t) is t
+dist.destroy_process_group()
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=smoke_tree, env=cpu_env(smoke_tree), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
