@@ -145,9 +145,10 @@ def test_dot_product_attention_refuses_context_parallel(portable):
     run_ranks(_cp_worker, 2)
 
 
-def test_flash_cute_backend_is_opt_in_and_saved_by_sac(portable, monkeypatch):
-    """FlashAttention-4 (CuTe) backend: never auto-selected unless asked, refused off CUDA with the reason, and its
-    forward is the op SAC saves (a custom op; FA4's own kernels are invisible to a checkpoint policy)."""
+def test_flash_cute_backend_refused_off_cuda_and_saved_by_sac(portable, monkeypatch):
+    """FlashAttention-4 (CuTe) backend: not in the CPU auto order, refused off CUDA with the reason (forced: one
+    line), and its forward is the op SAC saves (a custom op; FA4's own kernels are invisible to a checkpoint policy).
+    Its auto-selection for long sequences on sm90/sm100 is checked on the GPU (tests/ops/test_cuda.py)."""
     att, sac, fc = portable.attention, portable.sac, portable.flash_cute
     q = rand(1, 8, 2, 8)
     p = att.AttnParams(scale=0.3, causal=False, dropout_p=0.0, deterministic=False)
