@@ -259,8 +259,11 @@ register(Backend("sdpa_cpu", ("cpu",), _sdpa_cpu_check, lambda q, k, v, p: _sdpa
 FLASH_CUTE_MIN_SEQ = 32768
 
 
+_flash_cute_half_check = _cuda_half_check("flash_cute", 90, 256)
+
+
 def _flash_cute_check(q, k, v, p):
-    why = _cuda_half_check("flash_cute", 90, 256)(q, k, v, p)
+    why = _flash_cute_half_check(q, k, v, p)
     if why:
         return why
     cc = _cuda_cc(q)

@@ -23,7 +23,7 @@ from itertools import chain
 
 import torch
 
-from .shards import local_shard
+from .shards import local_shard  # no DTensor dispatch per parameter and step
 from .user_error import UserRuntimeError, UserValueError
 
 try:
@@ -34,10 +34,6 @@ except ImportError:  # torch builds without distributed
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _BUCKET_NUMEL = 1 << 26  # bounds the transient fp32 copies of bf16 grads (256 MiB per bucket)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return local_shard(t)  # no DTensor dispatch per parameter and step (portable/shards.py)
 
 
 def _scalar(x) -> float:
@@ -94,10 +90,10 @@ class FusedAdam(torch.optim.Optimizer):
         """Upstream's master layout, which imaginaire's LowPrecisionCallback reads after every step to copy the
         masters into the parameters. step() has already written them back, so for us that copy is a no-op;
         parameters without a master (fp32, or no gradient yet) are paired with themselves."""
-        return [{"params": [self._masters.get(p, _local(p)) for p in g["params"]]} for g in self.param_groups]
+        return [{"params": [self._masters.get(p, local_shard(p)) for p in g["params"]]} for g in self.param_groups]
 
     def _master_for(self, p: torch.Tensor) -> torch.Tensor | None:
-        local = _local(p)
+        local = local_shard(p)
         if not self.master_weights or local.dtype not in _LOW_PRECISION:
             return None
         m = self._masters.get(p)
@@ -112,7 +108,7 @@ class FusedAdam(torch.optim.Optimizer):
             # fp32 moments with the parameter's sharding (DTensor in, DTensor out).
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-        return _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+        return local_shard(state["exp_avg"]), local_shard(state["exp_avg_sq"])
 
     # ------------------------------------------------------------------ step
 
@@ -138,13 +134,13 @@ class FusedAdam(torch.optim.Optimizer):
                 continue
             if p.grad.is_sparse:
                 raise UserRuntimeError("FusedAdam does not support sparse gradients (portable.optim).")
-            local = _local(p)
+            local = local_shard(p)
             if local.dtype not in (torch.float32, *_LOW_PRECISION):
                 raise UserRuntimeError(
                     f"FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim)."
                 )
             m, v = self._moments(p)
-            entries.append((local, _local(p.grad), m, v, self._master_for(p)))
+            entries.append((local, local_shard(p.grad), m, v, self._master_for(p)))
         if not entries:
             return
         group["step"] = int(_scalar(group.get("step", 0))) + 1

@@ -17,8 +17,8 @@ Cost: six device synchronizations per timed step (plus one at the end of the ste
 step (Text2Image 2B: the GPU waits for the host's launches) each one stops the host from running ahead.
 `every_n=N` (or COSMOS_STEP_TIMING_EVERY=N; train.sh: `-- ++trainer.callbacks.step_timing.every_n=N`) times only the
 iterations divisible by N and leaves the others alone: no synchronization, no gather, no `phases_s_per_rank` field
-in their metrics lines (the breakdown table averages over the timed steps). Default 1: every step. Every rank's figures are all_gathered once per
-step (one tiny all_gather on every rank) and handed to TrainMetricsCallback, which writes them into the step's
+in their metrics lines (the breakdown table averages over the timed steps). Default 1: every step.
+Every rank's figures are all_gathered once per step (one tiny all_gather on every rank) and handed to TrainMetricsCallback, which writes them into the step's
 metrics.jsonl line as `phases_s_per_rank` (list over ranks of {data, vae_cond, fwd_bwd, optimizer, step}).
 
 Profiling: with COSMOS_PROFILE_STEPS=N (train.sh --profile_steps=N) rank r writes a torch profiler trace of N steps
