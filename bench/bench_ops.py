@@ -17,6 +17,8 @@ Shapes: B=1, bf16, head_dim 128; 2B: 16 heads, 14B: 40 heads; S = 37440 (480p, 9
 - attention: ours (portable attention(), auto backend) vs SDPA pinned to cudnn / flash / efficient and, where
   flash-attn-4 is installed, its CuTe kernels (the flash_cute backend), forward
   and forward+backward, TFLOP/s with 4*B*H*S*S*D FLOPs forward and 3.5x that for forward+backward (backward = 2.5x forward: dQ, dK, dV, dP and the recomputed QK^T, as FlashAttention counts);
+- fa4_tiles (only when named in --only): FA4's forward under the configurations of --fa4-fwd-tiles against its
+  default tiling, outputs compared, the fastest named (what FWD_CONFIGS in portable/flash_cute.py records);
 - optim: one step of FusedAdam (fp32 masters) over 256M bf16 params vs AdamW on bf16 params (the anchor) and
   fused AdamW on fp32 params; GB/s counts ~30 bytes per parameter (apex's fused kernel traffic).
 Timing: CUDA events around each repetition after warm-up, median reported; fresh random inputs (never zeros).
@@ -226,6 +228,44 @@ def bench_attention(pkg, t: Timer, dev, shapes, backward: bool) -> None:
             torch.cuda.empty_cache()
 
 
+def bench_fa4_fwd_tiles(pkg, t: Timer, dev, configs: list[str], shapes) -> None:
+    """FA4's forward under each candidate configuration (COSMOS_FLASH_CUTE_FWD_TILE syntax), side by side with its
+    own default, at non-causal Cosmos shapes; every output is compared with the default's (same math, another
+    tiling: differences at bf16 rounding). The last row names the fastest."""
+    fc = pkg.flash_cute
+    if dev.type != "cuda" or fc.import_error():
+        emit(bench="fa4_fwd_tile", impl="flash_cute", skipped=fc.import_error() or "needs CUDA")
+        return
+    fwd = fc._interface()._flash_attn_fwd
+    for model, H, S in shapes:
+        D = HEAD_DIM
+        q, k, v = (randn(1, S, H, D, dev=dev) for _ in range(3))
+        flops = 4 * H * S * S * D
+        scale = 1 / math.sqrt(D)
+        ref = fwd(q, k, v, softmax_scale=scale, causal=False, return_lse=True)[0]
+        best = None
+        for cfg in ["default", *configs]:
+            kw = {} if cfg == "default" else fc.parse_fwd_config(cfg, "--fa4-fwd-tiles")
+            try:
+                out = fwd(q, k, v, softmax_scale=scale, causal=False, return_lse=True, **kw)[0]
+                diff = (out.float() - ref.float()).abs().max().item()
+                ms = t.median_ms(lambda kw=kw: fwd(q, k, v, softmax_scale=scale, causal=False, return_lse=True,
+                                                   **kw), warmup=2, max_reps=10)
+            except Exception as exc:  # a configuration the kernel cannot build (registers, shared memory)
+                emit(bench="fa4_fwd_tile", model=model, S=S, H=H, impl=cfg,
+                     skipped=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+                continue
+            emit(bench="fa4_fwd_tile", model=model, S=S, H=H, impl=cfg, ms=ms, TFLOPs=flops / ms / 1e9,
+                 max_abs_diff_vs_default=diff)
+            if diff < 0.05 and (best is None or ms < best[1]):
+                best = (cfg, ms)
+        if best:
+            emit(bench="fa4_fwd_tile_best", model=model, S=S, H=H, impl=best[0], ms=best[1],
+                 TFLOPs=flops / best[1] / 1e9)
+        del q, k, v, ref
+        torch.cuda.empty_cache()
+
+
 # ------------------------------------------------------------------------------------------------- optimizer
 
 
@@ -285,6 +325,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seqs", default="4080,37440,84480")
     ap.add_argument("--no-backward", action="store_true")
     ap.add_argument("--budget-s", type=float, default=1.0, help="time per measurement (sets repetitions)")
+    ap.add_argument("--fa4-fwd-tiles", default="",
+                    help="';'-separated FA4 forward configurations to time against FA4's default (with --only "
+                         "fa4_tiles), e.g. '128x176;128x160,rs=0'")
     args = ap.parse_args(argv)
 
     pkg = load_portable()
@@ -315,6 +358,8 @@ def main(argv=None) -> int:
         bench_attention(pkg, t, dev, shapes, backward=not args.no_backward)
     if "optim" in only:
         bench_optim(pkg, t, dev, args.tiny)
+    if "fa4_tiles" in only:
+        bench_fa4_fwd_tiles(pkg, t, dev, [c for c in args.fa4_fwd_tiles.split(";") if c.strip()], shapes)
     table()
     return 0
 

@@ -70,20 +70,21 @@ stage_dit720() { (cd $TREE && runlog dit720 python3 $REPO/bench/bench_dit.py --r
 stage_prof720() { (cd $TREE && runlog prof720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${PROF_VARIANTS:-ours} --warmup 2 --steps 2 --profile); }
 stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants ${FWD720_VARIANTS:-anchor,ours} --steps 3); }
 stage_t2i_bare() { (cd $TREE && runlog t2i_bare python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ${T2I_VARIANTS:-ours_unfused,ours} --warmup 3 --steps ${T2I_STEPS:-10}); }
-stage_infer() { (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35}); }
+stage_infer() { fa4_tile_env; (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35} --videos ${INFER_VIDEOS:-1}); }
 stage_parity() {
   (cd $TREE && runlog parity python3 $REPO/bench/parity/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)
   python3 bench/parity/parity_dit.py --compare .gpu/parity_cpu.json $OUT/parity_cuda.json --tol 1e-4 2>&1 | tee -a "$LOG"
   grep -h '^{' "$LOG" > "$RES"
 }
 
-train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...
+train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...  (E2E_LOGGING_ITER= empty: the experiment's own)
   local name=$1 nproc=$2 exp=$3 iters=$4; shift 4
+  local logit=${E2E_LOGGING_ITER-1}
   mkdir -p /tmp/e2e/$name
   (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
      timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc --fresh -- \
      model.config.model_manager_config.dit_path="" model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth \
-     trainer.max_iter=$iters trainer.logging_iter=1 checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
+     trainer.max_iter=$iters ${logit:+trainer.logging_iter=$logit} checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
   local rc=$?
   grep -a -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error|error:|latents:|training loader:" /tmp/e2e/$name/log.txt \
@@ -138,6 +139,11 @@ stage_e2e_cache() {  # the same from the latent cache (run stage encode first)
   breakdown v2w_720_cache
 }
 stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; breakdown t2i_2b; }
+stage_e2e_t2i_sync1() {  # the same with every step timed (six device synchronizations per step)
+  ensure_site
+  COSMOS_STEP_TIMING_EVERY=1 train_e2e t2i_2b_sync1 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}
+  breakdown t2i_2b_sync1
+}
 stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's SAC policy runs out of memory
   ensure_site
   train_e2e v2w_2b_720_cp2 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2
@@ -161,6 +167,35 @@ stage_fa4() {
   FA4_PATH=/tmp/site/nvidia_cutlass_dsl/dsl_packages
   export PYTHONPATH=/tmp/site:$FA4_PATH
   python3 -c "import flash_attn.cute, torch; q = torch.randn(1, 512, 2, 128, device='cuda', dtype=torch.bfloat16); o = flash_attn.cute.flash_attn_func(q, q, q); o = o[0] if isinstance(o, tuple) else o; print('fa4 ok', tuple(o.shape), flash_attn.cute.__version__)" 2>&1 | tail -5 | tee -a "$LOG"
+}
+# FA4 forward tilings side by side at the 2B 720p self-attention shape (bench_ops.py --only fa4_tiles). The fastest,
+# if it beats FA4's own choice by 1 % or more, goes to /tmp/fa4_fwd_tile; later stages of this call and of later
+# calls on the same machine run with COSMOS_FLASH_CUTE_FWD_TILE set to it (unless already set).
+FA4_TILES=${FA4_TILES:-"128x176;128x160;128x192;128x144;128x112;128x176,rs=0;128x128,rs=0;128x128,overlap=0;192x128,threads=512;192x128,rs=0,threads=512"}
+stage_fa4_tiles() {
+  runlog fa4_tiles python3 bench/bench_ops.py --only fa4_tiles --models 2B --seqs ${FA4_TILE_SEQS:-84480} --budget-s 1 --fa4-fwd-tiles "$FA4_TILES"
+  python3 - "$RES" <<'PY' | tee -a "$LOG"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"fa4_fwd_tile' in l]
+best = [r for r in rows if r["bench"] == "fa4_fwd_tile_best"]
+default = [r for r in rows if r.get("impl") == "default" and "ms" in r]
+if best and default and best[-1]["impl"] != "default" and best[-1]["ms"] <= 0.99 * default[-1]["ms"]:
+    open("/tmp/fa4_fwd_tile", "w").write(best[-1]["impl"])
+    print(f"fa4 forward tile: {best[-1]['impl']} {best[-1]['ms']:.3f} ms vs default {default[-1]['ms']:.3f} ms")
+else:
+    print("fa4 forward tile: FA4's default kept")
+PY
+}
+fa4_tile_env() {
+  if [ -z "${COSMOS_FLASH_CUTE_FWD_TILE:-}" ] && [ -s /tmp/fa4_fwd_tile ]; then
+    export COSMOS_FLASH_CUTE_FWD_TILE=$(cat /tmp/fa4_fwd_tile); log "COSMOS_FLASH_CUTE_FWD_TILE=$COSMOS_FLASH_CUTE_FWD_TILE"
+  fi
+}
+stage_fwd720_tile() {  # the no-grad 720p pass with FA4 at its default tiling and at the chosen one, one run each
+  (cd $TREE && COSMOS_FLASH_CUTE_FWD_TILE= runlog fwd720_fa4_default python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants ours_fa4 --steps 3)
+  fa4_tile_env
+  [ -n "${COSMOS_FLASH_CUTE_FWD_TILE:-}" ] && (cd $TREE && runlog fwd720_fa4_tile python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants ours_fa4 --steps 3)
+  return 0
 }
 stage_cp_parity() { (cd $TREE && runlog cp_parity torchrun --nproc_per_node=2 $REPO/bench/parity/cp_parity_cuda.py --frames 8 --res 480); }
 

@@ -172,3 +172,28 @@ def test_flash_cute_backend_refused_off_cuda_and_saved_by_sac(portable, monkeypa
         out, lse = fwd(qf.bfloat16(), kf.bfloat16(), vf.bfloat16(), 0.125, False)
         assert tuple(out.shape) == (2, 40, 4, 32) and out.dtype == torch.bfloat16
         assert tuple(lse.shape) == (2, 4, 40) and lse.dtype == torch.float32
+
+
+def test_flash_cute_forward_config(portable, monkeypatch):
+    """FA4's forward tiling: COSMOS_FLASH_CUTE_FWD_TILE is parsed into `_flash_attn_fwd`'s keyword arguments (a bad
+    value is one line naming the variable), read once per (device, head_dim, causal); without it the measured table
+    FWD_CONFIGS (or FA4's own choice) applies. The kernels themselves run in tests/ops/test_cuda.py."""
+    fc = portable.flash_cute
+    assert fc.parse_fwd_config("128x176") == {"tile_mn": (128, 176)}
+    assert fc.parse_fwd_config("192x128, rs=0, overlap=1, threads=512") == {
+        "tile_mn": (192, 128), "mma_pv_is_rs": False, "intra_wg_overlap": True, "num_threads": 512}
+    for bad in ("128", "128x", "axb", "128x128,fast=1", "128x128,rs"):
+        with pytest.raises(ValueError) as exc:
+            fc.parse_fwd_config(bad)
+        assert str(exc.value).startswith("error: bad flash_cute forward config") and "\n" not in str(exc.value)
+        assert "(COSMOS_FLASH_CUTE_FWD_TILE)" in str(exc.value)
+    q = rand(1, 8, 2, 64)
+    monkeypatch.setattr(fc, "_FWD_KW", {})
+    monkeypatch.setenv("COSMOS_FLASH_CUTE_FWD_TILE", "128x160,rs=0")
+    assert fc.fwd_kwargs(q, False) == {"tile_mn": (128, 160), "mma_pv_is_rs": False}
+    monkeypatch.setenv("COSMOS_FLASH_CUTE_FWD_TILE", "64x64")  # decided once per key: a later change is not seen
+    assert fc.fwd_kwargs(q, False)["tile_mn"] == (128, 160)
+    monkeypatch.setattr(fc, "_FWD_KW", {})
+    monkeypatch.delenv("COSMOS_FLASH_CUTE_FWD_TILE")
+    monkeypatch.setitem(fc.FWD_CONFIGS, (0, 64, True), {"tile_mn": (64, 64)})  # key: (cc major; 0 off CUDA, hd, causal)
+    assert fc.fwd_kwargs(q, False) == {} and fc.fwd_kwargs(q, True) == {"tile_mn": (64, 64)}

@@ -52,8 +52,53 @@ def _interface():
     return interface
 
 
+# Forward kernel configuration where measured better than FA4's own choice at Cosmos shapes, per
+# (compute capability major, head_dim, causal): keyword arguments of `_flash_attn_fwd`. Empty: FA4 decides.
+# COSMOS_FLASH_CUTE_FWD_TILE (see parse_fwd_config) overrides it for every call; bench_ops.py --fa4-fwd-tiles
+# measures the candidates side by side.
+FWD_CONFIGS: dict[tuple[int, int, bool], dict] = {}
+_ENV_TILE = "COSMOS_FLASH_CUTE_FWD_TILE"
+_FWD_KW: dict = {}
+
+
+def parse_fwd_config(text: str, where: str = _ENV_TILE) -> dict:
+    """'128x176' or '128x176,rs=0,overlap=1,threads=384' -> keyword arguments of FA4's `_flash_attn_fwd`
+    (tile_mn, mma_pv_is_rs, intra_wg_overlap, num_threads)."""
+    from .user_error import UserValueError
+
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    keys = {"rs": "mma_pv_is_rs", "overlap": "intra_wg_overlap", "threads": "num_threads"}
+    try:
+        m, n = (int(x) for x in parts[0].lower().split("x"))
+        kw: dict = {"tile_mn": (m, n)}
+        for item in parts[1:]:
+            key, val = item.split("=")
+            kw[keys[key.strip()]] = int(val) if key.strip() == "threads" else bool(int(val))
+    except (ValueError, KeyError, IndexError):
+        raise UserValueError(f"bad flash_cute forward config {text!r}", where,
+                             "Use MxN with optional ,rs=0|1,overlap=0|1,threads=N, e.g. 128x176 or "
+                             "128x128,rs=1,overlap=1") from None
+    return kw
+
+
+def fwd_kwargs(q: torch.Tensor, causal: bool) -> dict:
+    """The forward configuration for q's device, head_dim and causality (decided once per key per process)."""
+    key = (q.device.index, q.shape[-1], bool(causal))
+    if key not in _FWD_KW:
+        import os
+
+        env = os.environ.get(_ENV_TILE, "").strip()
+        if env:
+            _FWD_KW[key] = parse_fwd_config(env)
+        else:
+            major = torch.cuda.get_device_capability(q.device)[0] if q.is_cuda else 0
+            _FWD_KW[key] = dict(FWD_CONFIGS.get((major, q.shape[-1], bool(causal)), {}))
+    return _FWD_KW[key]
+
+
 def _fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool):
-    out, lse = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal, return_lse=True)[:2]
+    out, lse = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal, return_lse=True,
+                                            **fwd_kwargs(q, causal))[:2]
     return out, lse
 
 
