@@ -304,6 +304,28 @@ def test_cuda_flash_cute_matches_reference_and_is_saved_by_sac(cuda_portable):
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+def test_cuda_flash_cute_forward_config_at_odd_shapes(cuda_portable):
+    """The measured forward tiling (FWD_CONFIGS, e.g. 192x128 on sm90 for head_dim 128) against FA4's own tiling and
+    float64 at shapes that are not multiples of the tile: odd query/key lengths, cross-attention to 512 text tokens,
+    several batches and heads."""
+    pk = cuda_portable
+    if not pk.flash_cute.available() or pk.flash_cute.import_error():
+        pytest.skip("flash-attn-4 (flash_attn.cute) is not installed or does not import")
+    major = torch.cuda.get_device_capability()[0]
+    kw = pk.flash_cute.FWD_CONFIGS.get((major, 128, False))
+    if not kw:
+        pytest.skip(f"no measured forward configuration for sm{major}x, head_dim 128")
+    fwd = pk.flash_cute._interface()._flash_attn_fwd
+    for b, sq, sk, h in ((1, 333, 333, 4), (2, 1000, 512, 3), (1, 4080, 4080, 16), (1, 191, 77, 2)):
+        q = torch.randn(b, sq, h, 128, device=DEV, dtype=torch.bfloat16)
+        k, v = (torch.randn(b, sk, h, 128, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+        own = fwd(q, k, v, softmax_scale=128 ** -0.5, causal=False, return_lse=True)[0]
+        ours = fwd(q, k, v, softmax_scale=128 ** -0.5, causal=False, return_lse=True, **kw)[0]
+        ref = ref_attention(q.double(), k.double(), v.double(), causal=False)
+        torch.testing.assert_close(ours.double(), ref, atol=2e-2, rtol=2e-2)
+        assert (ours.float() - own.float()).abs().max().item() <= 2e-2, (b, sq, sk, h)
+
+
 if __name__ == "__main__":
     from portable_loader import load_with_device
 

@@ -56,7 +56,11 @@ def _interface():
 # (compute capability major, head_dim, causal): keyword arguments of `_flash_attn_fwd`. Empty: FA4 decides.
 # COSMOS_FLASH_CUTE_FWD_TILE (see parse_fwd_config) overrides it for every call; bench_ops.py --fa4-fwd-tiles
 # measures the candidates side by side.
-FWD_CONFIGS: dict[tuple[int, int, bool], dict] = {}
+FWD_CONFIGS: dict[tuple[int, int, bool], dict] = {
+    # H200, 2026-12-02 (BENCHMARKS.md 2e): 2B self-attention at 720p (84480 tokens, 16 heads) 86.6 ms against FA4's
+    # own 128x128 tiling's 88.3 ms, the same output bit for bit; the 720p no-grad pass 2.987 s against 3.049 s.
+    (9, 128, False): {"tile_mn": (192, 128), "mma_pv_is_rs": False, "num_threads": 512},
+}
 _ENV_TILE = "COSMOS_FLASH_CUTE_FWD_TILE"
 _FWD_KW: dict = {}
 
