@@ -1,4 +1,5 @@
-"""Write the latent cache of a Video2World training set: one `<clip>.pt` per clip, the VAE encode done once.
+"""Write the latent cache of a Video2World or Text2Image training set: one `<clip>.pt` per clip (or image), the VAE
+encode done once.
 
     python -m scripts.encode_latents --EXP=<experiment> [--dataset_dir DIR] [--out DIR] [-- key=value ...]
 
@@ -8,7 +9,8 @@ exactly what training's `pipe.encode(video)` gives for it (cosmos_predict2/data/
 Default output: <dataset_dir>/latents_<num_frames>x<H>x<W>. Train from it with
     bash train.sh --EXP=<experiment> -- +dataloader_train.dataset.latent_cache_dir=<out>
 (plus `+dataloader_train.sampler.dataset.latent_cache_dir=<out>` where the experiment builds its sampler from a
-second copy of the dataset config, as the Cosmos-NeMo-Assets ones do).
+second copy of the dataset config, as the Cosmos-NeMo-Assets ones do). For a Text2Image experiment it encodes every
+image of the dataset's images/ (as its ImageDataset builds it); default output <dataset_dir>/latents_1x<H>x<W>.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def _fail(what: str, where: str, todo: str) -> int:
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(description="Encode a Video2World training set into a latent cache.")
+    p = argparse.ArgumentParser(description="Encode a Video2World or Text2Image training set into a latent cache.")
     p.add_argument("--EXP", required=True, help="training experiment whose dataset and VAE to use")
     p.add_argument("--dataset_dir", default=None, help="dataset directory (default: the experiment's)")
     p.add_argument("--out", default=None, help="cache directory (default: <dataset_dir>/latents_<T>x<H>x<W>)")
@@ -74,6 +76,8 @@ def main(argv=None) -> int:
     ds = config.dataloader_train.dataset
     pipe_cfg = config.model.config.pipe_config
     dataset_dir = args.dataset_dir or ds.dataset_dir
+    if "image_size" in ds and "num_frames" not in ds:  # a Text2Image experiment: upstream's ImageDataset
+        return encode_images(args, ds, pipe_cfg, dataset_dir)
     num_frames, video_size = int(ds.num_frames), (int(ds.video_size[0]), int(ds.video_size[1]))
     video_dir, t5_dir = os.path.join(dataset_dir, "videos"), os.path.join(dataset_dir, "t5_xxl")
     if not os.path.isdir(video_dir):
@@ -115,6 +119,46 @@ def main(argv=None) -> int:
         done += 1
     dev.synchronize()
     print(f"encoded {done} clip(s) in {time.perf_counter() - t0:.1f} s; train with "
+          f"+dataloader_train.dataset.latent_cache_dir={out}", flush=True)
+    return 0
+
+
+def encode_images(args, ds, pipe_cfg, dataset_dir) -> int:
+    """The Text2Image side: one latent per image of upstream's ImageDataset, from the image tensor that dataset
+    builds (resize to image_size, [-1, 1]), encoded as Text2ImagePipeline.encode does in training."""
+    import torch
+
+    from cosmos_predict2.data import latent_cache
+    from cosmos_predict2.data.dataset_image import ImageDataset
+    from cosmos_predict2.portable import device as dev
+    from imaginaire.lazy_config import instantiate
+
+    image_size = (int(ds.image_size[0]), int(ds.image_size[1]))
+    if not os.path.isdir(os.path.join(dataset_dir, "images")):
+        return _fail("no images/ directory", dataset_dir, "Pass --dataset_dir=<dataset with images/ and t5_xxl/>")
+    dataset = ImageDataset(dataset_dir, list(image_size))
+    if not dataset.image_paths:
+        return _fail("no image with a T5 embedding", dataset_dir, "Run scripts/get_t5_embeddings.py first")
+    out = args.out or os.path.join(dataset_dir, f"latents_1x{image_size[0]}x{image_size[1]}")
+    os.makedirs(out, exist_ok=True)
+    device, vae = dev.get_device(), pipe_cfg.tokenizer.vae_pth
+    t0 = time.perf_counter()
+    tokenizer = instantiate(pipe_cfg.tokenizer)
+    print(f"VAE {vae} on {device}, {len(dataset.image_paths)} image(s) at {image_size[0]}x{image_size[1]} -> {out}",
+          flush=True)
+    done = 0
+    for path in dataset.image_paths:
+        dst = latent_cache.cache_file(out, path)
+        if os.path.exists(dst) and not args.force:
+            continue
+        x = dataset._get_image(path)[None, :, None].to(device)  # [1, C, 1, H, W] as the pipeline sees the batch
+        with torch.no_grad():
+            lat = (tokenizer.encode(x) * float(pipe_cfg.sigma_data)).contiguous().float()[0]
+        latent_cache.save(dst, lat, num_frames=1, video_size=image_size, vae=vae, fps=16.0, start_frame=0,
+                          precision=str(pipe_cfg.precision))
+        done += 1
+    dev.synchronize()
+    print(f"encoded {done} image(s) in {time.perf_counter() - t0:.1f} s; train with "
           f"+dataloader_train.dataset.latent_cache_dir={out}", flush=True)
     return 0
 

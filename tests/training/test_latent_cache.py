@@ -63,3 +63,34 @@ def test_cache_header_mismatch_is_one_error_line(smoke_tree, one_video_dataset, 
     line = r.stdout.strip().splitlines()[-1]
     assert line == (f"error: latent cache has num_frames=21, training wants 13 ({f}). "
                     "Re-run python -m scripts.encode_latents for this dataset and config."), r.stdout + r.stderr
+
+
+T2I = "predict2_text2image_training_2b_cosmos_nemo_assets_smoke"
+
+
+def test_text2image_training_from_cache_equals_on_the_fly(smoke_tree, one_video_dataset, tmp_path):
+    """Patch 0041: the same for Text2Image (one image; its dataset has no random augmentation)."""
+    images = one_video_dataset.parent / "cosmos_nemo_assets_images"
+    cache = tmp_path / "latents"
+    r = subprocess.run([sys.executable, "-m", "scripts.encode_latents", f"--EXP={T2I}", f"--dataset_dir={images}",
+                        f"--out={cache}"], cwd=smoke_tree, env=cpu_env(smoke_tree), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1
+    rec = torch.load(files[0], weights_only=True)
+    assert rec["num_frames"] == 1 and rec["latent"].dim() == 4 and rec["latent"].shape[1] == 1
+
+    common = [*video_dataset_overrides(images), per_iteration_seed(seed=7), "trainer.max_iter=3"]
+    fly, rows_fly = train(smoke_tree, T2I, tmp_path / "fly", common)
+    assert fly.returncode == 0, tail(fly)
+    cached, rows_cache = train(smoke_tree, T2I, tmp_path / "cache", [
+        *common, f"+dataloader_train.dataset.latent_cache_dir={cache}",
+        f"+dataloader_train.sampler.dataset.latent_cache_dir={cache}"])
+    assert cached.returncode == 0, tail(cached)
+    assert "latents: VAE encode on the fly" in fly.stdout + fly.stderr
+    assert "latents: read from the latent cache" in cached.stdout + cached.stderr
+    a, b = [r["loss"] for r in rows_fly], [r["loss"] for r in rows_cache]
+    assert len(a) == len(b) == 3 and all(math.isfinite(x) for x in a)
+    assert all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(a, b)), (a, b)
+    assert len(set(a)) == 3

@@ -14,6 +14,10 @@ What the cache cannot hold: upstream's only per-sample augmentation of a video i
 clip longer than num_frames. A cache holds one window per clip (start 0), so training from it sees that window
 only; clips of exactly num_frames frames lose nothing. Anything random in the pipeline after the encode (noise,
 sigma, number of conditional frames) is drawn in training as before.
+
+Text2Image (patch 0041): the same file format for one image, num_frames 1 and video_size = the dataset's
+image_size, latent [C, 1, H', W'] = what Text2ImagePipeline.encode gives for the image the dataset builds (resize to
+image_size, [-1, 1]). Image datasets have no random augmentation, so training from the cache loses nothing.
 """
 
 from __future__ import annotations
@@ -81,8 +85,8 @@ def load(path: str, num_frames: int, video_size) -> dict:
 class LatentCache:
     """The dataset side: checks every clip has a file (and the first header) when the dataset is built."""
 
-    def __init__(self, cache_dir: str, num_frames: int, video_size, video_paths: list[str]):
-        self.cache_dir = cache_dir
+    def __init__(self, cache_dir: str, num_frames: int, video_size, video_paths: list[str], kind: str = "clip"):
+        self.cache_dir, self.kind = cache_dir, kind
         self.num_frames = int(num_frames)
         self.video_size = (int(video_size[0]), int(video_size[1]))
         if not os.path.isdir(cache_dir):
@@ -90,34 +94,27 @@ class LatentCache:
                         "Write it with python -m scripts.encode_latents or drop latent_cache_dir")
         missing = [p for p in video_paths if not os.path.isfile(cache_file(cache_dir, p))]
         if missing:
-            raise _fail(f"{len(missing)} of {len(video_paths)} clips have no latent file, e.g. "
+            raise _fail(f"{len(missing)} of {len(video_paths)} {kind}s have no latent file, e.g. "
                         f"{os.path.basename(missing[0])}", cache_dir, "Re-run python -m scripts.encode_latents")
         if video_paths:
             load(cache_file(cache_dir, video_paths[0]), self.num_frames, self.video_size)
         try:
             from imaginaire.utils import log
 
-            log.info(f"latent cache {cache_dir}: {len(video_paths)} clip(s), window [0, {self.num_frames}) per clip; "
+            what = f"window [0, {self.num_frames}) per clip" if kind == "clip" else "one latent per image"
+            log.info(f"latent cache {cache_dir}: {len(video_paths)} {kind}(s), {what}; "
                      "the VAE does not encode during training")
         except ImportError:  # pragma: no cover
             pass
 
     def sample(self, dataset, index: int) -> dict:
         """The training sample of clip `index` of upstream's video Dataset, with the latent instead of pixels."""
-        import numpy as np
-
         from cosmos_predict2.data import clip_io
-        from cosmos_predict2.data.dataset_utils import _NUM_T5_TOKENS, _T5_EMBED_DIM
 
         video_path = dataset.video_paths[index]
         rec = load(cache_file(self.cache_dir, video_path), self.num_frames, self.video_size)
         t5_path = os.path.join(dataset.t5_dir, os.path.splitext(os.path.basename(video_path))[0] + ".pickle")
-        t5 = clip_io.load_t5(t5_path)
-        n_tokens = t5.shape[0]
-        if n_tokens < _NUM_T5_TOKENS:
-            t5 = np.concatenate([t5, np.zeros((_NUM_T5_TOKENS - n_tokens, _T5_EMBED_DIM), dtype=np.float32)], axis=0)
-        mask = torch.zeros(_NUM_T5_TOKENS, dtype=torch.int64)
-        mask[:n_tokens] = 1
+        t5, mask = _t5(t5_path)
         h, w = self.video_size
         clip_io.mark_good(dataset)
         return {
@@ -127,7 +124,7 @@ class LatentCache:
             LATENT_KEY: rec["latent"],
             VAE_KEY: rec["vae"],
             "video_name": {"video_path": video_path, "t5_embedding_path": t5_path},
-            "t5_text_embeddings": torch.from_numpy(t5),
+            "t5_text_embeddings": t5,
             "t5_text_mask": mask,
             "fps": rec["fps"],
             "image_size": torch.tensor([h, w, h, w]),
@@ -136,11 +133,52 @@ class LatentCache:
         }
 
 
+    def sample_image(self, dataset, index: int) -> dict:
+        """The training sample of image `index` of upstream's ImageDataset, with the latent instead of pixels."""
+        image_path = dataset.image_paths[index]
+        rec = load(cache_file(self.cache_dir, image_path), 1, self.video_size)
+        t5_path = os.path.join(dataset.t5_dir, os.path.splitext(os.path.basename(image_path))[0] + ".pickle")
+        t5, mask = _t5(t5_path)
+        h, w = self.video_size
+        from cosmos_predict2.data import clip_io
+
+        clip_io.mark_good(dataset)
+        return {
+            # the batch key tells the pipeline it is an image batch; its pixels are never read when the latent is there
+            "images": torch.zeros(3, 1, 1),
+            LATENT_KEY: rec["latent"],
+            VAE_KEY: rec["vae"],
+            "t5_text_embeddings": t5,
+            "t5_text_mask": mask,
+            "fps": torch.ones(1, dtype=torch.float) * 16,  # upstream's dummy FPS for images
+            "image_size": torch.tensor([h, w, h, w]),
+            "num_frames": torch.ones(1),
+            "padding_mask": torch.zeros(1, h, w),
+        }
+
+
+def _t5(t5_path: str):
+    """The T5 embedding padded to the dataset's token count, and its mask (as upstream's datasets build them)."""
+    import numpy as np
+
+    from cosmos_predict2.data import clip_io
+    from cosmos_predict2.data.dataset_utils import _NUM_T5_TOKENS, _T5_EMBED_DIM
+
+    t5 = clip_io.load_t5(t5_path)
+    n_tokens = t5.shape[0]
+    if n_tokens < _NUM_T5_TOKENS:
+        t5 = np.concatenate([t5, np.zeros((_NUM_T5_TOKENS - n_tokens, _T5_EMBED_DIM), dtype=np.float32)], axis=0)
+    mask = torch.zeros(_NUM_T5_TOKENS, dtype=torch.int64)
+    mask[:n_tokens] = 1
+    return torch.from_numpy(t5), mask
+
+
 _announced = False
 
 
 def latent_from_batch(pipe, data_batch: dict):
-    """Training side (video2world pipeline): the cached latent of this batch, or None to encode on the fly."""
+    """Training side (Video2World and Text2Image pipelines): the cached latent of this batch, or None to encode on
+    the fly."""
     global _announced
     lat = data_batch.get(LATENT_KEY)
     if not _announced:
