@@ -86,7 +86,7 @@ class LatentCache:
     """The dataset side: checks every clip has a file (and the first header) when the dataset is built."""
 
     def __init__(self, cache_dir: str, num_frames: int, video_size, video_paths: list[str], kind: str = "clip"):
-        self.cache_dir, self.kind = cache_dir, kind
+        self.cache_dir = cache_dir
         self.num_frames = int(num_frames)
         self.video_size = (int(video_size[0]), int(video_size[1]))
         if not os.path.isdir(cache_dir):
@@ -109,14 +109,9 @@ class LatentCache:
 
     def sample(self, dataset, index: int) -> dict:
         """The training sample of clip `index` of upstream's video Dataset, with the latent instead of pixels."""
-        from cosmos_predict2.data import clip_io
-
         video_path = dataset.video_paths[index]
-        rec = load(cache_file(self.cache_dir, video_path), self.num_frames, self.video_size)
-        t5_path = os.path.join(dataset.t5_dir, os.path.splitext(os.path.basename(video_path))[0] + ".pickle")
-        t5, mask = _t5(t5_path)
+        rec, t5_path, t5, mask = self._read(dataset, video_path, self.num_frames)
         h, w = self.video_size
-        clip_io.mark_good(dataset)
         return {
             # upstream's model tells video from image batches by this key and reads its batch size; the pixels
             # are never read when the latent is present, so a [C, T, 1, 1] placeholder stands in for them
@@ -132,17 +127,10 @@ class LatentCache:
             "padding_mask": torch.zeros(1, h, w),
         }
 
-
     def sample_image(self, dataset, index: int) -> dict:
         """The training sample of image `index` of upstream's ImageDataset, with the latent instead of pixels."""
-        image_path = dataset.image_paths[index]
-        rec = load(cache_file(self.cache_dir, image_path), 1, self.video_size)
-        t5_path = os.path.join(dataset.t5_dir, os.path.splitext(os.path.basename(image_path))[0] + ".pickle")
-        t5, mask = _t5(t5_path)
+        rec, _, t5, mask = self._read(dataset, dataset.image_paths[index], 1)
         h, w = self.video_size
-        from cosmos_predict2.data import clip_io
-
-        clip_io.mark_good(dataset)
         return {
             # the batch key tells the pipeline it is an image batch; its pixels are never read when the latent is there
             "images": torch.zeros(3, 1, 1),
@@ -156,21 +144,24 @@ class LatentCache:
             "padding_mask": torch.zeros(1, h, w),
         }
 
+    def _read(self, dataset, path: str, num_frames: int):
+        """The checked cache record of a clip or image, its T5 embedding padded to the dataset's token count and the
+        mask (as upstream's datasets build them); the sample counts as good for the dataset's bad-sample skipping."""
+        import numpy as np
 
-def _t5(t5_path: str):
-    """The T5 embedding padded to the dataset's token count, and its mask (as upstream's datasets build them)."""
-    import numpy as np
+        from cosmos_predict2.data import clip_io
+        from cosmos_predict2.data.dataset_utils import _NUM_T5_TOKENS, _T5_EMBED_DIM
 
-    from cosmos_predict2.data import clip_io
-    from cosmos_predict2.data.dataset_utils import _NUM_T5_TOKENS, _T5_EMBED_DIM
-
-    t5 = clip_io.load_t5(t5_path)
-    n_tokens = t5.shape[0]
-    if n_tokens < _NUM_T5_TOKENS:
-        t5 = np.concatenate([t5, np.zeros((_NUM_T5_TOKENS - n_tokens, _T5_EMBED_DIM), dtype=np.float32)], axis=0)
-    mask = torch.zeros(_NUM_T5_TOKENS, dtype=torch.int64)
-    mask[:n_tokens] = 1
-    return torch.from_numpy(t5), mask
+        rec = load(cache_file(self.cache_dir, path), num_frames, self.video_size)
+        t5_path = os.path.join(dataset.t5_dir, os.path.splitext(os.path.basename(path))[0] + ".pickle")
+        t5 = clip_io.load_t5(t5_path)
+        n_tokens = t5.shape[0]
+        if n_tokens < _NUM_T5_TOKENS:
+            t5 = np.concatenate([t5, np.zeros((_NUM_T5_TOKENS - n_tokens, _T5_EMBED_DIM), dtype=np.float32)], axis=0)
+        mask = torch.zeros(_NUM_T5_TOKENS, dtype=torch.int64)
+        mask[:n_tokens] = 1
+        clip_io.mark_good(dataset)
+        return rec, t5_path, torch.from_numpy(t5), mask
 
 
 _announced = False

@@ -14,6 +14,7 @@ attention.py); the backward is `cosmos_portable::flash_cute_bwd`. Fake (meta) im
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -89,8 +90,6 @@ def fwd_kwargs(q: torch.Tensor, causal: bool) -> dict:
     """The forward configuration for q's device, head_dim and causality (decided once per key per process)."""
     key = (q.device.index, q.shape[-1], bool(causal))
     if key not in _FWD_KW:
-        import os
-
         env = os.environ.get(_ENV_TILE, "").strip()
         if env:
             _FWD_KW[key] = parse_fwd_config(env)
