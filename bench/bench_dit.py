@@ -223,21 +223,30 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
+    if args.gc_every:  # train.sh's garbage-collection policy (portable/gc_policy.py), for a like-for-like bare step
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         loss = step()
     sync(dev)
     warm_s = time.perf_counter() - t0
     times = []
-    for _ in range(args.steps):
+    for i in range(args.steps):
         t0 = time.perf_counter()
         loss = step()
+        if args.gc_every and (i + 1) % args.gc_every == 0:
+            gc.collect()
         sync(dev)
         times.append(time.perf_counter() - t0)
+    if args.gc_every:
+        gc.unfreeze()
+        gc.enable()
     step_s = statistics.median(times)
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12
-    row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, step_s=step_s,
+    row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, step_s=step_s,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
                model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,
                peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
@@ -313,6 +322,9 @@ def main(argv=None) -> int:
                     help="Video2World 2B (default) or Text2Image 2B on one 768x1360 image")
     ap.add_argument("--optimizer", action="store_true",
                     help="add the experiments' optimizer step (FusedAdam, fp32 master weights) to each timed step")
+    ap.add_argument("--gc-every", type=int, default=0,
+                    help="train.sh's garbage-collection policy: automatic GC off, a full collection every N steps "
+                         "(0: Python's automatic GC, as a plain script runs)")
     ap.add_argument("--profile", action="store_true",
                     help="after timing, profile one more step: device time per kernel category (bench=dit_profile)")
     args = ap.parse_args(argv)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
 import json
 import statistics
 import os
@@ -393,6 +394,7 @@ def run_trainer(args, extra: list[str]) -> dict:
                "--config=cosmos_predict2/configs/base/config.py", "--", f"experiment={exp}",
                "++trainer.callbacks.train_metrics={_target_:cosmos_predict2.portable.metrics.TrainMetricsCallback}",
                "++trainer.callbacks.step_timing={_target_:cosmos_predict2.portable.step_timing.StepTimingCallback}",
+               "++trainer.callbacks.gc_policy={_target_:cosmos_predict2.portable.gc_policy.GarbageCollectionCallback}",
                "++trainer.callbacks.op_probe={_target_:trainer_overhead.OpProbe}", *overrides, *extra]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.exists(out):
@@ -457,13 +459,25 @@ def run_bare(args) -> dict:
         opt.step()
         return loss.detach()
 
+    from cosmos_predict2.portable.gc_policy import every_from
+
+    gc_every = every_from(None)  # train.sh's garbage-collection policy (COSMOS_GC_EVERY), as on the trainer side
+    if gc_every:
+        gc.collect()
+        gc.freeze()
+        gc.disable()
     with CountingMode(counter) if args.count else contextlib.nullcontext():
         for i in range(args.iters):
             counter.step = i
             step()
             counter.phase = "step_end"
+            if gc_every and (i + 1) % gc_every == 0:
+                gc.collect()
             pdev.synchronize()  # bench_dit's step boundary (one per timed step there too)
         counter.step = None
+    if gc_every:
+        gc.unfreeze()
+        gc.enable()
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
     del net, opt, x, kw, target
     pdev.empty_cache()  # the trainer run that follows is another process on the same device

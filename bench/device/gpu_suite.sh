@@ -69,7 +69,7 @@ stage_dit480() { (cd $TREE && runlog dit480 python3 $REPO/bench/bench_dit.py --r
 stage_dit720() { (cd $TREE && runlog dit720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${DIT720_VARIANTS:-anchor,ours,ours_linsa}); }
 stage_prof720() { (cd $TREE && runlog prof720 python3 $REPO/bench/bench_dit.py --res 720 --variants ${PROF_VARIANTS:-ours} --warmup 2 --steps 2 --profile); }
 stage_fwd720() { (cd $TREE && runlog fwd720 python3 $REPO/bench/bench_dit.py --fwd --res 720 --variants ${FWD720_VARIANTS:-anchor,ours} --steps 3); }
-stage_t2i_bare() { (cd $TREE && runlog t2i_bare python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ${T2I_VARIANTS:-ours_unfused,ours} --warmup 3 --steps ${T2I_STEPS:-10}); }
+stage_t2i_bare() { (cd $TREE && runlog t2i_bare python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ${T2I_VARIANTS:-ours_unfused,ours} --warmup 3 --steps ${T2I_STEPS:-10} ${T2I_ARGS:-}); }
 stage_infer() { fa4_tile_env; (cd $TREE && runlog infer python3 $REPO/bench/bench_infer.py --video datasets/cosmos_nemo_assets_images/images/smoke_000.jpg --steps ${INFER_STEPS:-35} --videos ${INFER_VIDEOS:-1}); }
 stage_parity() {
   (cd $TREE && runlog parity python3 $REPO/bench/parity/parity_dit.py --init $REPO/.gpu/parity_init.pt --out $OUT/parity_cuda.json)
@@ -139,6 +139,21 @@ stage_e2e_cache() {  # the same from the latent cache (run stage encode first)
   breakdown v2w_720_cache
 }
 stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; breakdown t2i_2b; }
+T2I=predict2_text2image_training_2b_cosmos_nemo_assets
+T2I_LATENTS=datasets/cosmos_nemo_assets_images/latents_1x768x1360
+stage_encode_t2i() {  # the latent cache of the Text2Image image set (scripts/encode_latents.py, same VAE as training)
+  ensure_site
+  (cd $TREE && runlog encode_t2i python3 -m scripts.encode_latents --EXP=$T2I -- \
+     model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth)
+}
+t2i_cache_args() { echo +dataloader_train.dataset.latent_cache_dir=$T2I_LATENTS +dataloader_train.sampler.dataset.latent_cache_dir=$T2I_LATENTS; }
+stage_e2e_t2i_cache() {  # Text2Image from the latent cache (run stage encode_t2i first)
+  ensure_site; train_e2e t2i_2b_cache 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_2b_cache
+}
+stage_e2e_t2i_cache_nofsdp() {  # the same without FSDP2 on the one rank (fsdp_shard_size=0: a measurement only)
+  ensure_site; train_e2e t2i_2b_cache_nofsdp 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) model.config.fsdp_shard_size=0 ${E2E_T2I_EXTRA:-}
+  breakdown t2i_2b_cache_nofsdp
+}
 stage_e2e_t2i_sync1() {  # the same with every step timed (six device synchronizations per step)
   ensure_site
   COSMOS_STEP_TIMING_EVERY=1 train_e2e t2i_2b_sync1 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}
@@ -207,6 +222,22 @@ stage_t2i_overhead() {
   ensure_site
   (cd $TREE && runlog t2i_overhead_count python3 $REPO/bench/trainer_overhead.py --full --iters ${OVH_ITERS:-4})
   (cd $TREE && runlog t2i_overhead_time python3 $REPO/bench/trainer_overhead.py --full --time --iters ${OVH_TIME_ITERS:-8})
+}
+stage_t2i_fsdp_ab() {  # host ms per phase (--time): bare step, trainer from the latent cache with and without FSDP2
+  ensure_site
+  local o="--full --time --iters ${OVH_TIME_ITERS:-12}"
+  (cd $TREE && runlog t2i_ab_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
+  (cd $TREE && runlog t2i_ab_fsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+  (cd $TREE && runlog t2i_ab_nofsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args) model.config.fsdp_shard_size=0)
+  (cd $TREE && TRAINER_OVERHEAD_KEEP_UNSHARDED=1 runlog t2i_ab_keep python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+}
+stage_t2i_gc_ab() {  # Python's GC policy (portable/gc_policy.py) off and on: bare step and train.sh from the cache
+  ensure_site
+  lscpu 2>/dev/null | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|CPU max MHz)" | tee -a "$LOG"
+  (cd $TREE && runlog t2i_bare_gc0 python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-20} --gc-every 0)
+  (cd $TREE && runlog t2i_bare_gc50 python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-20} --gc-every 50)
+  COSMOS_GC_EVERY=0 train_e2e t2i_cache_gc0 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc0
+  train_e2e t2i_cache_gc50 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc50
 }
 stage_e2e_t2i_before() {
   ensure_site

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 CONFIG_FILE = "cosmos_predict2/configs/base/config.py"
 METRICS_CALLBACK = "cosmos_predict2.portable.metrics.TrainMetricsCallback"
 STEP_TIMING_CALLBACK = "cosmos_predict2.portable.step_timing.StepTimingCallback"
+GC_CALLBACK = "cosmos_predict2.portable.gc_policy.GarbageCollectionCallback"
 
 # Wan2.1 VAE: 4x temporal compression with the first frame kept, so N frames -> (N - 1) / 4 + 1 latent frames.
 VAE_TEMPORAL_COMPRESSION = 4

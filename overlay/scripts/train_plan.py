@@ -18,7 +18,7 @@ from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints
                           check_output_root, check_parallel, detect_device, dtype_note, free_port, memory_check,
                           npu_env, parse_overrides, port_in_use, usable_cpus)
 from train_experiments import (CONFIG_FILE, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
-                               K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
+                               GC_CALLBACK, K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(  # usage errors: one line, exit 2, as every other preflight failure
         prog="train.sh",
@@ -186,6 +186,10 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     exp = EXPERIMENTS[a.EXP]
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
     profile_steps = _int("profile_steps", a.profile_steps, 0)
+    gc_every = os.environ.get("COSMOS_GC_EVERY")
+    if gc_every is not None and not re.fullmatch(r"\s*\d+\s*", gc_every):
+        raise _fail(f"COSMOS_GC_EVERY={gc_every!r} is not a step count", "environment",
+                    "Set COSMOS_GC_EVERY=N (a full garbage collection every N steps) or 0 (Python's automatic one)")
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
     raw_port = a.master_port if a.master_port is not None else ("auto" if nnodes == 1 else "29500")
@@ -294,6 +298,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         # ++ adds or replaces: registers the metrics callback whether or not the experiment already does
         f"++trainer.callbacks.train_metrics={{_target_:{METRICS_CALLBACK}}}",
         f"++trainer.callbacks.step_timing={{_target_:{STEP_TIMING_CALLBACK}}}",  # per-phase step times
+        f"++trainer.callbacks.gc_policy={{_target_:{GC_CALLBACK}}}",  # Python's GC on a schedule (COSMOS_GC_EVERY)
         *overrides,
     ]
     notes.append(f"world size {world}, context parallel {cp}, data parallel {world // cp}")

@@ -47,6 +47,8 @@ def check_run(r, tree: str, exp: str, out_root: str, job: str, world: int, cp: i
     log = one(os.path.join(out_root, job, "logs", "train-*.log"))
     text = open(log).read()
     assert "Done with training." in text
+    # train.sh registers the garbage-collection policy (portable/gc_policy.py) on every run
+    assert "garbage collection: automatic collection off while training, one full collection every 50 steps" in text
     assert r.stdout.startswith(text), "console output differs from the log (tee)"
     head = text.splitlines()
     assert head[0] == f"run: new run in {os.path.join(out_root, job)} (no checkpoint there)"

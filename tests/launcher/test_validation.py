@@ -231,6 +231,12 @@ def test_bad_cosmos_device(skeleton_tree):
     assert "COSMOS_DEVICE=tpu" in refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}"], env={"COSMOS_DEVICE": "tpu"})
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "2.5", ""])
+def test_bad_gc_every(skeleton_tree, value):
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}"], env={"COSMOS_GC_EVERY": value})
+    assert f"COSMOS_GC_EVERY={value!r} is not a step count" in line and "(environment)" in line
+
+
 def test_help_lists_flags_and_experiments():
     r = run_train_sh(["--help"], timeout=60)
     assert r.returncode == 0, r.stderr

@@ -37,3 +37,25 @@ def finite_target(grad: torch.Tensor) -> torch.Tensor:
     if any(p.is_partial() for p in grad.placements):
         return grad
     return local_shard(grad)
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite, from one fused norm per (device, dtype) group and one host
+    read, instead of one op per tensor. GradClip uses it to skip its per-gradient nan_to_num when that would change
+    nothing. Answers False (the caller's per-tensor path, still correct) for DTensors (a Partial placement's pending
+    sums) and when a norm of finite values overflows to inf."""
+    if not tensors:
+        return True
+    if DTensor is not None and any(isinstance(t, DTensor) for t in tensors):
+        return False
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    flags = []
+    for group in groups.values():
+        try:
+            norms = torch._foreach_norm(group)
+        except (NotImplementedError, RuntimeError):  # a backend without the fused kernel
+            norms = [torch.linalg.vector_norm(t) for t in group]
+        flags.append(torch.isfinite(torch.stack([n.float() for n in norms]).sum()).to("cpu"))
+    return bool(torch.stack(flags).all())
