@@ -239,6 +239,32 @@ stage_t2i_gc_ab() {  # Python's GC policy (portable/gc_policy.py) off and on: ba
   COSMOS_GC_EVERY=0 train_e2e t2i_cache_gc0 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc0
   train_e2e t2i_cache_gc50 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc50
 }
+# t2i_ratio: the Text2Image target (train.sh mean step <= 1.04x the bare step) measured against this host's
+# process-to-process spread: RATIO_REPS alternating rounds of the bare step (bench_dit, the GC policy train.sh uses)
+# and train.sh from the latent cache with every step timed and with every 10th, then the ratio of the means over all
+# rounds with each run's mean (run stage encode_t2i first).
+stage_t2i_ratio() {
+  ensure_site
+  local r
+  for r in $(seq 1 ${RATIO_REPS:-2}); do
+    (cd $TREE && runlog ratio_bare_$r python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-30} --gc-every 50)
+    COSMOS_STEP_TIMING_EVERY=1 train_e2e ratio_t2i_every1_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    COSMOS_STEP_TIMING_EVERY=10 train_e2e ratio_t2i_every10_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+  done
+  python3 - "$RES" <<'PY' | tee -a "$LOG"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+bare = [statistics.fmean(r["step_s_all"]) for r in rows if r.get("bench") == "dit" and r.get("gc_every") == 50]
+runs = {}
+for r in rows:
+    if r.get("bench") == "e2e" and r["name"].startswith("ratio_t2i_") and r["step_s_all"]:
+        runs.setdefault(r["name"].rsplit("_", 1)[0], []).append(statistics.fmean(r["step_s_all"][3:]))
+out = dict(bench="t2i_ratio", bare_means=bare, **{k: v for k, v in runs.items()})
+if bare:
+    out.update({f"ratio_{k[len('ratio_t2i_'):]}": statistics.fmean(v) / statistics.fmean(bare) for k, v in runs.items()})
+print(json.dumps(out))
+PY
+}
 stage_e2e_t2i_before() {
   ensure_site
   command -v patch >/dev/null || { log "error: no patch(1) on this machine (stage e2e_t2i_before)"; return 1; }
