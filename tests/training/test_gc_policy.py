@@ -83,7 +83,7 @@ def test_bad_value_is_one_clear_error(smoke_tree, value):
     r = subprocess.run([sys.executable, "-c", "from cosmos_predict2.portable.gc_policy import "
                         "GarbageCollectionCallback as G; G()"], cwd=str(smoke_tree), env=e, capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode != 0 and f"COSMOS_GC_EVERY={value} is " in r.stderr
+    assert r.returncode != 0 and f"COSMOS_GC_EVERY={value} is not a step count (gc_policy)" in r.stderr
 
 
 def test_training_cycles_hold_no_tensors(smoke_tree, tmp_path):

@@ -9,9 +9,10 @@ every few dozen steps, a full pass over every object the process holds (upstream
 launch-bound step (Text2Image 2B: the device waits for the host) that host time is step time: on a 2-core CPU the
 28-block Text2Image net spent ~8 ms per step in young passes and 420-470 ms in each full pass (one every ~13 steps).
 
-What it does (the policy torchtitan uses): at train start, one full collection, then `gc.freeze()` (everything
-alive after setup is moved out of the collector's view) and `gc.disable()`; every `every_n` optimizer steps one
-full collection, cheap because the frozen setup objects are skipped. At train end automatic collection comes back.
+What it does (close to torchtitan's policy, which collects generation 1 every N steps): at train start, one full
+collection, then `gc.freeze()` (everything alive after setup is moved out of the collector's view) and
+`gc.disable()`; every `every_n` optimizer steps one full collection, cheap because the frozen setup objects are
+skipped. At train end automatic collection comes back.
 Reference cycles made during training are still freed, at most `every_n` steps late.
 
 every_n (or COSMOS_GC_EVERY; train.sh: `-- ++trainer.callbacks.gc_policy.every_n=N`): default 50. 0 leaves Python's
@@ -31,16 +32,16 @@ ENV_EVERY = "COSMOS_GC_EVERY"
 
 
 def every_from(every_n: int | None, env=os.environ) -> int:
+    """The period in steps: the callback's every_n if given, else COSMOS_GC_EVERY, else 50; 0 means off."""
+    name = ENV_EVERY if every_n is None else "gc_policy.every_n"
     raw = every_n if every_n is not None else env.get(ENV_EVERY, DEFAULT_EVERY)
     try:
         value = int(raw)
     except (TypeError, ValueError):
-        raw = raw if every_n is None else f"every_n={raw}"
-        raise ValueError(f"{ENV_EVERY}={raw} is not an integer (gc_policy). Pass a step count, or 0 to keep "
-                         "Python's automatic garbage collection") from None
-    if value < 0:
-        raise ValueError(f"{ENV_EVERY}={value} is negative (gc_policy). Pass a step count, or 0 to keep "
-                         "Python's automatic garbage collection")
+        value = None
+    if value is None or value < 0:
+        raise ValueError(f"{name}={raw} is not a step count (gc_policy). Pass N >= 1 (a full collection every N "
+                         "steps) or 0 (Python's automatic garbage collection)")
     return value
 
 
