@@ -410,8 +410,8 @@ def run_trainer(args, extra: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- bare side: bench_dit's step ----------------------
-def build_bare_net(dev, tiny: bool, blocks: int | None):
-    """bench_dit.build_net(dev, tiny, None, "t2i") with --blocks applied (tiny: 64 channels, 4 heads)."""
+def build_bare_net(dev, tiny: bool, blocks: int | None, sac_mode: str | None = None):
+    """bench_dit.build_net(dev, tiny, None, "t2i") with --blocks and --bare-sac applied (tiny: 64 channels, 4 heads)."""
     import copy
 
     from cosmos_predict2.configs.base.config_text2image import _PREDICT2_TEXT2IMAGE_NET_2B as NET
@@ -422,6 +422,8 @@ def build_bare_net(dev, tiny: bool, blocks: int | None):
         cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
     if blocks:
         cfg.num_blocks = blocks
+    if sac_mode:
+        cfg.sac_config.mode = sac_mode
     torch.manual_seed(0)
     with torch.device(dev):
         net = instantiate(cfg)
@@ -440,7 +442,7 @@ def run_bare(args) -> dict:
     bench_dit.set_variant("ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
-    net = build_bare_net(dev, tiny, args.blocks)
+    net = build_bare_net(dev, tiny, args.blocks, args.bare_sac)
     x, kw, target, _S = bench_dit.inputs(dev, "t2i", tiny, "t2i")
     opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
                     betas=(0.9, 0.99), eps=1e-8, master_weights=True, capturable=True)
@@ -481,7 +483,7 @@ def run_bare(args) -> dict:
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
     del net, opt, x, kw, target
     pdev.empty_cache()  # the trainer run that follows is another process on the same device
-    return _steady(steps, "bare", args)
+    return _steady(steps, "bare", args, sac_mode=args.bare_sac or "mm_only (the experiment's)")
 
 
 def table(rows: list[dict]) -> None:
@@ -511,6 +513,9 @@ def main(argv=None) -> int:
                     help="DiT blocks on both sides (tiny default 2; 28 = the 2B net's structure with tiny widths)")
     ap.add_argument("--time", dest="count", action="store_false",
                     help="host time per phase only, no dispatch mode (torch.compile as configured)")
+    ap.add_argument("--bare-sac", default=None,
+                    help="bare side: the net's activation-checkpointing mode instead of the experiment's (mm_only), "
+                         "e.g. none (trainer side: -- model.config.pipe_config.net.sac_config.mode=none)")
     ap.add_argument("overrides", nargs="*", help="after --: extra key=value overrides for the trainer run")
     args = ap.parse_args(argv)
     if not os.path.isdir("cosmos_predict2/portable"):

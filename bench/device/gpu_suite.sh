@@ -265,6 +265,16 @@ if bare:
 print(json.dumps(out))
 PY
 }
+# t2i_nosac: Text2Image 2B without activation checkpointing (upstream's experiment uses mm_only; on CPU that doubles
+# the step's host work, BENCHMARKS 3f): the bare step both ways in one process, and train.sh from the latent cache
+# both ways (run stage encode_t2i first).
+stage_t2i_nosac() {
+  ensure_site
+  (cd $TREE && runlog t2i_bare_sac python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours,ours_nosac --warmup 3 --steps ${T2I_STEPS:-30} --gc-every 50)
+  train_e2e t2i_cache_mmonly 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_cache_mmonly
+  train_e2e t2i_cache_nosac 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) model.config.pipe_config.net.sac_config.mode=none
+  breakdown t2i_cache_nosac
+}
 stage_e2e_t2i_before() {
   ensure_site
   command -v patch >/dev/null || { log "error: no patch(1) on this machine (stage e2e_t2i_before)"; return 1; }
