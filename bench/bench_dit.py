@@ -223,10 +223,10 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-    if args.gc_every:  # train.sh's garbage-collection policy (portable/gc_policy.py), for a like-for-like bare step
-        gc.collect()
-        gc.freeze()
-        gc.disable()
+    from cosmos_predict2.portable.gc_policy import Schedule
+
+    collector = Schedule(args.gc_every)  # train.sh's garbage-collection policy, for a like-for-like bare step
+    collector.start()
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         loss = step()
@@ -236,13 +236,10 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     for i in range(args.steps):
         t0 = time.perf_counter()
         loss = step()
-        if args.gc_every and (i + 1) % args.gc_every == 0:
-            gc.collect()
+        collector.after_step(i + 1)
         sync(dev)
         times.append(time.perf_counter() - t0)
-    if args.gc_every:
-        gc.unfreeze()
-        gc.enable()
+    collector.stop()
     step_s = statistics.median(times)
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12

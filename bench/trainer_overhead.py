@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import gc
 import json
 import statistics
 import os
@@ -461,25 +460,19 @@ def run_bare(args) -> dict:
         opt.step()
         return loss.detach()
 
-    from cosmos_predict2.portable.gc_policy import every_from
+    from cosmos_predict2.portable.gc_policy import Schedule, every_from
 
-    gc_every = every_from(None)  # train.sh's garbage-collection policy (COSMOS_GC_EVERY), as on the trainer side
-    if gc_every:
-        gc.collect()
-        gc.freeze()
-        gc.disable()
+    collector = Schedule(every_from(None))  # train.sh's garbage-collection policy (COSMOS_GC_EVERY), as the trainer's
+    collector.start()
     with CountingMode(counter) if args.count else contextlib.nullcontext():
         for i in range(args.iters):
             counter.step = i
             step()
             counter.phase = "step_end"
-            if gc_every and (i + 1) % gc_every == 0:
-                gc.collect()
+            collector.after_step(i + 1)
             pdev.synchronize()  # bench_dit's step boundary (one per timed step there too)
         counter.step = None
-    if gc_every:
-        gc.unfreeze()
-        gc.enable()
+    collector.stop()
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
     del net, opt, x, kw, target
     pdev.empty_cache()  # the trainer run that follows is another process on the same device

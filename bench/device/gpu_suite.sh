@@ -150,9 +150,9 @@ t2i_cache_args() { echo +dataloader_train.dataset.latent_cache_dir=$T2I_LATENTS 
 stage_e2e_t2i_cache() {  # Text2Image from the latent cache (run stage encode_t2i first)
   ensure_site; train_e2e t2i_2b_cache 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_2b_cache
 }
-stage_e2e_t2i_cache_nofsdp() {  # the same without FSDP2 on the one rank (fsdp_shard_size=0: a measurement only)
-  ensure_site; train_e2e t2i_2b_cache_nofsdp 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) model.config.fsdp_shard_size=0 ${E2E_T2I_EXTRA:-}
-  breakdown t2i_2b_cache_nofsdp
+t2i_bare_run() {  # t2i_bare_run NAME ARGS...: the bare Text2Image 2B step (bench_dit, forward+backward+FusedAdam)
+  local name=$1; shift
+  (cd $TREE && runlog $name python3 $REPO/bench/bench_dit.py --net t2i --optimizer --warmup 3 --steps ${T2I_STEPS:-30} "$@")
 }
 stage_e2e_t2i_sync1() {  # the same with every step timed (six device synchronizations per step)
   ensure_site
@@ -234,8 +234,8 @@ stage_t2i_fsdp_ab() {  # host ms per phase (--time): bare step, trainer from the
 stage_t2i_gc_ab() {  # Python's GC policy (portable/gc_policy.py) off and on: bare step and train.sh from the cache
   ensure_site
   lscpu 2>/dev/null | grep -E "^(Model name|CPU\(s\)|Thread|Core|Socket|NUMA node\(s\)|CPU max MHz)" | tee -a "$LOG"
-  (cd $TREE && runlog t2i_bare_gc0 python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-20} --gc-every 0)
-  (cd $TREE && runlog t2i_bare_gc50 python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-20} --gc-every 50)
+  t2i_bare_run t2i_bare_gc0 --variants ours --gc-every 0
+  t2i_bare_run t2i_bare_gc50 --variants ours --gc-every 50
   COSMOS_GC_EVERY=0 train_e2e t2i_cache_gc0 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc0
   train_e2e t2i_cache_gc50 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc50
 }
@@ -247,7 +247,7 @@ stage_t2i_ratio() {
   ensure_site
   local r
   for r in $(seq 1 ${RATIO_REPS:-2}); do
-    (cd $TREE && runlog ratio_bare_$r python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours --warmup 3 --steps ${T2I_STEPS:-30} --gc-every 50)
+    t2i_bare_run ratio_bare_$r --variants ours --gc-every 50
     COSMOS_STEP_TIMING_EVERY=1 train_e2e ratio_t2i_every1_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
     COSMOS_STEP_TIMING_EVERY=10 train_e2e ratio_t2i_every10_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
   done
@@ -270,7 +270,7 @@ PY
 # both ways (run stage encode_t2i first).
 stage_t2i_nosac() {
   ensure_site
-  (cd $TREE && runlog t2i_bare_sac python3 $REPO/bench/bench_dit.py --net t2i --optimizer --variants ours,ours_nosac --warmup 3 --steps ${T2I_STEPS:-30} --gc-every 50)
+  t2i_bare_run t2i_bare_sac --variants ours,ours_nosac --gc-every 50
   train_e2e t2i_cache_mmonly 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_cache_mmonly
   train_e2e t2i_cache_nosac 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) model.config.pipe_config.net.sac_config.mode=none
   breakdown t2i_cache_nosac

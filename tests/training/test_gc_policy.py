@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+from .trainer_runs import cpu_env, tail, train
+
 PROBE = textwrap.dedent('''
     import gc, json, weakref
     from cosmos_predict2.portable.gc_policy import GarbageCollectionCallback
@@ -33,21 +35,21 @@ PROBE = textwrap.dedent('''
     ref = cycle()
     keep = [Node() for _ in range(5000)]  # net allocations far past the automatic collector's thresholds
     alive_before_scheduled = ref() is not None
-    for it in range(1, cb.every_n):
+    for it in range(1, cb.schedule.every_n):
         cb.on_training_step_end(None, None, None, None, iteration=it)
     alive_one_step_before = ref() is not None
-    cb.on_training_step_end(None, None, None, None, iteration=cb.every_n)
+    cb.on_training_step_end(None, None, None, None, iteration=cb.schedule.every_n)
     freed_at_scheduled = ref() is None
-    cb.on_train_end(model=None, iteration=cb.every_n)
+    cb.on_train_end(model=None, iteration=cb.schedule.every_n)
     after = dict(enabled=gc.isenabled(), frozen=gc.get_freeze_count())
-    print(json.dumps(dict(every_n=cb.every_n, before=before, during=during, alive_before_scheduled=alive_before_scheduled,
+    print(json.dumps(dict(every_n=cb.schedule.every_n, before=before, during=during, alive_before_scheduled=alive_before_scheduled,
                           alive_one_step_before=alive_one_step_before, freed_at_scheduled=freed_at_scheduled,
-                          collections=cb.collections, after=after)))
+                          collections=cb.schedule.collections, after=after)))
 ''')
 
 
 def _probe(tree, **env) -> dict:
-    e = dict(os.environ, PYTHONPATH=str(tree), COSMOS_DEVICE="cpu", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    e = cpu_env(tree)
     e.pop("COSMOS_GC_EVERY", None)
     e.update(env)
     r = subprocess.run([sys.executable, "-c", PROBE], cwd=str(tree), env=e, capture_output=True, text=True, timeout=300)
@@ -79,7 +81,7 @@ def test_zero_keeps_pythons_automatic_collection(smoke_tree):
 
 @pytest.mark.parametrize("value", ["x", "-3"])
 def test_bad_value_is_one_clear_error(smoke_tree, value):
-    e = dict(os.environ, PYTHONPATH=str(smoke_tree), COSMOS_GC_EVERY=value, TORCH_DEVICE_BACKEND_AUTOLOAD="0")
+    e = cpu_env(smoke_tree, COSMOS_GC_EVERY=value)
     r = subprocess.run([sys.executable, "-c", "from cosmos_predict2.portable.gc_policy import "
                         "GarbageCollectionCallback as G; G()"], cwd=str(smoke_tree), env=e, capture_output=True,
                        text=True, timeout=300)
@@ -90,17 +92,11 @@ def test_training_cycles_hold_no_tensors(smoke_tree, tmp_path):
     """Why deferring collection is safe for device memory: the reference cycles a real training step leaves behind
     (upstream's trainer, Text2Image smoke experiment, policy on with a period longer than the run) are small Python
     objects only; a cycle holding a tensor would keep its memory until the next scheduled collection."""
-    from .trainer_runs import CONFIG, METRICS, cpu_env, free_port, run_group, tail
-
-    env = cpu_env(smoke_tree, IMAGINAIRE_OUTPUT_ROOT=str(tmp_path), COSMOS_TRAIN_METRICS=str(tmp_path / "m.jsonl"),
-                  COSMOS_GC_EVERY="1000")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), env["PYTHONPATH"]])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "scripts.train", f"--config={CONFIG}",
-           "--", "experiment=predict2_text2image_training_2b_cosmos_nemo_assets_smoke", METRICS,
-           "++trainer.callbacks.gc_policy={_target_:cosmos_predict2.portable.gc_policy.GarbageCollectionCallback}",
-           "++trainer.callbacks.gc_probe={_target_:gc_cycle_probe.CycleProbe}", "trainer.max_iter=4"]
-    proc = run_group(cmd, cwd=smoke_tree, env=env, timeout=900)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc, _ = train(smoke_tree, "predict2_text2image_training_2b_cosmos_nemo_assets_smoke", tmp_path, [
+        "++trainer.callbacks.gc_policy={_target_:cosmos_predict2.portable.gc_policy.GarbageCollectionCallback}",
+        "++trainer.callbacks.gc_probe={_target_:gc_cycle_probe.CycleProbe}", "trainer.max_iter=4",
+    ], env={"COSMOS_GC_EVERY": "1000", "PYTHONPATH": os.pathsep.join([here, str(smoke_tree)])})
     assert proc.returncode == 0, tail(proc)
     rows = [json.loads(ln.split("GC_CYCLE_PROBE ", 1)[1]) for ln in proc.stdout.splitlines() if "GC_CYCLE_PROBE " in ln]
     assert [r["iteration"] for r in rows] == [2, 4], tail(proc)

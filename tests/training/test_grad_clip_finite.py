@@ -5,10 +5,11 @@ portable/shards.all_finite's answers. Upstream's callback on a small real module
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
+
+from .trainer_runs import cpu_env
 
 PROBE = textwrap.dedent('''
     import json, types, torch
@@ -55,8 +56,7 @@ PROBE = textwrap.dedent('''
 
 
 def test_grad_clip_skips_nan_to_num_only_when_all_finite(smoke_tree):
-    env = dict(os.environ, PYTHONPATH=str(smoke_tree), COSMOS_DEVICE="cpu", TORCH_DEVICE_BACKEND_AUTOLOAD="0")
-    r = subprocess.run([sys.executable, "-c", PROBE], cwd=str(smoke_tree), env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", PROBE], cwd=str(smoke_tree), env=cpu_env(smoke_tree), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])

@@ -41,7 +41,8 @@ def cpu_env(tree: Path, **extra: str) -> dict:
 
 
 def train(tree: Path, exp: str, out_root: Path, overrides: list[str], nproc: int = 1, timeout: int = 900,
-          metrics: Path | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+          metrics: Path | None = None, env: dict | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """torchrun -m scripts.train on CPU; `env` adds to cpu_env's variables (and wins over them)."""
     metrics = metrics or out_root / f"metrics-{len(list(out_root.glob('metrics-*')))}.jsonl"
     out_root.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -49,7 +50,7 @@ def train(tree: Path, exp: str, out_root: Path, overrides: list[str], nproc: int
         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         "-m", "scripts.train", f"--config={CONFIG}", "--", f"experiment={exp}", METRICS, *overrides,
     ]
-    env = cpu_env(tree, IMAGINAIRE_OUTPUT_ROOT=str(out_root), COSMOS_TRAIN_METRICS=str(metrics))
+    env = cpu_env(tree, IMAGINAIRE_OUTPUT_ROOT=str(out_root), COSMOS_TRAIN_METRICS=str(metrics), **(env or {}))
     proc = run_group(cmd, cwd=tree, env=env, timeout=timeout)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     return proc, rows

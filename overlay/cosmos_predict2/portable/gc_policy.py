@@ -45,30 +45,49 @@ def every_from(every_n: int | None, env=os.environ) -> int:
     return value
 
 
-class GarbageCollectionCallback(Callback):
-    def __init__(self, every_n: int | None = None):
-        super().__init__()
-        self.every_n = every_from(every_n)
+class Schedule:
+    """The policy itself: the callback runs it in the trainer, the benchmarks (bench/) around their bare steps."""
+
+    def __init__(self, every_n: int):
+        self.every_n = every_n
         self.active = False
         self.collections = 0  # scheduled collections run (tests read it)
 
-    def on_train_start(self, model, iteration: int = 0) -> None:
+    def start(self) -> bool:
+        """Freeze what is alive and turn automatic collection off; False when every_n is 0 or already started."""
         if not self.every_n or self.active:
-            return
+            return False
         gc.collect()
         gc.freeze()
         gc.disable()
         self.active = True
-        log.info(f"garbage collection: automatic collection off while training, one full collection every "
-                 f"{self.every_n} steps ({ENV_EVERY}=0 keeps Python's automatic collection)")
+        return True
 
-    def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
-        if self.active and iteration % self.every_n == 0:
+    def after_step(self, step: int) -> None:
+        """After optimizer step `step` (counted from 1): a full collection every every_n steps."""
+        if self.active and step % self.every_n == 0:
             gc.collect()
             self.collections += 1
 
-    def on_train_end(self, model, iteration: int = 0) -> None:
+    def stop(self) -> None:
         if self.active:
             gc.unfreeze()
             gc.enable()
             self.active = False
+
+
+class GarbageCollectionCallback(Callback):
+    def __init__(self, every_n: int | None = None):
+        super().__init__()
+        self.schedule = Schedule(every_from(every_n))
+
+    def on_train_start(self, model, iteration: int = 0) -> None:
+        if self.schedule.start():
+            log.info(f"garbage collection: automatic collection off while training, one full collection every "
+                     f"{self.schedule.every_n} steps ({ENV_EVERY}=0 keeps Python's automatic collection)")
+
+    def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
+        self.schedule.after_step(iteration)
+
+    def on_train_end(self, model, iteration: int = 0) -> None:
+        self.schedule.stop()
