@@ -28,6 +28,9 @@ Variants (each rebuilds the net from the same seed):
 - ours_nosac: our ops, no activation checkpointing (memory permitting).
 - ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
   recomputation than predict2_2b_720, more memory).
+- <variant>_cb (e.g. ours_cb, ours_nosac_cb): that variant with every DiT block compiled whole (one torch.compile
+  graph per block forward and backward, SAC traced with it; portable/block_compile.py, COSMOS_COMPILE_BLOCKS=1).
+  The row adds dynamo's counts (graphs, graph breaks, recompiles): a variant that fell back to eager says so.
 - <variant>_fa4 (e.g. ours_fa4, ours_linsa_fa4): that variant with FlashAttention-4's CuTe kernels (the optional
   flash_cute attention backend, pip package flash-attn-4) instead of cuDNN's SDPA.
 
@@ -113,6 +116,12 @@ def set_variant(variant: str):
     from cosmos_predict2.portable.rope import apply_rotary_pos_emb
     from cosmos_predict2.portable.sac import is_attention_op
 
+    # <variant>_cb: that variant with every block compiled whole (portable/block_compile.py, COSMOS_COMPILE_BLOCKS=1)
+    if variant.endswith("_cb"):
+        os.environ["COSMOS_COMPILE_BLOCKS"] = "1"
+        variant = variant[: -len("_cb")]
+    else:
+        os.environ["COSMOS_COMPILE_BLOCKS"] = "0"
     anchor_ops = variant == "anchor"
     # ours_fa4: ours with FlashAttention-4's CuTe kernels (the optional flash_cute backend) instead of cuDNN
     if variant.endswith("_fa4"):
@@ -192,6 +201,16 @@ def count_flops(net, x, kw, S: int, heads: int, head_dim: int, blocks: int) -> d
     return {"fwd_linear_flops": linear[0], "fwd_attn_flops": attn, "fwd_flops": linear[0] + attn}
 
 
+def dynamo_counts() -> dict:
+    """torch._dynamo's running totals: graphs compiled and graph breaks (by reason)."""
+    try:
+        from torch._dynamo.utils import counters
+    except Exception:  # noqa: BLE001 (a torch without dynamo)
+        return {}
+    return {"graphs": int(counters["stats"].get("unique_graphs", 0)),
+            "graph_breaks": {str(k)[:160]: int(v) for k, v in counters["graph_break"].items()}}
+
+
 def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     sac = set_variant(variant)
     net, cfg = build_net(dev, args.tiny, sac, args.net)
@@ -225,6 +244,9 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         torch.cuda.reset_peak_memory_stats(dev)
     from cosmos_predict2.portable.gc_policy import Schedule
 
+    from cosmos_predict2.portable.block_compile import is_compiled
+
+    dyn0 = dynamo_counts()
     collector = Schedule(args.gc_every)  # train.sh's garbage-collection policy, for a like-for-like bare step
     collector.start()
     t0 = time.perf_counter()
@@ -240,6 +262,12 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         sync(dev)
         times.append(time.perf_counter() - t0)
     collector.stop()
+    dyn1 = dynamo_counts()
+    compiled = dict(compiled_blocks=sum(is_compiled(b) for b in net.blocks),
+                    dynamo_graphs=dyn1.get("graphs", 0) - dyn0.get("graphs", 0),
+                    dynamo_graph_breaks={k: v - dyn0.get("graph_breaks", {}).get(k, 0)
+                                         for k, v in dyn1.get("graph_breaks", {}).items()
+                                         if v != dyn0.get("graph_breaks", {}).get(k, 0)})
     step_s = statistics.median(times)
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12
@@ -247,7 +275,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
                model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,
                peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
-               loss=float(loss), finite=bool(torch.isfinite(loss)), flops_per_step=flops, **fl)
+               loss=float(loss), finite=bool(torch.isfinite(loss)), flops_per_step=flops, **compiled, **fl)
     emit(**row)
     if args.profile:
         profile_step(step, dev, res, variant, step_s)

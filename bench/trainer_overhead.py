@@ -9,7 +9,8 @@ Run from the root of a patched tree (`python -m installer apply ... --target TRE
 
 Both sides run the same net (Text2Image DiT; tiny = 2 blocks, 64 channels) in bf16 under one counting
 TorchDispatchMode, with torch.compile off (COSMOS_DISABLE_COMPILE=1: eager op counts, an upper bound of the kernel
-launches the compiled run makes; the compiled regions are the same on both sides).
+launches the compiled run makes; the compiled regions are the same on both sides). With --time compiled code
+runs as configured, and COSMOS_COMPILE_BLOCKS=1 compiles the DiT blocks on both sides (CUDA).
 
 - trainer: `torchrun -m scripts.train` with the experiment, the two callbacks train.sh registers (TrainMetricsCallback,
   StepTimingCallback) and `OpProbe` (this file) as a further callback. The probe wraps every callback's hooks, so each
@@ -438,7 +439,9 @@ def run_bare(args) -> dict:
 
     dev = pdev.get_device()
     tiny = not args.full
-    bench_dit.set_variant("ours")
+    # COSMOS_COMPILE_BLOCKS=1 (with --time): the bare side compiles its blocks as the trainer side does
+    blocks = os.environ.get("COSMOS_COMPILE_BLOCKS", "0").strip().lower() in ("1", "true", "yes", "on")
+    bench_dit.set_variant("ours_cb" if blocks and not args.count else "ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
     net = build_bare_net(dev, tiny, args.blocks, args.bare_sac)

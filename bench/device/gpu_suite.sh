@@ -247,9 +247,11 @@ stage_t2i_ratio() {
   ensure_site
   local r
   for r in $(seq 1 ${RATIO_REPS:-2}); do
-    t2i_bare_run ratio_bare_$r --variants ours --gc-every 50
-    COSMOS_STEP_TIMING_EVERY=1 train_e2e ratio_t2i_every1_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
-    COSMOS_STEP_TIMING_EVERY=10 train_e2e ratio_t2i_every10_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    t2i_bare_run ratio_bare_$r --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+    local ev
+    for ev in ${RATIO_EVERY:-1 10}; do
+      COSMOS_STEP_TIMING_EVERY=$ev train_e2e ratio_t2i_every${ev}_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    done
   done
   python3 - "$RES" <<'PY' | tee -a "$LOG"
 import json, statistics, sys
@@ -274,6 +276,27 @@ stage_t2i_nosac() {
   train_e2e t2i_cache_mmonly 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_cache_mmonly
   train_e2e t2i_cache_nosac 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) model.config.pipe_config.net.sac_config.mode=none
   breakdown t2i_cache_nosac
+}
+stage_t2i_cb() {  # compiled blocks (portable/block_compile.py): the bare step four ways, then train.sh from the cache
+  ensure_site
+  t2i_bare_run t2i_bare_cb --variants ${CB_VARIANTS:-ours,ours_cb,ours_nosac,ours_nosac_cb} --gc-every 50
+  COSMOS_COMPILE_BLOCKS=1 train_e2e t2i_cache_cb 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ${CB_E2E_EXTRA:-}
+  breakdown t2i_cache_cb
+}
+stage_t2i_cb_profile() {  # train.sh with compiled blocks, a profiler trace (callbacks named; PROFILE_STACK=1: Python frames), its idle gaps
+  ensure_site
+  COSMOS_COMPILE_BLOCKS=1 COSMOS_PROFILE_STEPS=${PROFILE_STEPS:-2} COSMOS_PROFILE_WARMUP=${PROFILE_WARMUP:-12} \
+    COSMOS_PROFILE_STACK=${PROFILE_STACK:-0} train_e2e t2i_cb_prof 1 $T2I ${PROFILE_ITERS:-18} $(t2i_cache_args) ${CB_E2E_EXTRA:-}
+  local tr; tr=$(find /tmp/e2e/t2i_cb_prof -name "*trace-rank0.json" | head -1)
+  [ -n "$tr" ] || { log "error: no trace written by t2i_cb_prof"; return 1; }
+  gzip -c "$tr" > $OUT/t2i_cb_prof.trace.json.gz
+  runlog trace_gaps python3 $REPO/bench/trace_gaps.py "$tr" --min-gap-ms ${GAP_MS:-0.2} --top ${GAP_TOP:-25}
+}
+stage_t2i_cb_overhead() {  # host ms per phase (--time), compiled blocks on both sides: bare step, trainer from the cache
+  ensure_site
+  local o="--full --time --iters ${OVH_TIME_ITERS:-10}"
+  (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
+  (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_trainer python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
 }
 stage_e2e_t2i_before() {
   ensure_site

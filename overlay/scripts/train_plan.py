@@ -190,6 +190,11 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if gc_every is not None and not re.fullmatch(r"\s*\d+\s*", gc_every):
         raise _fail(f"COSMOS_GC_EVERY={gc_every!r} is not a step count", "environment",
                     "Set COSMOS_GC_EVERY=N (a full garbage collection every N steps) or 0 (Python's automatic one)")
+    compile_blocks = os.environ.get("COSMOS_COMPILE_BLOCKS")
+    if compile_blocks is not None and compile_blocks.strip().lower() not in ("0", "1", "true", "false", "yes", "no",
+                                                                             "on", "off"):
+        raise _fail(f"COSMOS_COMPILE_BLOCKS={compile_blocks!r} is not a switch", "environment",
+                    "Set COSMOS_COMPILE_BLOCKS=1 (compiled DiT blocks on CUDA) or 0 (eager blocks)")
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
     raw_port = a.master_port if a.master_port is not None else ("auto" if nnodes == 1 else "29500")
@@ -289,6 +294,12 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
     if profile_steps:
         env.update(COSMOS_PROFILE_STEPS=str(profile_steps), COSMOS_PROFILE_TRACE=stem + ".trace")
+    if exp.task == "text2image" and "COSMOS_COMPILE_BLOCKS" not in os.environ:
+        # Text2Image steps are launch-bound: compiled blocks (portable/block_compile.py, CUDA only) took the 2B step
+        # from 0.68 to 0.18 s on an H200 (BENCHMARKS.md 3g). COSMOS_COMPILE_BLOCKS=0 keeps eager blocks.
+        env["COSMOS_COMPILE_BLOCKS"] = "1"
+        if kind == "cuda":
+            notes.append("compiled DiT blocks (COSMOS_COMPILE_BLOCKS=1; 0 keeps them eager)")
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",

@@ -195,3 +195,39 @@ def test_real_size_scripts_driver_tiny_on_cpu(applied_tree, tmp_path):
     assert all(x["rc"] == 0 for x in rows.values()), rows
     assert rows["t5_videos"]["pickles"] == 2 and rows["t5_images"]["pickles"] == rows["extract_images"]["images"] > 0
     assert rows["t2i_2B"]["size"] == [64, 64] and rows["v2w_14B"]["frames"] == 9
+
+
+def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
+    """bench/trace_gaps.py on a hand-written CUDA trace: busy = union of kernels, gaps with the host's Python stack
+    when the device ran dry, a sync-wait gap marked as such, the launching call of the next kernel."""
+    ev = [
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#0", "ts": 0, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "kernel", "name": "gemm_a", "ts": 0, "dur": 200, "args": {"correlation": 1}},
+        {"ph": "X", "cat": "kernel", "name": "gemm_b", "ts": 100, "dur": 200, "args": {"correlation": 2}},  # overlaps
+        {"ph": "X", "cat": "kernel", "name": "adam", "ts": 800, "dur": 100, "args": {"correlation": 3}},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 250, "dur": 60, "tid": 1},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 790, "dur": 5, "tid": 1,
+         "args": {"correlation": 3}},
+        {"ph": "X", "cat": "python_function", "name": "imaginaire/trainer.py(1): train", "ts": 0, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "python_function", "name": "cosmos_predict2/callbacks/grad_clip.py(9): on_before_optimizer_step",
+         "ts": 280, "dur": 400, "tid": 1},
+        {"ph": "X", "cat": "python_function", "name": "cosmos_predict2/portable/optim.py(5): step", "ts": 700, "dur": 250,
+         "tid": 1},
+    ]
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"traceEvents": ev}))
+    r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(trace), "--min-gap-ms", "0.05"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (row,) = _rows(r.stdout)
+    assert row["span_ms"] == 1.0 and row["device_busy_ms"] == 0.4 and row["device_idle_ms"] == 0.6
+    gap, tail = row["top_gaps"]  # 0.3-0.8 ms (before adam), 0.9-1.0 ms (end of step)
+    assert gap["gap_ms"] == 0.5 and gap["start_ms"] == 0.3 and gap["next_kernel"] == "adam"
+    assert gap["sync"] == "cudaStreamSynchronize"
+    assert gap["host_at_start"][-1].endswith("on_before_optimizer_step")
+    assert gap["launched_by"][-1].endswith("optim.py(5): step")
+    assert tail["gap_ms"] == 0.1 and tail["next_kernel"] == "(end of step)"
+    empty = tmp_path / "e.json"
+    empty.write_text(json.dumps({"traceEvents": ev[1:]}))
+    r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(empty)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no ProfilerStep# ranges" in r.stderr

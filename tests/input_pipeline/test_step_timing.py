@@ -65,7 +65,8 @@ def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
         ["bash", str(data_tree / "train.sh"), f"--EXP={EXP}", "--profile_steps=1", "--",
          "trainer.max_iter=4", f"dataloader_train.dataset.dataset_dir={ds}",
          f"dataloader_train.sampler.dataset.dataset_dir={ds}", f"model.config.pipe_config.tokenizer.vae_pth={vae}"],
-        cwd=data_tree, env=tree_env(data_tree, PYTHON=sys.executable, IMAGINAIRE_OUTPUT_ROOT=str(out)),
+        cwd=data_tree, env=tree_env(data_tree, PYTHON=sys.executable, IMAGINAIRE_OUTPUT_ROOT=str(out),
+                                    COSMOS_PROFILE_STACK="1"),
         capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     metrics = glob.glob(str(out / "**/*.metrics.jsonl"), recursive=True)
@@ -81,5 +82,19 @@ def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
     report = json.load(open(metrics[0][: -len(".metrics.jsonl")] + ".report.json"))
     assert report["step_breakdown"]["slowest_rank"] == 0
     traces = glob.glob(metrics[0][: -len(".metrics.jsonl")] + ".trace-rank0.json")
-    assert len(traces) == 1 and json.load(open(traces[0]))["traceEvents"]
+    events = json.load(open(traces[0]))["traceEvents"]
+    assert len(traces) == 1 and events
+    # one ProfilerStep# range per profiled step (torch writes them only with a schedule), Python frames with
+    # COSMOS_PROFILE_STACK=1, and bench/trace_gaps.py reads it: on CPU no kernel, the whole step is host time
+    assert [e["name"] for e in events if str(e.get("name", "")).startswith("ProfilerStep#")] == ["ProfilerStep#0"]
+    assert any(e.get("cat") == "python_function" for e in events)
+    # every callback hook is a named range (patch callback-hooks-named-in-profiler-traces)
+    names = {e["name"] for e in events if e.get("cat") == "user_annotation"}
+    assert {"callback GradClip.on_before_optimizer_step", "callback StepTimingCallback.on_training_step_end"} <= names
+    g = subprocess.run([sys.executable, os.path.join(REPO, "bench", "trace_gaps.py"), traces[0]],
+                       capture_output=True, text=True, timeout=300)
+    assert g.returncode == 0, g.stderr
+    (row,) = [json.loads(ln) for ln in g.stdout.splitlines()]
+    assert row["step"] == "ProfilerStep#0" and row["kernels"] == 0 and row["device_busy_ms"] == 0
+    assert row["span_ms"] > 0 and row["top_gaps"][0]["host_at_start"]
     assert "training loader: endless batch sampler" in r.stdout  # the trainer hook (patch 0029) is live

@@ -246,3 +246,19 @@ def test_smoke_run_passes_train_sh_flags_through(launch_tree, tmp_path):
     assert lines[run] == f"run: new run in {target}/outputs/{JOB} (--fresh)"
     cmd = shlex.split(lines[run + 2])
     assert f"--master_port={port}" in cmd and cmd[-1] == "trainer.max_iter=7" and f"experiment={EXP}" in cmd
+
+
+@pytest.mark.parametrize("exp, user, expected", [
+    (SMOKE["t2i_2b"], None, "1"),  # Text2Image: compiled blocks by default (portable/block_compile.py, CUDA only)
+    (SMOKE["t2i_2b"], "0", None),  # the user's 0 is kept (train.sh sets nothing)
+    (SMOKE["v2w_2b"], None, None),  # Video2World: eager blocks unless asked
+])
+def test_text2image_compiles_blocks_unless_told(skeleton_tree, exp, user, expected):
+    e = {"COSMOS_DEVICE": "cpu", "IMAGINAIRE_OUTPUT_ROOT": os.path.join(skeleton_tree, "outputs")}
+    if user is not None:
+        e["COSMOS_COMPILE_BLOCKS"] = user
+    r = run_train_sh([f"--EXP={exp}", "--dry-run"], tree=skeleton_tree, env=e, timeout=120)
+    assert r.returncode == 0, r.stderr
+    env_lines = r.stdout.split("environment set by train.sh:\n", 1)[1].split("notes:\n", 1)[0].splitlines()
+    env = dict(ln.strip().split("=", 1) for ln in env_lines if "=" in ln)
+    assert env.get("COSMOS_COMPILE_BLOCKS") == expected

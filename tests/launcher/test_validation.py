@@ -263,3 +263,9 @@ def test_tree_without_device_layer_is_refused(skeleton_tree):
     os.remove(os.path.join(skeleton_tree, "cosmos_predict2/portable/device.py"))
     line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--nproc_per_node=1"])
     assert "has no cosmos_predict2/portable/device.py" in line and "installer apply" in line
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", ""])
+def test_bad_compile_blocks(skeleton_tree, value):
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}"], env={"COSMOS_COMPILE_BLOCKS": value})
+    assert f"COSMOS_COMPILE_BLOCKS={value!r} is not a switch" in line and "(environment)" in line

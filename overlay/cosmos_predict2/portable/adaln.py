@@ -116,7 +116,9 @@ class FusedGatedResidual(torch.autograd.Function):
 
 
 def _fused(x: torch.Tensor, *broadcast: torch.Tensor) -> bool:
+    # Inside a compiled block the reference expressions are traced and fused with the rest of the block.
     return (ENABLED and x.numel() >= FUSE_MIN_NUMEL and x.device.type == "cuda" and device.compile_enabled()
+            and not device.compiling()
             and all(t.dim() == x.dim() and t.shape[-1] == x.shape[-1] and t.dtype == x.dtype for t in broadcast))
 
 

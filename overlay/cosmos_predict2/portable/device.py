@@ -358,12 +358,21 @@ def _control_flow_exceptions() -> tuple:
 _CONTROL_FLOW = _control_flow_exceptions()
 
 
+def compiling() -> bool:
+    """True while torch.compile traces the caller (a compiled DiT block): our own compiled kernels, caches and
+    counters step aside so the whole block is one graph (torch.compiler.is_compiling; False on torch without it)."""
+    comp = getattr(torch, "compiler", None)
+    return bool(comp is not None and hasattr(comp, "is_compiling") and comp.is_compiling())
+
+
 def maybe_compile(fn, what: str):
     """`fn` compiled with torch.compile on CUDA, falling back to eager (once, with a warning) if compiling or running
     the compiled version fails (no triton, unsupported compiler). Eager everywhere else."""
     state = {"compiled": None, "failed": False}
 
     def wrapper(*args, **kwargs):
+        if compiling():  # inside a compiled block: trace the eager function into the block's graph
+            return fn(*args, **kwargs)
         if state["failed"] or not compile_enabled() or not any(
             isinstance(a, torch.Tensor) and a.device.type == "cuda" for a in args
         ):

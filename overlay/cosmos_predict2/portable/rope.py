@@ -69,16 +69,12 @@ _apply_fast = device.maybe_compile(_apply, "RoPE")
 # ---------------------------------------------------------------- cos/sin cache
 
 
-def _compiling() -> bool:
-    comp = getattr(torch, "compiler", None)
-    return bool(comp is not None and hasattr(comp, "is_compiling") and comp.is_compiling())
-
-
 def _cos_sin(freqs: torch.Tensor, seq_len: int, tensor_format: str) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 cos/sin of freqs[:seq_len], shaped to broadcast against t ([S,1,1,D2] sbhd, [1,S,1,D2] bshd)."""
 
     def compute():
-        cache_stats["computed"] += 1
+        if not device.compiling():  # a counter bumped inside a traced graph would be a guard: one recompile per call
+            cache_stats["computed"] += 1
         f = freqs[:seq_len].float()
         if tensor_format == "bshd":
             f = f.transpose(0, 1)
@@ -86,7 +82,7 @@ def _cos_sin(freqs: torch.Tensor, seq_len: int, tensor_format: str) -> tuple[tor
 
     # Never cache what autograd or the compiler must see, nor inside a graph capture: a captured graph must
     # compute cos/sin from its (static) freqs buffer on every replay, not read values cached during warm-up.
-    if freqs.requires_grad or _compiling() or device.is_capturing():
+    if freqs.requires_grad or device.compiling() or device.is_capturing():
         return compute()
     key = (id(freqs), freqs._version, tuple(freqs.shape), freqs.dtype, str(freqs.device), seq_len, tensor_format)
     hit = _cache.get(key)

@@ -59,3 +59,69 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
             norms = [torch.linalg.vector_norm(t) for t in group]
         flags.append(torch.isfinite(torch.stack([n.float() for n in norms]).sum()).to("cpu"))
     return bool(torch.stack(flags).all())
+
+
+def _shard_groups(grads: list[torch.Tensor]):
+    """(eligible, process groups to sum over) for clip_grad_norm_local: plain tensors (no group), or DTensors on one
+    mesh with the same placements, each Shard or Replicate (FSDP2, and HSDP's (Replicate, Shard)): the squares of
+    the local shards are summed over the Shard dimensions' groups (of more than one rank) and not over Replicate
+    ones, which hold copies. Partial placements (pending sums), or mixed meshes/placements, are not eligible."""
+    if DTensor is None or not any(isinstance(g, DTensor) for g in grads):
+        return True, []
+    if not all(isinstance(g, DTensor) for g in grads):
+        return False, []
+    mesh, kinds = grads[0].device_mesh, [p.is_shard() for p in grads[0].placements]
+    for g in grads:
+        if g.device_mesh != mesh or [p.is_shard() for p in g.placements] != kinds:
+            return False, []
+        if not all(p.is_shard() or p.is_replicate() for p in g.placements):
+            return False, []
+    return True, [mesh.get_group(d) for d, shard in enumerate(kinds) if shard and mesh.size(d) > 1]
+
+
+def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True):
+    """GradClip's `nan_to_num` + `clip_grad_norm_` (2-norm) on the local shards: one fused norm per (device, dtype)
+    group, one sum of squares (all-reduced over the shard groups when sharded), one host read (is the total finite?),
+    one fused scale. Upstream runs a DTensor dispatch per gradient for the norm and the scale (host time with the
+    device idle after backward) and, with force_finite, a nan_to_num launch per gradient.
+
+    Returns the total norm (a 0-dim fp32 tensor on the gradients' device), or None when the gradients are not
+    eligible (see _shard_groups): the caller keeps upstream's path. Non-finite gradients get upstream's treatment:
+    NaN/inf set to 0 in place, the norm taken again. Single process, plain tensors: the same ops as torch's
+    clip_grad_norm_ (stacked per-tensor norms, their 2-norm), so the same values; sharded: the sum of the local
+    squares, all-reduced, then the root (fp32 rounding of that order)."""
+    if not grads:
+        return None
+    eligible, groups_to_sum = _shard_groups(grads)
+    if not eligible:
+        return None
+    local = [local_shard(g) for g in grads]
+    groups: dict = {}
+    for t in local:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    dev = local[0].device
+
+    def total_norm() -> torch.Tensor:
+        norms = []
+        for ts in groups.values():
+            try:
+                norms.extend(torch._foreach_norm(ts, 2.0))
+            except (NotImplementedError, RuntimeError):  # a backend without the fused kernel
+                norms.extend(torch.linalg.vector_norm(t, 2.0) for t in ts)
+        stacked = torch.stack([n.to(dev) for n in norms])
+        if not groups_to_sum:  # one process holds every element: torch's clip_grad_norm_ arithmetic
+            return torch.linalg.vector_norm(stacked, 2.0)
+        sq = stacked.float().pow(2).sum()
+        for pg in groups_to_sum:
+            torch.distributed.all_reduce(sq, group=pg)
+        return sq.sqrt()
+
+    total = total_norm()
+    if force_finite and not bool(torch.isfinite(total)):  # the one host read
+        for t in local:
+            torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0, out=t)
+        total = total_norm()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for (d, _), ts in groups.items():
+        torch._foreach_mul_(ts, coef.to(d))
+    return total

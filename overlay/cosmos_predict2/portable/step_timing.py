@@ -148,10 +148,11 @@ class StepTimingCallback(Callback):
 
     def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
         if self._prof is not None:
-            self._prof.step()
             self._profiled += 1
             if self._profiled >= self.profile_steps:
-                self._stop_profiler()
+                self._stop_profiler()  # closes the last ProfilerStep# range
+            else:
+                self._prof.step()
 
     def on_train_end(self, model, iteration: int = 0) -> None:
         if self._prof is not None:
@@ -175,13 +176,18 @@ class StepTimingCallback(Callback):
         return f"{base}-rank{rank}.json"
 
     def _start_profiler(self) -> None:
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerAction, ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU]
         if _device is not None and _device.device_type() == "cuda":
             acts.append(ProfilerActivity.CUDA)
-        self._prof = profile(activities=acts, record_shapes=False, with_stack=False)
-        self._prof.__enter__()
+        # COSMOS_PROFILE_STACK=1: Python frames in the trace (which callback held the host while the device
+        # idled; bench/trace_gaps.py reads them); off by default, the Python tracer slows the profiled steps.
+        stack = os.environ.get("COSMOS_PROFILE_STACK", "0") == "1"
+        # A schedule that always records: without one, torch writes no ProfilerStep#N ranges into the trace.
+        self._prof = profile(activities=acts, record_shapes=False, with_stack=stack,
+                             schedule=lambda _step: ProfilerAction.RECORD)
+        self._prof.__enter__()  # opens ProfilerStep#0; each step end opens the next (bench/trace_gaps.py)
         log.info(f"profiling {self.profile_steps} step(s) ({', '.join(a.name for a in acts)}) -> {self._trace_file()}",
                  rank0_only=False)
 

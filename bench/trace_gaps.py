@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Where the device idles inside a training step: the gaps between kernels of a torch profiler trace, with what
+the host was doing.
+
+    python bench/trace_gaps.py TRACE.json [--min-gap-ms 0.3] [--top 15]
+
+TRACE.json is a Chrome trace from torch.profiler (train.sh --profile_steps=N writes one per rank; with
+COSMOS_PROFILE_STACK=1 it holds Python frames). For each profiled step (ProfilerStep#N) it prints one JSON line:
+the step's span, the device's busy time (union of kernels, copies and memsets), the idle time and the largest idle
+gaps. A gap is billed to the host's stack at the moment the device ran dry: the named ranges open then (each
+callback hook, `callback <Class>.<hook>`, patch callback-hooks-named-in-profiler-traces; FSDP2's hooks) and, with
+COSMOS_PROFILE_STACK=1, the innermost Python frames of this project's files and torch's; and to the host call that
+launched the kernel ending it. A gap that starts inside a synchronising call (cudaStreamSynchronize,
+cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sync`. A launch-bound step shows most of its time as gaps; a device-bound one does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import sys
+
+DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+KEEP_FRAMES = ("cosmos_predict2/", "imaginaire/", "scripts/", "torch/distributed/", "torch/optim/", "torch/nn/utils/",
+               "torch/autograd/", "torch/_dynamo/", "torch/_inductor/", "bench/")
+
+
+def _events(path: str) -> list[dict]:
+    with open(path) as f:
+        data = json.load(f)
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _frame_name(e: dict) -> str:
+    name = e.get("name", "")
+    return name.split("/site-packages/")[-1]
+
+
+def _stack_at(frames: list[dict], starts: list[float], t: float, depth: int = 6) -> list[str]:
+    """Innermost `depth` kept Python frames (of the host's main thread) open at time t."""
+    i = bisect.bisect_right(starts, t)
+    open_frames = [e for e in frames[max(0, i - 4000):i] if e["ts"] <= t <= e["ts"] + e.get("dur", 0)]
+    open_frames.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+    names = [_frame_name(e) for e in open_frames]
+    kept = [n for n in names if any(k in n for k in KEEP_FRAMES) or n.startswith(("callback", "FSDP::"))]
+    return kept[-depth:]
+
+
+def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> list[dict]:
+    steps = sorted((e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")),
+                   key=lambda e: e["ts"])
+    device = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+    runtime = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    by_corr = {e.get("args", {}).get("correlation"): e for e in runtime}
+    # host frames: Python functions (COSMOS_PROFILE_STACK=1) and named ranges (callbacks, FSDP hooks), of the thread
+    # that ran the training loop (the one holding the ProfilerStep ranges, else the one with the most frames)
+    frames = sorted((e for e in events if e.get("ph") == "X" and (
+        e.get("cat") == "python_function"
+        or (e.get("cat") == "user_annotation" and not str(e.get("name", "")).startswith("ProfilerStep#")))),
+        key=lambda e: e["ts"])
+    if frames:
+        tids: dict = {}
+        for e in frames:
+            tids[e.get("tid")] = tids.get(e.get("tid"), 0) + 1
+        main = steps[0].get("tid") if steps and steps[0].get("tid") in tids else max(tids, key=tids.get)
+        frames = [e for e in frames if e.get("tid") == main]
+    starts = [e["ts"] for e in frames]
+    syncs = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"]) for e in runtime
+                   if str(e.get("name", "")).startswith(SYNC_CALLS) and "Async" not in e["name"])
+    rows = []
+    for st in steps:
+        t0, t1 = st["ts"], st["ts"] + st["dur"]
+        dev = sorted((e for e in device if t0 <= e["ts"] < t1), key=lambda e: e["ts"])
+        busy = _union([(e["ts"], min(e["ts"] + e.get("dur", 0), t1)) for e in dev])
+        busy_us = sum(b - a for a, b in busy)
+        gaps = []
+        prev_end = t0
+        for a, b in busy:
+            if a - prev_end >= min_gap_ms * 1000:
+                nxt = next((e for e in dev if e["ts"] >= a), None)
+                launch = by_corr.get((nxt or {}).get("args", {}).get("correlation"))
+                in_sync = next((n for s0, s1, n in syncs if s0 <= prev_end + 1 and prev_end < s1), None)
+                gaps.append(dict(
+                    start_ms=round((prev_end - t0) / 1000, 3), gap_ms=round((a - prev_end) / 1000, 3),
+                    sync=in_sync, host_at_start=_stack_at(frames, starts, prev_end + 1) if frames else None,
+                    next_kernel=(nxt or {}).get("name", "")[:90],
+                    launched_by=_stack_at(frames, starts, launch["ts"]) if (frames and launch) else None))
+            prev_end = max(prev_end, b)
+        if t1 - prev_end >= min_gap_ms * 1000:
+            gaps.append(dict(start_ms=round((prev_end - t0) / 1000, 3), gap_ms=round((t1 - prev_end) / 1000, 3),
+                             sync=None, host_at_start=_stack_at(frames, starts, prev_end + 1) if frames else None,
+                             next_kernel="(end of step)", launched_by=None))
+        idle_us = (t1 - t0) - busy_us
+        rows.append(dict(bench="trace_gaps", step=st["name"], span_ms=round((t1 - t0) / 1000, 3),
+                         device_busy_ms=round(busy_us / 1000, 3), device_idle_ms=round(idle_us / 1000, 3),
+                         kernels=len(dev), gaps_over_min=len(gaps),
+                         gaps_over_min_ms=round(sum(g["gap_ms"] for g in gaps), 3),
+                         top_gaps=sorted(gaps, key=lambda g: -g["gap_ms"])[:top]))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--min-gap-ms", type=float, default=0.3)
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args(argv)
+    rows = summarize(_events(a.trace), a.min_gap_ms, a.top)
+    if not rows:
+        print(f"error: no ProfilerStep# ranges in {a.trace}; write the trace with train.sh --profile_steps=N",
+              file=sys.stderr)
+        return 2
+    for r in rows:
+        print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
