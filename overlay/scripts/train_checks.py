@@ -211,6 +211,17 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
     return kind, count, ""
 
 
+def check_switches(tree: str, names: tuple[str, ...]) -> None:
+    """Each boolean environment variable in `names`, read by the tree's device layer (env_flag, the one parser):
+    a value that is not a switch stops here in one line instead of inside every rank."""
+    mod = _load_device_layer(tree)
+    for name in names:
+        try:
+            mod.env_flag(name)
+        except ValueError as e:  # UserValueError: already one `error: ...` line
+            raise _relay(str(e)) from None
+
+
 def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, cp: int, ov: dict[str, str],
                  environ: dict[str, str], tree: str | None = None) -> str:
     """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check. The card's

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints, check_data, check_job,
-                          check_output_root, check_parallel, detect_device, dtype_note, free_port, memory_check,
+                          check_output_root, check_parallel, check_switches, detect_device, dtype_note, free_port, memory_check,
                           npu_env, parse_overrides, port_in_use, usable_cpus)
 from train_experiments import (CONFIG_FILE, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
                                GC_CALLBACK, K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
@@ -190,11 +190,6 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if gc_every is not None and not re.fullmatch(r"\s*\d+\s*", gc_every):
         raise _fail(f"COSMOS_GC_EVERY={gc_every!r} is not a step count", "environment",
                     "Set COSMOS_GC_EVERY=N (a full garbage collection every N steps) or 0 (Python's automatic one)")
-    compile_blocks = os.environ.get("COSMOS_COMPILE_BLOCKS")
-    if compile_blocks is not None and compile_blocks.strip().lower() not in ("0", "1", "true", "false", "yes", "no",
-                                                                             "on", "off"):
-        raise _fail(f"COSMOS_COMPILE_BLOCKS={compile_blocks!r} is not a switch", "environment",
-                    "Set COSMOS_COMPILE_BLOCKS=1 (compiled DiT blocks on CUDA) or 0 (eager blocks)")
     nnodes = _int("nnodes", a.nnodes, 1)
     node_rank = _int("node_rank", a.node_rank, 0, nnodes - 1)
     raw_port = a.master_port if a.master_port is not None else ("auto" if nnodes == 1 else "29500")
@@ -242,6 +237,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     check_checkpoints(a.EXP, exp, tree, ov)
 
     kind, count, note = detect_device(tree, a.dry_run)
+    check_switches(tree, ("COSMOS_COMPILE_BLOCKS",))  # the device layer's parser, before torchrun starts
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"

@@ -183,7 +183,7 @@ class StepTimingCallback(Callback):
             acts.append(ProfilerActivity.CUDA)
         # COSMOS_PROFILE_STACK=1: Python frames in the trace (which callback held the host while the device
         # idled; bench/trace_gaps.py reads them); off by default, the Python tracer slows the profiled steps.
-        stack = os.environ.get("COSMOS_PROFILE_STACK", "0") == "1"
+        stack = _device.env_flag("COSMOS_PROFILE_STACK") if _device is not None else False
         # A schedule that always records: without one, torch writes no ProfilerStep#N ranges into the trace.
         self._prof = profile(activities=acts, record_shapes=False, with_stack=stack,
                              schedule=lambda _step: ProfilerAction.RECORD)
