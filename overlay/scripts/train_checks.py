@@ -214,7 +214,16 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
 def check_switches(tree: str, names: tuple[str, ...]) -> None:
     """Each boolean environment variable in `names`, read by the tree's device layer (env_flag, the one parser):
     a value that is not a switch stops here in one line instead of inside every rank."""
-    mod = _load_device_layer(tree)
+    names = tuple(n for n in names if n in os.environ)
+    path = os.path.join(tree, "cosmos_predict2", "portable", "device.py")
+    if not names or not os.path.isfile(path):
+        return
+    spec = importlib.util.spec_from_file_location("_cosmos_device_switches", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except RuntimeError:  # a forced device absent here (detect_device has judged it): env_flag is defined before
+        pass
     for name in names:
         try:
             mod.env_flag(name)
