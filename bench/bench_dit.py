@@ -242,9 +242,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
-    from cosmos_predict2.portable.gc_policy import Schedule
-
     from cosmos_predict2.portable.block_compile import is_compiled
+    from cosmos_predict2.portable.gc_policy import Schedule
 
     dyn0 = dynamo_counts()
     collector = Schedule(args.gc_every)  # train.sh's garbage-collection policy, for a like-for-like bare step

@@ -11,7 +11,8 @@ gaps. A gap is billed to the host's stack at the moment the device ran dry: the 
 callback hook, `callback <Class>.<hook>`, patch callback-hooks-named-in-profiler-traces; FSDP2's hooks) and, with
 COSMOS_PROFILE_STACK=1, the innermost Python frames of this project's files and torch's; and to the host call that
 launched the kernel ending it. A gap that starts inside a synchronising call (cudaStreamSynchronize,
-cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sync`. A launch-bound step shows most of its time as gaps; a device-bound one does not.
+cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sync`. A launch-bound step shows
+most of its time as gaps; a device-bound one does not.
 """
 
 from __future__ import annotations

@@ -440,8 +440,9 @@ def run_bare(args) -> dict:
     dev = pdev.get_device()
     tiny = not args.full
     # COSMOS_COMPILE_BLOCKS=1 (with --time): the bare side compiles its blocks as the trainer side does
-    blocks = os.environ.get("COSMOS_COMPILE_BLOCKS", "0").strip().lower() in ("1", "true", "yes", "on")
-    bench_dit.set_variant("ours_cb" if blocks and not args.count else "ours")
+    from cosmos_predict2.portable import block_compile
+
+    bench_dit.set_variant("ours_cb" if block_compile.requested() and not args.count else "ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
     net = build_bare_net(dev, tiny, args.blocks, args.bare_sac)

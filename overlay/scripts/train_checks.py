@@ -175,14 +175,20 @@ def check_checkpoints(exp_name: str, exp: Experiment, tree: str, ov: dict[str, s
             raise _fail(f"checkpoint {path} is missing", f"{exp_name}, {key}", todo)
 
 
-def _load_device_layer(tree: str):
-    """The tree's cosmos_predict2/portable/device.py, loaded by file (no package __init__, which imports models)."""
+def _load_device_layer(tree: str, absent_ok: bool = False):
+    """The tree's cosmos_predict2/portable/device.py, loaded by file (no package __init__, which imports models).
+    absent_ok: a device COSMOS_DEVICE forces but this host lacks does not raise; the module is returned with what it
+    defines before detection (env_flag among it)."""
     path = os.path.join(tree, "cosmos_predict2", "portable", "device.py")
     if not os.path.isfile(path):
         return None
     spec = importlib.util.spec_from_file_location("_cosmos_device_layer", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # raises RuntimeError (one line) when COSMOS_DEVICE forces an absent device
+    try:
+        spec.loader.exec_module(mod)  # raises RuntimeError (one line) when COSMOS_DEVICE forces an absent device
+    except RuntimeError:
+        if not absent_ok:
+            raise
     return mod
 
 
@@ -211,22 +217,14 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
     return kind, count, ""
 
 
-def check_switches(tree: str, names: tuple[str, ...]) -> None:
+def check_switches(tree: str, names: tuple[str, ...], environ: dict[str, str]) -> None:
     """Each boolean environment variable in `names`, read by the tree's device layer (env_flag, the one parser):
     a value that is not a switch stops here in one line instead of inside every rank."""
-    names = tuple(n for n in names if n in os.environ)
-    path = os.path.join(tree, "cosmos_predict2", "portable", "device.py")
-    if not names or not os.path.isfile(path):
-        return
-    spec = importlib.util.spec_from_file_location("_cosmos_device_switches", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except RuntimeError:  # a forced device absent here (detect_device has judged it): env_flag is defined before
-        pass
-    for name in names:
+    names = tuple(n for n in names if n in environ)
+    mod = _load_device_layer(tree, absent_ok=True) if names else None  # detect_device has judged the device
+    for name in names if mod is not None else ():
         try:
-            mod.env_flag(name)
+            mod.env_flag(name, environ=environ)
         except ValueError as e:  # UserValueError: already one `error: ...` line
             raise _relay(str(e)) from None
 

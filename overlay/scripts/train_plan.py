@@ -186,7 +186,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     exp = EXPERIMENTS[a.EXP]
     nproc = _int("nproc_per_node", a.nproc_per_node, 1)
     profile_steps = _int("profile_steps", a.profile_steps, 0)
-    gc_every = os.environ.get("COSMOS_GC_EVERY")
+    gc_every = environ.get("COSMOS_GC_EVERY")
     if gc_every is not None and not re.fullmatch(r"\s*\d+\s*", gc_every):
         raise _fail(f"COSMOS_GC_EVERY={gc_every!r} is not a step count", "environment",
                     "Set COSMOS_GC_EVERY=N (a full garbage collection every N steps) or 0 (Python's automatic one)")
@@ -237,7 +237,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     check_checkpoints(a.EXP, exp, tree, ov)
 
     kind, count, note = detect_device(tree, a.dry_run)
-    check_switches(tree, ("COSMOS_COMPILE_BLOCKS",))  # the device layer's parser, before torchrun starts
+    check_switches(tree, ("COSMOS_COMPILE_BLOCKS",), environ)  # the device layer's parser, before torchrun starts
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"
@@ -290,7 +290,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     env["COSMOS_TRAIN_METRICS"] = stem + ".metrics.jsonl"  # this run's file; the callback reads it on rank 0
     if profile_steps:
         env.update(COSMOS_PROFILE_STEPS=str(profile_steps), COSMOS_PROFILE_TRACE=stem + ".trace")
-    if exp.task == "text2image" and "COSMOS_COMPILE_BLOCKS" not in os.environ:
+    if exp.task == "text2image" and "COSMOS_COMPILE_BLOCKS" not in environ:
         # Text2Image steps are launch-bound: compiled blocks (portable/block_compile.py, CUDA only) took the 2B step
         # from 0.68 to 0.18 s on an H200 (BENCHMARKS.md 3g). COSMOS_COMPILE_BLOCKS=0 keeps eager blocks.
         env["COSMOS_COMPILE_BLOCKS"] = "1"

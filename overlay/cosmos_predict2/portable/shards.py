@@ -39,6 +39,22 @@ def finite_target(grad: torch.Tensor) -> torch.Tensor:
     return local_shard(grad)
 
 
+def _by_device_dtype(tensors: list[torch.Tensor]) -> dict:
+    """{(device, dtype): [tensors]} in first-seen order: the groups a fused foreach kernel takes."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return groups
+
+
+def _norms(group: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor of one (device, dtype) group: one fused kernel, per tensor where the backend lacks it."""
+    try:
+        return list(torch._foreach_norm(group, 2.0))
+    except (NotImplementedError, RuntimeError):  # a backend without the fused kernel
+        return [torch.linalg.vector_norm(t, 2.0) for t in group]
+
+
 def all_finite(tensors: list[torch.Tensor]) -> bool:
     """Whether every element of every tensor is finite, from one fused norm per (device, dtype) group and one host
     read, instead of one op per tensor. GradClip uses it to skip its per-gradient nan_to_num when that would change
@@ -48,16 +64,9 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
         return True
     if DTensor is not None and any(isinstance(t, DTensor) for t in tensors):
         return False
-    groups: dict = {}
-    for t in tensors:
-        groups.setdefault((t.device, t.dtype), []).append(t)
     flags = []
-    for group in groups.values():
-        try:
-            norms = torch._foreach_norm(group)
-        except (NotImplementedError, RuntimeError):  # a backend without the fused kernel
-            norms = [torch.linalg.vector_norm(t) for t in group]
-        flags.append(torch.isfinite(torch.stack([n.float() for n in norms]).sum()).to("cpu"))
+    for group in _by_device_dtype(tensors).values():
+        flags.append(torch.isfinite(torch.stack([n.float() for n in _norms(group)]).sum()).to("cpu"))
     return bool(torch.stack(flags).all())
 
 
@@ -96,19 +105,11 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
     if not eligible:
         return None
     local = [local_shard(g) for g in grads]
-    groups: dict = {}
-    for t in local:
-        groups.setdefault((t.device, t.dtype), []).append(t)
+    groups = _by_device_dtype(local)
     dev = local[0].device
 
     def total_norm() -> torch.Tensor:
-        norms = []
-        for ts in groups.values():
-            try:
-                norms.extend(torch._foreach_norm(ts, 2.0))
-            except (NotImplementedError, RuntimeError):  # a backend without the fused kernel
-                norms.extend(torch.linalg.vector_norm(t, 2.0) for t in ts)
-        stacked = torch.stack([n.to(dev) for n in norms])
+        stacked = torch.stack([n.to(dev) for ts in groups.values() for n in _norms(ts)])
         if not groups_to_sum:  # one process holds every element: torch's clip_grad_norm_ arithmetic
             return torch.linalg.vector_norm(stacked, 2.0)
         sq = stacked.float().pow(2).sum()
