@@ -13,6 +13,12 @@ COSMOS_PROFILE_STACK=1, the innermost Python frames of this project's files and 
 launched the kernel ending it. A gap that starts inside a synchronising call (cudaStreamSynchronize,
 cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sync`. A launch-bound step shows
 most of its time as gaps; a device-bound one does not.
+
+Each row also has `host_ms`: per host thread (`main`, the one running the loop, and e.g. autograd's backward
+thread), the host time spent in named ranges during the step, summed by name with the block index folded
+(`FSDP::pre_forward (blocks.N)`): FSDP2's hooks, compiled regions and their backward, autograd nodes, callbacks, the
+optimizer. A range nested in one of the same name counts once. Without the Python tracer this is where a
+launch-bound step's host time goes.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import re
 import sys
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -57,6 +64,39 @@ def _stack_at(frames: list[dict], starts: list[float], t: float, depth: int = 6)
     names = [_frame_name(e) for e in open_frames]
     kept = [n for n in names if any(k in n for k in KEEP_FRAMES) or n.startswith(("callback", "FSDP::"))]
     return kept[-depth:]
+
+
+HOST_RANGES = ("FSDP::", "fsdp::", "callback ", "Optimizer.", "Torch-Compiled Region", "CompiledFunction",
+               "autograd::engine::evaluate_function", "## Call CompiledFxGraph")
+
+
+def _fold(name: str) -> str:
+    name = re.sub(r"\((blocks|layers)\.\d+\)", r"(\1.N)", name)
+    name = re.sub(r"Torch-Compiled Region: \d+/\d+", "Torch-Compiled Region", name)
+    return re.sub(r"## Call CompiledFxGraph \w+ ##", "## Call CompiledFxGraph ##", name)
+
+
+def host_ranges(events: list[dict], t0: float, t1: float, main_tid, top: int = 15) -> dict:
+    """{thread: {range name: host ms}} of the named ranges (HOST_RANGES) that start in [t0, t1)."""
+    by_tid: dict = {}
+    for e in events:
+        if (e.get("ph") == "X" and e.get("cat") in ("cpu_op", "user_annotation") and t0 <= e["ts"] < t1
+                and str(e.get("name", "")).startswith(HOST_RANGES)):
+            by_tid.setdefault(e.get("tid"), []).append(e)
+    out = {}
+    for tid, es in by_tid.items():
+        es.sort(key=lambda e: (e["ts"], -e.get("dur", 0)))
+        open_until: dict = {}  # folded name -> end of its outermost open occurrence
+        totals: dict = {}
+        for e in es:
+            name = _fold(e["name"])
+            if open_until.get(name, -1) > e["ts"]:
+                continue  # nested in a range of the same name
+            open_until[name] = e["ts"] + e.get("dur", 0)
+            totals[name] = totals.get(name, 0.0) + e.get("dur", 0) / 1000
+        label = "main" if tid == main_tid else f"thread {tid}"
+        out[label] = {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:top]}
+    return out
 
 
 def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> list[dict]:
@@ -108,7 +148,8 @@ def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> lis
                          device_busy_ms=round(busy_us / 1000, 3), device_idle_ms=round(idle_us / 1000, 3),
                          kernels=len(dev), gaps_over_min=len(gaps),
                          gaps_over_min_ms=round(sum(g["gap_ms"] for g in gaps), 3),
-                         top_gaps=sorted(gaps, key=lambda g: -g["gap_ms"])[:top]))
+                         top_gaps=sorted(gaps, key=lambda g: -g["gap_ms"])[:top],
+                         host_ms=host_ranges(events, t0, t1, st.get("tid"), top)))
     return rows
 
 

@@ -213,6 +213,13 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
          "ts": 280, "dur": 400, "tid": 1},
         {"ph": "X", "cat": "python_function", "name": "cosmos_predict2/portable/optim.py(5): step", "ts": 700, "dur": 250,
          "tid": 1},
+        # named host ranges: two blocks' FSDP hooks (folded to one name), a nested range of the same name (counted
+        # once), a compiled backward on autograd's thread
+        {"ph": "X", "cat": "user_annotation", "name": "FSDP::pre_forward (blocks.0)", "ts": 10, "dur": 30, "tid": 1},
+        {"ph": "X", "cat": "user_annotation", "name": "FSDP::pre_forward (blocks.1)", "ts": 50, "dur": 20, "tid": 1},
+        {"ph": "X", "cat": "user_annotation", "name": "FSDP::pre_forward (blocks.1)", "ts": 55, "dur": 5, "tid": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "CompiledFunctionBackward", "ts": 400, "dur": 300, "tid": 7},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 410, "dur": 100, "tid": 7},
     ]
     trace = tmp_path / "t.json"
     trace.write_text(json.dumps({"traceEvents": ev}))
@@ -227,6 +234,8 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
     assert gap["host_at_start"][-1].endswith("on_before_optimizer_step")
     assert gap["launched_by"][-1].endswith("optim.py(5): step")
     assert tail["gap_ms"] == 0.1 and tail["next_kernel"] == "(end of step)"
+    assert row["host_ms"] == {"main": {"FSDP::pre_forward (blocks.N)": 0.05},
+                              "thread 7": {"CompiledFunctionBackward": 0.3}}
     empty = tmp_path / "e.json"
     empty.write_text(json.dumps({"traceEvents": ev[1:]}))
     r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(empty)], capture_output=True, text=True)
