@@ -100,8 +100,9 @@ def host_ranges(events: list[dict], t0: float, t1: float, main_tid, top: int = 1
 
 
 def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> list[dict]:
-    steps = sorted((e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")),
-                   key=lambda e: e["ts"])
+    # the host's step ranges (the trace also holds their device-side copies, cat gpu_user_annotation)
+    steps = sorted((e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")
+                    and e.get("cat") != "gpu_user_annotation"), key=lambda e: e["ts"])
     device = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
     runtime = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver")]
     by_corr = {e.get("args", {}).get("correlation"): e for e in runtime}

@@ -36,6 +36,9 @@ boundary, loader.py:__iter__) is counted as well: read the sites, not only the t
 
 TRAINER_OVERHEAD_KEEP_UNSHARDED=1 (trainer side): FSDP2 with reshard_after_forward=False (an experiment: what the
 re-gather of every block in backward costs on one rank; it changes no value, it keeps ~4 GiB more on the 2B net).
+TRAINER_OVERHEAD_ONE_UNIT=1 (trainer side, one rank): the DiT's per-block FSDP2 units left out, the pipeline's root
+unit alone (an experiment: what the per-block hooks cost on one rank, BENCHMARKS 3h; gradients equal to fp32
+rounding, ~7 GiB more on the 2B net). Both were product switches once (commit dfac936 for the second).
 
 Prints one JSON line per side (bench=trainer_overhead, side=trainer|bare) for the steady step (the second-last
 of --iters), and a table. On CPU it takes 1-2 minutes.
@@ -63,6 +66,7 @@ SMOKE_EXP = "predict2_text2image_training_2b_cosmos_nemo_assets_smoke"
 FULL_EXP = "predict2_text2image_training_2b_cosmos_nemo_assets"
 ENV_OUT = "TRAINER_OVERHEAD_OUT"
 ENV_KEEP = "TRAINER_OVERHEAD_KEEP_UNSHARDED"
+ENV_ONE_UNIT = "TRAINER_OVERHEAD_ONE_UNIT"
 ENV_COUNT = "TRAINER_OVERHEAD_COUNT"  # 0: no dispatch mode (host times only)
 
 SYNC_OPS = {
@@ -284,6 +288,21 @@ def keep_unsharded_after_forward() -> None:
         mod.fully_shard = wrap(mod.fully_shard)
 
 
+def one_unit_on_one_rank() -> None:
+    """Experiment (TRAINER_OVERHEAD_ONE_UNIT=1): on a mesh of one device the DiT's own fully_shard (one unit per
+    block, final layer, embedders) does nothing, so the pipeline's root fully_shard makes the whole net one unit."""
+    import cosmos_predict2.models.text2image_dit as dit_mod
+
+    per_module = dit_mod.MiniTrainDIT.fully_shard
+
+    def fully_shard(self, mesh):
+        if mesh.size() != 1:
+            return per_module(self, mesh)
+        print("trainer_overhead: FSDP2 one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1)", flush=True)
+
+    dit_mod.MiniTrainDIT.fully_shard = fully_shard
+
+
 
 try:
     from imaginaire.utils.callback import Callback as _Callback
@@ -301,6 +320,8 @@ class OpProbe(_Callback):
         install_host_hooks(self.counter)
         if os.environ.get(ENV_KEEP) == "1":
             keep_unsharded_after_forward()
+        if os.environ.get(ENV_ONE_UNIT) == "1":
+            one_unit_on_one_rank()
 
     def _wrap_callbacks(self) -> None:
         group = self.trainer.callbacks

@@ -298,32 +298,19 @@ stage_t2i_cb_overhead() {  # host ms per phase (--time), compiled blocks on both
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_trainer python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
 }
-# t2i_units: one FSDP unit for the whole DiT on one device (COSMOS_FSDP_ONE_UNIT, portable/fsdp_units.py) against
-# upstream's per-block units: the bare step, then train.sh from the latent cache both ways, UNITS_REPS alternating
-# rounds, and the ratio of each to the bare step's mean (run stage encode_t2i first).
-stage_t2i_units() {
+# t2i_units_overhead: host ms per phase (trainer_overhead.py --time, compiled blocks) of the trainer from the cache
+# with upstream's per-block FSDP2 units and with one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1), UNITS_REPS
+# alternating rounds, and the bare step's (BENCHMARKS 3h: train.sh showed no gain from one unit, one run each).
+stage_t2i_units_overhead() {
   ensure_site
-  local r u
+  local o="--full --time --iters ${OVH_TIME_ITERS:-10}" r u
+  (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
   for r in $(seq 1 ${UNITS_REPS:-1}); do
-    t2i_bare_run units_bare_$r --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
     for u in 1 0; do
-      COSMOS_FSDP_ONE_UNIT=$u COSMOS_STEP_TIMING_EVERY=${RATIO_EVERY:-10} train_e2e units_t2i_one${u}_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
-      breakdown units_t2i_one${u}_$r
+      (cd $TREE && COSMOS_COMPILE_BLOCKS=1 TRAINER_OVERHEAD_ONE_UNIT=$u runlog t2i_units_ovh_one${u}_$r \
+        python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
     done
   done
-  python3 - "$RES" <<'PY' | tee -a "$LOG"
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-bare = [statistics.fmean(r["step_s_all"]) for r in rows if r.get("bench") == "dit" and r.get("gc_every") == 50]
-runs = {}
-for r in rows:
-    if r.get("bench") == "e2e" and r["name"].startswith("units_t2i_") and r["step_s_all"]:
-        runs.setdefault(r["name"].rsplit("_", 1)[0], []).append(statistics.fmean(r["step_s_all"][3:]))
-out = dict(bench="t2i_units", bare_means=bare, **runs)
-if bare:
-    out.update({f"ratio_{k[len('units_t2i_'):]}": statistics.fmean(v) / statistics.fmean(bare) for k, v in runs.items()})
-print(json.dumps(out))
-PY
 }
 stage_e2e_t2i_before() {
   ensure_site

@@ -48,7 +48,6 @@ WARN_FRACTION = 0.92
 OVERHEAD_GIB = 1.23
 BYTES_FORWARD = 18  # bf16 param + fp32 master + 2 fp32 Adam moments + fp32 EMA
 BYTES_OPTIMIZER = 20  # + bf16 grad
-BYTES_ONE_UNIT = 4  # one FSDP unit on one device: the whole net's unsharded bf16 params and grads (fsdp_units.py)
 
 # Upstream's nets: (parameters, channels D, blocks, heads). Parameter counts from the applied tree's configs.
 NETS = {
@@ -86,8 +85,8 @@ def tokens_per_sample(task: str, frames: int | None, height: int, width: int) ->
 
 def estimate(task: str, size: str, *, frames: int | None = 93, height: int | None = None, width: int | None = None,
              cp: int = 1, world: int = 1, fsdp_shard_size: int = 1, batch_size: int = 1, mode: str | None = None,
-             every_n_blocks: int = 1, one_unit: bool = False) -> Estimate:
-    """Peak allocated device memory per rank, GiB. `one_unit`: COSMOS_FSDP_ONE_UNIT=1, which acts on one device only."""
+             every_n_blocks: int = 1) -> Estimate:
+    """Peak allocated device memory per rank, GiB."""
     params, d, blocks, _ = NETS[(task, size)]
     height, width = (height, width) if height and width else DEFAULT_SIZE[task]
     mode = mode or DEFAULT_MODE[task][size]
@@ -99,8 +98,6 @@ def estimate(task: str, size: str, *, frames: int | None = 93, height: int | Non
     act_d = wrapped * per_block + (blocks - wrapped) * ACT_D["none"]
     act = act_d * 2 * d * tokens / cp / GIB
     fwd = BYTES_FORWARD * params / shard / GIB
-    if one_unit and world == 1:  # per-block units hold a few blocks unsharded; one unit holds the whole net
-        fwd += BYTES_ONE_UNIT * params / GIB
     opt = BYTES_OPTIMIZER * params / shard / GIB
     return Estimate(max(fwd + act, opt) + OVERHEAD_GIB, fwd, act, tokens)
 
@@ -131,14 +128,13 @@ def _pow2_worlds(world: int, shard: int):
 
 
 def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, world: int, fsdp_shard_size: int,
-          batch_size: int, ov: dict[str, str], card_gib: float | None, card: str,
-          one_unit: bool = False) -> tuple[str, str | None]:
+          batch_size: int, ov: dict[str, str], card_gib: float | None, card: str) -> tuple[str, str | None]:
     """(notes line, one-line error or None) for train.sh's preflight."""
     h, w = _size(ov.get(K_VIDEO_SIZE if task == "video2world" else K_IMAGE_SIZE), task)
     mode = ov.get(K_MODE, DEFAULT_MODE[task][size]).strip().strip("'\"")
     every = int(ov[K_EVERY]) if ov.get(K_EVERY, "").strip().isdigit() else 1
     kw = dict(frames=frames, height=h, width=w, batch_size=batch_size, fsdp_shard_size=fsdp_shard_size,
-              every_n_blocks=every, one_unit=one_unit)
+              every_n_blocks=every)
     e = estimate(task, size, cp=cp, world=world, mode=mode, **kw)
     if card_gib is None:
         return (f"memory estimate: ~{e.gib:.0f} GiB per device (card memory unknown: pass --device_memory_gib=M "
@@ -152,9 +148,6 @@ def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, w
     heads = NETS[(task, size)][3]
     lat = (frames - 1) // 4 + 1 if task == "video2world" and frames else 1
     fixes = []
-    if one_unit and world == 1 and estimate(task, size, cp=cp, world=world, mode=mode,
-                                            **{**kw, "one_unit": False}).gib <= limit:
-        fixes.append("upstream's per-block FSDP units (COSMOS_FSDP_ONE_UNIT=0)")
     for k in divisors(world):  # context parallel with the processes already asked for
         if k > cp and heads % k == 0 and lat % k == 0 and estimate(task, size, cp=k, world=world, mode=mode,
                                                                      **kw).gib <= limit:

@@ -217,23 +217,20 @@ def detect_device(tree: str, dry_run: bool) -> tuple[str, int | None, str]:
     return kind, count, ""
 
 
-def check_switches(tree: str, names: tuple[str, ...], environ: dict[str, str]) -> dict[str, bool]:
-    """Each boolean environment variable in `names` that is set, read by the tree's device layer (env_flag, the one
-    parser): a value that is not a switch stops here in one line instead of inside every rank. Returns their values
-    (none where the tree has no device layer)."""
+def check_switches(tree: str, names: tuple[str, ...], environ: dict[str, str]) -> None:
+    """Each boolean environment variable in `names`, read by the tree's device layer (env_flag, the one parser):
+    a value that is not a switch stops here in one line instead of inside every rank."""
     names = tuple(n for n in names if n in environ)
     mod = _load_device_layer(tree, absent_ok=True) if names else None  # detect_device has judged the device
-    values = {}
     for name in names if mod is not None else ():
         try:
-            values[name] = mod.env_flag(name, environ=environ)
+            mod.env_flag(name, environ=environ)
         except ValueError as e:  # UserValueError: already one `error: ...` line
             raise _relay(str(e)) from None
-    return values
 
 
 def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, cp: int, ov: dict[str, str],
-                 environ: dict[str, str], tree: str | None = None, one_unit: bool = False) -> str:
+                 environ: dict[str, str], tree: str | None = None) -> str:
     """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check. The card's
     size: --device_memory_gib, else $COSMOS_DEVICE_MEMORY_GIB, else the device layer of `tree` (not in --dry-run)."""
     spec = importlib.util.spec_from_file_location("_cosmos_mem", os.path.join(os.path.dirname(__file__),
@@ -257,8 +254,7 @@ def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, 
     raw_shard = ov.get(K_SHARD, "").strip()  # upstream: -1 = the whole world, 0 = no FSDP
     shard = int(raw_shard) if raw_shard in ("-1", "0") else _ov_int(ov, K_SHARD, exp.fsdp_shard_size)
     line, err = mem.check(a.EXP, exp.task, exp.size, frames=frames, cp=cp, world=world, fsdp_shard_size=shard,
-                          batch_size=_ov_int(ov, K_BATCH, exp.batch_size), ov=ov, card_gib=card, card=kind,
-                          one_unit=one_unit)
+                          batch_size=_ov_int(ov, K_BATCH, exp.batch_size), ov=ov, card_gib=card, card=kind)
     if err and not a.skip_memory_check:
         raise _relay(err)
     return line + (" - --skip_memory_check: starting anyway" if err else "")

@@ -237,9 +237,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     check_checkpoints(a.EXP, exp, tree, ov)
 
     kind, count, note = detect_device(tree, a.dry_run)
-    switches = check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FSDP_ONE_UNIT"), environ)  # before torchrun
-    # one FSDP unit for the whole DiT: the Text2Image default (set below), acting on one device only
-    one_unit = world == 1 and switches.get("COSMOS_FSDP_ONE_UNIT", exp.task == "text2image")
+    check_switches(tree, ("COSMOS_COMPILE_BLOCKS",), environ)  # the device layer's parser, before torchrun starts
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"
@@ -258,7 +256,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         env["COSMOS_CPU_DTYPE"] = a.cpu_dtype
     notes.append(dtype_note(tree, kind, exp, env.get("COSMOS_CPU_DTYPE", environ.get("COSMOS_CPU_DTYPE")), ov))
     if kind in ("cuda", "npu") and not exp.smoke:  # peak memory per device from the config, before torchrun
-        notes.append(memory_check(a, exp, kind, world, cp, ov, environ, tree, one_unit=one_unit))
+        notes.append(memory_check(a, exp, kind, world, cp, ov, environ, tree))
     out_root = environ.get("IMAGINAIRE_OUTPUT_ROOT")
     if out_root is None:
         out_root = env["IMAGINAIRE_OUTPUT_ROOT"] = "outputs"  # relative to the tree (training runs there)
@@ -298,12 +296,6 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         env["COSMOS_COMPILE_BLOCKS"] = "1"
         if kind == "cuda":
             notes.append("compiled DiT blocks (COSMOS_COMPILE_BLOCKS=1; 0 keeps them eager)")
-    if exp.task == "text2image" and "COSMOS_FSDP_ONE_UNIT" not in environ:
-        # On one device the per-block FSDP2 units cost ~4 ms of host time per block per step and shard nothing
-        # (portable/fsdp_units.py, BENCHMARKS.md 3h); the flag is ignored on more devices. 0 keeps upstream's units.
-        env["COSMOS_FSDP_ONE_UNIT"] = "1"
-        if one_unit:
-            notes.append("one FSDP unit for the whole DiT (COSMOS_FSDP_ONE_UNIT=1, one device; 0 keeps per-block units)")
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}",

@@ -202,6 +202,7 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
     when the device ran dry, a sync-wait gap marked as such, the launching call of the next kernel."""
     ev = [
         {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#0", "ts": 0, "dur": 1000, "tid": 1},
+        {"ph": "X", "cat": "gpu_user_annotation", "name": "ProfilerStep#0", "ts": 0, "dur": 1000, "tid": 7},  # no row
         {"ph": "X", "cat": "kernel", "name": "gemm_a", "ts": 0, "dur": 200, "args": {"correlation": 1}},
         {"ph": "X", "cat": "kernel", "name": "gemm_b", "ts": 100, "dur": 200, "args": {"correlation": 2}},  # overlaps
         {"ph": "X", "cat": "kernel", "name": "adam", "ts": 800, "dur": 100, "args": {"correlation": 3}},

@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "bench" / "trainer_overhead.py"
 
 
+def _probe(smoke_tree, **env) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port())],
+        cwd=smoke_tree, env=cpu_env(smoke_tree, COSMOS_STEP_TIMING_EVERY="2", **env), capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return row
+
+
 @pytest.fixture(scope="module")
 def probe_run(smoke_tree) -> dict:
     # The probe counts the trainer as it runs in bf16 (fp32 masters, LowPrecisionCallback). Where bf16 is emulated
@@ -36,13 +46,7 @@ def probe_run(smoke_tree) -> dict:
         cwd=smoke_tree, env=cpu_env(smoke_tree), capture_output=True, text=True, timeout=120)
     if native.stdout.strip() != "True":
         pytest.skip("needs a CPU with native bf16 (the probe's bf16 trainer run is ~4 min with emulated bf16)")
-    proc = subprocess.run(
-        [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port())],
-        cwd=smoke_tree, env=cpu_env(smoke_tree, COSMOS_STEP_TIMING_EVERY="2"), capture_output=True, text=True,
-        timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return row
+    return _probe(smoke_tree)
 
 
 def _sources(row: dict, phase: str) -> dict:
@@ -92,6 +96,15 @@ def test_step_timing_every_n_synchronizes_only_timed_steps(probe_run):
     # trainer steps 0, 2, 4 are timed: six synchronizations each; 1 and 3 are not, and end right before a timed
     # step: one synchronization there (the timed step's start), none anywhere else
     assert [timing_syncs(k) for k in ("0", "1", "2", "3", "4")] == [6, 1, 6, 1, 6], per_step
+
+
+def test_one_unit_experiment_drops_the_per_block_fsdp_hooks(smoke_tree, probe_run):
+    """TRAINER_OVERHEAD_ONE_UNIT=1 (bench knob, BENCHMARKS 3h): one FSDP2 unit on one rank, fewer FSDP2 ops in
+    forward and backward than upstream's per-block units (probe_run), the same losses to bf16 rounding."""
+    one = _probe(smoke_tree, TRAINER_OVERHEAD_ONE_UNIT="1")
+    for phase in ("forward", "backward"):
+        assert one["steady"]["phases"][phase]["ops"] < probe_run["steady"]["phases"][phase]["ops"], phase
+    assert one["losses"] == pytest.approx(probe_run["losses"], rel=2e-2)
 
 
 def test_local_shard_is_the_storage_to_local_views(smoke_tree, tmp_path):
