@@ -33,6 +33,10 @@ Variants (each rebuilds the net from the same seed):
   The row adds dynamo's counts (graphs, graph breaks, recompiles): a variant that fell back to eager says so.
 - <variant>_fa4 (e.g. ours_fa4, ours_linsa_fa4): that variant with FlashAttention-4's CuTe kernels (the optional
   flash_cute attention backend, pip package flash-attn-4) instead of cuDNN's SDPA.
+- <variant>_fsdp / <variant>_fsdproot (e.g. ours_cb_fsdp): that variant wrapped in FSDP2 on a mesh of this one device,
+  as the trainer wraps it on one GPU (upstream's (replicate, shard) = (1, 1) mesh): `_fsdp` with upstream's units
+  (the net's own fully_shard: every block, the final layer and the embedders, then the root), `_fsdproot` with the
+  root unit only. Against the plain variant this is what FSDP2 costs a one-GPU step (BENCHMARKS 3h).
 
 --net t2i: the Text2Image 2B net (`_PREDICT2_TEXT2IMAGE_NET_2B`, SAC mode mm_only) on one 768x1360 image (96x170
 latents, S = 48*85 = 4080 tokens, the Cosmos-NeMo-Assets experiment's size), data type IMAGE, no conditioning
@@ -211,14 +215,45 @@ def dynamo_counts() -> dict:
             "graph_breaks": {str(k)[:160]: int(v) for k, v in counters["graph_break"].items()}}
 
 
+def one_device_mesh(dev):
+    """Upstream's FSDP mesh on one device, (replicate, shard) = (1, 1), with a one-process group if none is up."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not dist.is_initialized():
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                rank=0, world_size=1)
+    return init_device_mesh(dev.type, (1, 1), mesh_dim_names=("replicate", "shard"))
+
+
+def wrap_fsdp(net, dev, units: str):
+    """FSDP2 on one device: units="blocks" as the trainer (the net's own per-module units, then the root), "root"
+    with the root unit only."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = one_device_mesh(dev)
+    if units == "blocks":
+        net.fully_shard(mesh=mesh)
+    return fully_shard(net, mesh=mesh, reshard_after_forward=True)
+
+
 def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
-    sac = set_variant(variant)
+    fsdp = next((u for sfx, u in (("_fsdproot", "root"), ("_fsdp", "blocks")) if variant.endswith(sfx)), None)
+    base = variant[: variant.rindex("_fsdp")] if fsdp else variant
+    sac = set_variant(base)
     net, cfg = build_net(dev, args.tiny, sac, args.net)
     x, kw, target, S = inputs(dev, res, args.tiny, args.net)
     heads, D = cfg.num_heads, cfg.model_channels // cfg.num_heads
     if res not in flops_cache:
         flops_cache[res] = count_flops(net, x, kw, S, heads, D, cfg.num_blocks)
     fl = flops_cache[res]
+    if fsdp:
+        net = wrap_fsdp(net, dev, fsdp)
     mode = "fwd" if args.fwd else ("fwd+bwd+opt" if args.optimizer else "fwd+bwd")
     opt = None
     if args.optimizer and not args.fwd:

@@ -298,6 +298,9 @@ stage_t2i_cb_overhead() {  # host ms per phase (--time), compiled blocks on both
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_cb_ovh_trainer python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
 }
+# t2i_fsdp_bare: the bare Text2Image 2B step (compiled blocks) plain, in FSDP2 with upstream's per-module units on a
+# one-device mesh (as the trainer wraps it on one GPU) and with the root unit only, one process (BENCHMARKS 3h).
+stage_t2i_fsdp_bare() { ensure_site; t2i_bare_run t2i_fsdp_bare --variants ${FSDP_VARIANTS:-ours_cb,ours_cb_fsdp,ours_cb_fsdproot} --gc-every 50; }
 # t2i_units_overhead: host ms per phase (trainer_overhead.py --time, compiled blocks) of the trainer from the cache
 # with upstream's per-block FSDP2 units and with one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1), UNITS_REPS
 # alternating rounds, and the bare step's (BENCHMARKS 3h: train.sh showed no gain from one unit, one run each).

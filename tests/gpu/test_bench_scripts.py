@@ -64,6 +64,21 @@ def test_bench_dit_t2i_with_optimizer_step(applied_tree):
     assert rows[0]["loss"] == rows[1]["loss"]  # on CPU both run upstream's eager expressions
 
 
+def test_bench_dit_fsdp_variants_wrap_the_net_as_the_trainer(applied_tree):
+    """<variant>_fsdp (upstream's per-module FSDP2 units on a one-device mesh) and _fsdproot (the root unit only):
+    the same step as the plain variant, loss equal to fp32 rounding on CPU (the FSDP2 nodes may change the order of
+    gradient sums, not the forward)."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--net", "t2i", "--optimizer",
+                        "--variants", "ours,ours_fsdp,ours_fsdproot", "--steps", "2", "--warmup", "1"],
+                       cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [x for x in _rows(r.stdout) if x.get("bench") == "dit"]
+    assert [x["variant"] for x in rows] == ["ours", "ours_fsdp", "ours_fsdproot"]
+    assert all(x["finite"] for x in rows)
+    for x in rows[1:]:
+        assert x["loss"] == pytest.approx(rows[0]["loss"], rel=1e-4), (x["variant"], x["loss"], rows[0]["loss"])
+
+
 def test_bench_dit_profile_row_splits_time_by_category(applied_tree):
     r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--res", "480", "--variants", "ours",
                         "--steps", "1", "--warmup", "1", "--profile"],
