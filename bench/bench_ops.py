@@ -271,8 +271,9 @@ def bench_fa4_fwd_tiles(pkg, t: Timer, dev, configs: list[str], shapes) -> None:
 
 def bench_optim(pkg, t: Timer, dev, tiny: bool) -> None:
     """One optimizer step over bf16 params (a 2B-model shard on 8 ranks is ~250M params), ms per step.
-    ours = FusedAdam with fp32 masters; anchor = torch AdamW(foreach) directly on bf16 params (no masters, loses
-    small updates); fp32_fused = torch AdamW(fused) on fp32 params (a speed reference without bf16 params)."""
+    ours = FusedAdam with fp32 masters (ours_masters_fused: its fused=True kernel, CUDA); anchor = torch
+    AdamW(foreach) directly on bf16 params (no masters, loses small updates); fp32_fused = torch AdamW(fused) on
+    fp32 params (a speed reference without bf16 params)."""
     n_tensors, numel = (4, 1 << 16) if tiny else (16, 1 << 24)
     total = n_tensors * numel
 
@@ -289,6 +290,9 @@ def bench_optim(pkg, t: Timer, dev, tiny: bool) -> None:
                                                        weight_decay=0.1, foreach=True),
     }
     if dev.type == "cuda":
+        # ours with torch's fused AdamW kernel on the fp32 masters (fused=True; COSMOS_FUSED_ADAM=1 in training)
+        impls["ours_masters_fused"] = lambda: pkg.optim.FusedAdam(params(torch.bfloat16), lr=1e-4, betas=(0.9, 0.99),
+                                                                  weight_decay=0.1, master_weights=True, fused=True)
         impls["fp32_fused_adamw"] = lambda: torch.optim.AdamW(params(torch.float32), lr=1e-4, betas=(0.9, 0.99),
                                                               weight_decay=0.1, fused=True)
     for impl, make in impls.items():

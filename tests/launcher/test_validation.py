@@ -265,8 +265,9 @@ def test_tree_without_device_layer_is_refused(skeleton_tree):
     assert "has no cosmos_predict2/portable/device.py" in line and "installer apply" in line
 
 
-@pytest.mark.parametrize("value", ["2", "maybe"])
-def test_bad_compile_blocks(skeleton_tree, value):
+@pytest.mark.parametrize("name,value", [("COSMOS_COMPILE_BLOCKS", "2"), ("COSMOS_COMPILE_BLOCKS", "maybe"),
+                                        ("COSMOS_FUSED_ADAM", "yes please")])
+def test_bad_switch(skeleton_tree, name, value):
     """Read by the device layer's one boolean parser (env_flag) before torchrun starts."""
-    line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}"], env={"COSMOS_COMPILE_BLOCKS": value})
-    assert f"COSMOS_COMPILE_BLOCKS={value!r} is not a boolean (environment)" in line
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}"], env={name: value})
+    assert f"{name}={value!r} is not a boolean (environment)" in line

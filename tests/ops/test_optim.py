@@ -224,3 +224,49 @@ def _fsdp_worker(rank, world):
 
 def test_fsdp2_dtensor_masters_two_ranks(portable):
     run_ranks(_fsdp_worker, 2)
+
+
+@pytest.mark.parametrize("adam_w_mode", [True, False])
+def test_fused_kernel_matches_the_foreach_update(portable, adam_w_mode):
+    """fused=True (torch's fused Adam(W) kernel; COSMOS_FUSED_ADAM=1 on CUDA): bf16 params with fp32 masters, two
+    groups (one with weight decay), 15 steps: masters, moments and params as the foreach path's to fp32 rounding,
+    and not trivially (the params moved)."""
+    torch.manual_seed(3)
+    base = make_params(torch.bfloat16, scale=0.5)
+    runs = {}
+    for fused in (False, True):
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in base]
+        opt = portable.optim.FusedAdam(groups(ps), betas=(0.9, 0.99), eps=1e-8, master_weights=True,
+                                       adam_w_mode=adam_w_mode, fused=fused)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(15):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g).to(torch.bfloat16)
+            opt.step()
+        runs[fused] = (ps, opt)
+    (p0, o0), (p1, o1) = runs[False], runs[True]
+    assert o1.fused is True and o0.fused is False
+    for a, b in zip(p0, p1):
+        m0, m1 = o0._masters[a], o1._masters[b]
+        assert torch.allclose(m1, m0, rtol=1e-6, atol=1e-7), (m1 - m0).abs().max()
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(o1.state[b][k], o0.state[a][k], rtol=1e-6, atol=1e-9), k
+        assert (b.float() - m1.to(torch.bfloat16).float()).abs().max() == 0  # params are the rounded masters
+    assert max((a.float() - s.float()).abs().max().item() for a, s in zip(p1, base)) > 1e-2
+
+
+def test_fused_follows_cosmos_fused_adam_on_cuda_only(portable, monkeypatch):
+    """fused=None reads COSMOS_FUSED_ADAM (the device layer's boolean parser) and applies it on CUDA only: on CPU
+    the foreach path runs whatever the variable says; a bad value is a one-line error."""
+    ps = make_params()
+    monkeypatch.setenv("COSMOS_FUSED_ADAM", "1")
+    opt = portable.optim.FusedAdam(ps, lr=1e-2)
+    calls = []
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: calls.append(1))
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert opt.fused is None and opt._fused_env is True and calls == []  # CPU: not fused
+    monkeypatch.setenv("COSMOS_FUSED_ADAM", "maybe")
+    with pytest.raises(ValueError, match="COSMOS_FUSED_ADAM='maybe' is not a boolean"):
+        portable.optim.FusedAdam(ps, lr=1e-2)
