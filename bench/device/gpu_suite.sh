@@ -302,17 +302,31 @@ stage_t2i_cb_overhead() {  # host ms per phase (--time), compiled blocks on both
 # one-device mesh (as the trainer wraps it on one GPU) and with the root unit only, one process (BENCHMARKS 3h).
 stage_t2i_fsdp_bare() { ensure_site; t2i_bare_run t2i_fsdp_bare --variants ${FSDP_VARIANTS:-ours_cb,ours_cb_fsdp,ours_cb_fsdproot} --gc-every 50; }
 # t2i_units_overhead: host ms per phase (trainer_overhead.py --time, compiled blocks) of the trainer from the cache
-# with upstream's per-block FSDP2 units and with one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1), UNITS_REPS
-# alternating rounds, and the bare step's (BENCHMARKS 3h: train.sh showed no gain from one unit, one run each).
+# with upstream's per-block FSDP2 units, with one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1) and without
+# FSDP (upstream's model.config.fsdp_shard_size=0), UNITS_REPS alternating rounds, and the bare step's
+# (BENCHMARKS 3h: train.sh showed no gain from one unit, one run each).
 stage_t2i_units_overhead() {
   ensure_site
-  local o="--full --time --iters ${OVH_TIME_ITERS:-10}" r u
+  local o="--full --time --iters ${OVH_TIME_ITERS:-10}" r
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
   for r in $(seq 1 ${UNITS_REPS:-1}); do
-    for u in 1 0; do
-      (cd $TREE && COSMOS_COMPILE_BLOCKS=1 TRAINER_OVERHEAD_ONE_UNIT=$u runlog t2i_units_ovh_one${u}_$r \
-        python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
-    done
+    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_blocks_$r \
+      python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 TRAINER_OVERHEAD_ONE_UNIT=1 runlog t2i_units_ovh_root_$r \
+      python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_nofsdp_$r \
+      python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args) model.config.fsdp_shard_size=0)
+  done
+}
+# t2i_fsdp_e2e: train.sh from the latent cache as configured (FSDP2, per-block units) and without FSDP
+# (model.config.fsdp_shard_size=0; one GPU: nothing to shard), FSDP_REPS alternating rounds, with the bare step.
+stage_t2i_fsdp_e2e() {
+  ensure_site
+  local r
+  for r in $(seq 1 ${FSDP_REPS:-2}); do
+    t2i_bare_run fsdp_bare_$r --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+    COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_on_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_off_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) model.config.fsdp_shard_size=0
   done
 }
 stage_e2e_t2i_before() {
