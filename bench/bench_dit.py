@@ -220,14 +220,15 @@ def one_device_mesh(dev):
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    from cosmos_predict2.portable import device as pdev
+
     if not dist.is_initialized():
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
-                                rank=0, world_size=1)
+        dist.init_process_group(pdev.dist_backend(), init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     return init_device_mesh(dev.type, (1, 1), mesh_dim_names=("replicate", "shard"))
 
 
