@@ -9,9 +9,11 @@
 #   bash bench/device/prepare_gpu_carry.sh [SDIST] [PYTHON]
 # then: grep -q '^/.gpu/' .git/info/exclude || echo /.gpu/ >> .git/info/exclude   (never commit .gpu)
 set -euo pipefail
-SDIST=${1:-/work/cache/cosmos_predict2-1.0.9.tar.gz}
+# default: where `python -m installer apply` downloads the sdist (installer/fetch.py cache_dir)
+SDIST=${1:-${COSMOS_OVERLAY_CACHE:-$HOME/.cache/cosmos-predict2-overlay}/cosmos_predict2-1.0.9.tar.gz}
 PY=${2:-python}
-[ -f "$SDIST" ] || { echo "error: sdist $SDIST not found (prepare_gpu_carry.sh). Pass its path as the first argument." >&2; exit 2; }
+case $PY in /*) ;; */*) PY="$PWD/$PY" ;; esac  # a relative path (.venv/bin/python) must survive the cd into the tree
+[ -f "$SDIST" ] || { echo "error: sdist $SDIST not found (prepare_gpu_carry.sh). Pass its path as the first argument, or run python -m installer apply once (it downloads it there)." >&2; exit 2; }
 mkdir -p .gpu/whl
 cp "$SDIST" .gpu/
 P="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64

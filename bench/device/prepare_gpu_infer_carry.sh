@@ -12,9 +12,11 @@
 #   python3 -m installer apply --source .gpu_infer/cosmos_predict2-1.0.9.tar.gz --target /tmp/ti
 #   python3 bench/device/real_size_scripts.py /tmp/ti --v2w-steps 3
 set -euo pipefail
-SDIST=${1:-/work/cache/cosmos_predict2-1.0.9.tar.gz}
+# default: where `python -m installer apply` downloads the sdist (installer/fetch.py cache_dir)
+SDIST=${1:-${COSMOS_OVERLAY_CACHE:-$HOME/.cache/cosmos-predict2-overlay}/cosmos_predict2-1.0.9.tar.gz}
 PY=${2:-python}
-[ -f "$SDIST" ] || { echo "error: sdist $SDIST not found (prepare_gpu_infer_carry.sh). Pass its path as the first argument." >&2; exit 2; }
+case $PY in /*) ;; */*) PY="$PWD/$PY" ;; esac  # a relative path (.venv/bin/python) must survive the cd into the tree
+[ -f "$SDIST" ] || { echo "error: sdist $SDIST not found (prepare_gpu_infer_carry.sh). Pass its path as the first argument, or run python -m installer apply once (it downloads it there)." >&2; exit 2; }
 mkdir -p .gpu_infer/whl
 cp "$SDIST" .gpu_infer/
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
