@@ -38,7 +38,9 @@ TRAINER_OVERHEAD_KEEP_UNSHARDED=1 (trainer side): FSDP2 with reshard_after_forwa
 re-gather of every block in backward costs on one rank; it changes no value, it keeps ~4 GiB more on the 2B net).
 TRAINER_OVERHEAD_ONE_UNIT=1 (trainer side, one rank): the DiT's per-block FSDP2 units left out, the pipeline's root
 unit alone (an experiment: what the per-block hooks cost on one rank, BENCHMARKS 3h; gradients equal to fp32
-rounding, ~7 GiB more on the 2B net). Both were product switches once (commit dfac936 for the second).
+rounding, ~7 GiB more on the 2B net). Both were product switches once (commit dfac936 for the second). Both set
+COSMOS_FSDP_ONE_DEVICE=1: one process trains the plain module otherwise (portable/fsdp_policy.py); set it yourself
+to probe the FSDP2 path of a multi-device run on one process.
 
 Prints one JSON line per side (bench=trainer_overhead, side=trainer|bare) for the steady step (the second-last
 of --iters), and a table. On CPU it takes 1-2 minutes.
@@ -403,6 +405,8 @@ def run_trainer(args, extra: list[str]) -> dict:
                     "PYTHONPATH": os.pathsep.join([os.getcwd(), HERE, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
         if not args.full:
             env.setdefault("COSMOS_CPU_DTYPE", "bf16")  # the bare step's dtype
+        if "1" in (env.get(ENV_KEEP), env.get(ENV_ONE_UNIT)):
+            env["COSMOS_FSDP_ONE_DEVICE"] = "1"  # both are FSDP2 experiments: one process is plain otherwise
         overrides = [f"trainer.max_iter={args.iters}", "checkpoint.save_iter=100000"]
         if args.blocks:
             overrides.append(f"model.config.pipe_config.net.num_blocks={args.blocks}")

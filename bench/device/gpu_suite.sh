@@ -227,9 +227,9 @@ stage_t2i_fsdp_ab() {  # host ms per phase (--time): bare step, trainer from the
   ensure_site
   local o="--full --time --iters ${OVH_TIME_ITERS:-12}"
   (cd $TREE && runlog t2i_ab_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
-  (cd $TREE && runlog t2i_ab_fsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
-  (cd $TREE && runlog t2i_ab_nofsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args) model.config.fsdp_shard_size=0)
-  (cd $TREE && TRAINER_OVERHEAD_KEEP_UNSHARDED=1 runlog t2i_ab_keep python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+  (cd $TREE && COSMOS_FSDP_ONE_DEVICE=1 runlog t2i_ab_fsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+  (cd $TREE && runlog t2i_ab_nofsdp python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
+  (cd $TREE && COSMOS_FSDP_ONE_DEVICE=1 TRAINER_OVERHEAD_KEEP_UNSHARDED=1 runlog t2i_ab_keep python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
 }
 stage_t2i_gc_ab() {  # Python's GC policy (portable/gc_policy.py) off and on: bare step and train.sh from the cache
   ensure_site
@@ -303,31 +303,38 @@ stage_t2i_cb_overhead() {  # host ms per phase (--time), compiled blocks on both
 stage_t2i_fsdp_bare() { ensure_site; t2i_bare_run t2i_fsdp_bare --variants ${FSDP_VARIANTS:-ours_cb,ours_cb_fsdp,ours_cb_fsdproot} --gc-every 50; }
 # t2i_units_overhead: host ms per phase (trainer_overhead.py --time, compiled blocks) of the trainer from the cache
 # with upstream's per-block FSDP2 units, with one unit for the whole DiT (TRAINER_OVERHEAD_ONE_UNIT=1) and without
-# FSDP (upstream's model.config.fsdp_shard_size=0), UNITS_REPS alternating rounds, and the bare step's
+# FSDP (the default on one process since portable/fsdp_policy.py; the other two set COSMOS_FSDP_ONE_DEVICE=1), UNITS_REPS alternating rounds, and the bare step's
 # (BENCHMARKS 3h: train.sh showed no gain from one unit, one run each).
 stage_t2i_units_overhead() {
   ensure_site
   local o="--full --time --iters ${OVH_TIME_ITERS:-10}" r
   (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_bare python3 $REPO/bench/trainer_overhead.py $o --side bare)
   for r in $(seq 1 ${UNITS_REPS:-1}); do
-    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_blocks_$r \
+    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 COSMOS_FSDP_ONE_DEVICE=1 runlog t2i_units_ovh_blocks_$r \
       python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
-    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 TRAINER_OVERHEAD_ONE_UNIT=1 runlog t2i_units_ovh_root_$r \
+    (cd $TREE && COSMOS_COMPILE_BLOCKS=1 COSMOS_FSDP_ONE_DEVICE=1 TRAINER_OVERHEAD_ONE_UNIT=1 runlog t2i_units_ovh_root_$r \
       python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
     (cd $TREE && COSMOS_COMPILE_BLOCKS=1 runlog t2i_units_ovh_nofsdp_$r \
-      python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args) model.config.fsdp_shard_size=0)
+      python3 $REPO/bench/trainer_overhead.py $o --side trainer -- $(t2i_cache_args))
   done
 }
-# t2i_fsdp_e2e: train.sh from the latent cache as configured (FSDP2, per-block units) and without FSDP
-# (model.config.fsdp_shard_size=0; one GPU: nothing to shard), FSDP_REPS alternating rounds, with the bare step.
+# t2i_fsdp_e2e: train.sh from the latent cache in FSDP2 on the one-device mesh (COSMOS_FSDP_ONE_DEVICE=1, per-block
+# units, as upstream) and as the plain module (the default on one process, portable/fsdp_policy.py), FSDP_REPS
+# alternating rounds, with the bare step.
 stage_t2i_fsdp_e2e() {
   ensure_site
   local r
   for r in $(seq 1 ${FSDP_REPS:-2}); do
     t2i_bare_run fsdp_bare_$r --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
-    COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_on_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
-    COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_off_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) model.config.fsdp_shard_size=0
+    COSMOS_FSDP_ONE_DEVICE=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_on_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    COSMOS_STEP_TIMING_EVERY=10 train_e2e fsdp_t2i_off_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
   done
+}
+# t2i_plain_fused: train.sh from the latent cache (plain module on one GPU) with the fused AdamW kernel
+# (COSMOS_FUSED_ADAM=1)
+stage_t2i_plain_fused() {
+  ensure_site
+  COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e fused_t2i_plain 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
 }
 stage_e2e_t2i_before() {
   ensure_site

@@ -1,6 +1,7 @@
 """Per-step host work of the trainer (bench/trainer_overhead.py through the real trainer, tiny Text2Image on CPU).
 
-One trainer run (5 steps, COSMOS_STEP_TIMING_EVERY=2: StepTimingCallback times every 2nd step) under the probe's counting dispatch mode:
+One trainer run (5 steps, COSMOS_STEP_TIMING_EVERY=2: StepTimingCallback times every 2nd step, FSDP2 on the one
+process as on several: COSMOS_FSDP_ONE_DEVICE=1) under the probe's counting dispatch mode:
 - patch low-precision-callback-skips-written-back-masters: LowPrecisionCallback dispatches nothing after the step
   (it used to copy every fp32 master into its bf16 parameter, which FusedAdam's step had just done);
 - patch dtensor-ema-update-local-shards + portable/shards.py: the EMA update and FusedAdam reach the local shards
@@ -27,6 +28,8 @@ PROBE = REPO / "bench" / "trainer_overhead.py"
 
 
 def _probe(smoke_tree, **env) -> dict:
+    # COSMOS_FSDP_ONE_DEVICE=1 (unless given): the FSDP2 path of a multi-device run, on one process
+    env = {"COSMOS_FSDP_ONE_DEVICE": "1", **env}
     proc = subprocess.run(
         [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port())],
         cwd=smoke_tree, env=cpu_env(smoke_tree, COSMOS_STEP_TIMING_EVERY="2", **env), capture_output=True, text=True,
@@ -105,6 +108,18 @@ def test_one_unit_experiment_drops_the_per_block_fsdp_hooks(smoke_tree, probe_ru
     for phase in ("forward", "backward"):
         assert one["steady"]["phases"][phase]["ops"] < probe_run["steady"]["phases"][phase]["ops"], phase
     assert one["losses"] == pytest.approx(probe_run["losses"], rel=2e-2)
+
+
+def test_one_process_default_runs_no_fsdp2_or_dtensor_ops(probe_run, smoke_tree):
+    """One process trains the plain module by default (portable/fsdp_policy.py, BENCHMARKS 3i): no DTensor op in
+    any phase, fewer ops in forward and backward than the FSDP2-wrapped run (probe_run), the same losses."""
+    plain = _probe(smoke_tree, COSMOS_FSDP_ONE_DEVICE="0")
+    for phase, counts in plain["steady"]["phases"].items():
+        assert counts.get("dtensor_ops", 0) == 0, (phase, counts)
+    for phase in ("forward", "backward"):
+        assert plain["steady"]["phases"][phase]["ops"] < probe_run["steady"]["phases"][phase]["ops"], phase
+    assert probe_run["steady"]["phases"]["backward"].get("dtensor_ops", 0) > 0  # the wrapped run is FSDP2
+    assert plain["losses"] == pytest.approx(probe_run["losses"], rel=2e-2)
 
 
 def test_local_shard_is_the_storage_to_local_views(smoke_tree, tmp_path):
