@@ -237,7 +237,8 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     check_checkpoints(a.EXP, exp, tree, ov)
 
     kind, count, note = detect_device(tree, a.dry_run)
-    check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FUSED_ADAM"), environ)  # the device layer's parser, before torchrun starts
+    # the device layer's parser, before torchrun starts
+    check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FUSED_ADAM", "COSMOS_FSDP_ONE_DEVICE"), environ)
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"
