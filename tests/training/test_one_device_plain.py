@@ -81,3 +81,32 @@ def test_one_process_is_plain_and_checkpoints_cross_device_counts(smoke_tree, on
     r1 = _losses(rows_1)
     assert sorted(r1) == [5] and rows_1[0]["world_size"] == 1, rows_1
     assert r1[5] == pytest.approx(u[5], rel=2e-2), (u, r1)
+
+
+def _by_index(state: dict) -> dict:
+    """The same optimizer state in upstream's plain format (`optimizer.state_dict()`: parameter indices)."""
+    index, groups = {}, []
+    for g in state["param_groups"]:
+        for name in g["params"]:
+            index[name] = len(index)
+        groups.append({**g, "params": [index[n] for n in g["params"]]})
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
+
+
+def test_plain_run_resumes_an_index_keyed_optimizer_file(smoke_tree, one_video_dataset, tmp_path):
+    """Upstream saved `optimizer.state_dict()` (parameter indices) where it saw no FSDP: the plain path still loads
+    that format. The one-process run's own iteration-2 file, rewritten by index, resumes to the same iteration 3 and
+    4 as the file by name (the same state, two formats)."""
+    first, _ = train(smoke_tree, EXP, tmp_path / "first", [*_common(one_video_dataset), "trainer.max_iter=2"])
+    assert first.returncode == 0, tail(first)
+    shutil.copytree(tmp_path / "first", tmp_path / "first_by_index")
+    path = _optim_file(tmp_path / "first_by_index", 2)
+    torch.save(_by_index(torch.load(path, map_location="cpu", weights_only=False)), path)
+    rows = {}
+    for src in ("first", "first_by_index"):
+        run, rows[src] = _resume(tmp_path / src, tmp_path / f"{src}-resumed", smoke_tree, one_video_dataset, 1, 2, 4)
+        assert run.returncode == 0, tail(run)
+        assert "Loading the optimizer" in run.stdout + run.stderr, tail(run)
+    by_name, by_index = _losses(rows["first"]), _losses(rows["first_by_index"])
+    assert sorted(by_name) == sorted(by_index) == [3, 4], (by_name, by_index)
+    assert by_index == pytest.approx(by_name, rel=1e-6), (by_name, by_index)
