@@ -306,7 +306,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     step_s = statistics.median(times)
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12
-    row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, step_s=step_s,
+    fused_adam = None if opt is None else bool(opt.fused if opt.fused is not None else opt._fused_env and dev.type == "cuda")
+    row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, fused_adam=fused_adam, step_s=step_s,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
                model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,
                peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,

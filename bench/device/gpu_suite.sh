@@ -336,6 +336,28 @@ stage_t2i_plain_fused() {
   ensure_site
   COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e fused_t2i_plain 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
 }
+# t2i_fused_bare: the bare step (compiled blocks) with FusedAdam's foreach update and with torch's fused AdamW kernel
+# (COSMOS_FUSED_ADAM=1), one process each. t2i_fused_e2e: train.sh from the latent cache, plain module, both ways, and
+# with GradClip's host read taken out (force_finite=False: the clip without upstream's nan_to_num, to price that read).
+stage_t2i_fused_bare() {
+  ensure_site
+  COSMOS_FUSED_ADAM=0 t2i_bare_run t2i_bare_foreach --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+  COSMOS_FUSED_ADAM=1 t2i_bare_run t2i_bare_fused --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+}
+stage_t2i_fused_e2e() {
+  ensure_site
+  local v
+  for v in ${FUSED_E2E_RUNS:-fused foreach fused_noread}; do
+    case $v in
+      fused) COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_fused 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_fused ;;
+      foreach) COSMOS_FUSED_ADAM=0 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_foreach 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_foreach ;;
+      fused_noread) COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_fused_noread 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) trainer.callbacks.grad_clip.force_finite=False; breakdown t2i_plain_fused_noread ;;
+    esac
+  done
+}
+stage_t2i_fused_profile() {  # t2i_cb_profile with the fused AdamW kernel
+  COSMOS_FUSED_ADAM=1 stage_t2i_cb_profile
+}
 stage_e2e_t2i_before() {
   ensure_site
   command -v patch >/dev/null || { log "error: no patch(1) on this machine (stage e2e_t2i_before)"; return 1; }
