@@ -256,12 +256,26 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     if fsdp:
         net = wrap_fsdp(net, dev, fsdp)
     mode = "fwd" if args.fwd else ("fwd+bwd+opt" if args.optimizer else "fwd+bwd")
+    if args.trainer_work and args.optimizer and not args.fwd:
+        mode += "+clip+ema"
     opt = None
     if args.optimizer and not args.fwd:
         from cosmos_predict2.portable.optim import FusedAdam
 
         opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
                         betas=(0.9, 0.99), eps=1e-8, master_weights=True, capturable=True)
+    clip_ema = None
+    if args.trainer_work and opt is not None:
+        # The trainer's own per-step work on the same net, with the tree's code: GradClip (clip_grad_norm_local, max
+        # norm 1, upstream's nan_to_num guard) before the step, the EMA update (FastEmaModelUpdater, fp32 EMA) after
+        # (on a CUDA side stream with COSMOS_EMA_OVERLAP=1, patch 0049).
+        from cosmos_predict2.portable.shards import clip_grad_norm_local
+        from cosmos_predict2.portable import ema_overlap
+        from imaginaire.utils.ema import FastEmaModelUpdater
+
+        ema_params = [p.detach().float().clone() for p in net.parameters()]
+        ema_net = argparse.Namespace(parameters=lambda: iter(ema_params))
+        clip_ema = (clip_grad_norm_local, FastEmaModelUpdater(), ema_net, ema_overlap)
 
     def step():
         if args.fwd:
@@ -270,9 +284,15 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         net.zero_grad(set_to_none=True)
         out = net(x, **kw)
         loss = (out.float() - target.float()).pow(2).mean()
+        if clip_ema is not None:
+            clip_ema[3].wait()  # as the model's training_step: the last EMA update before backward and step
         loss.backward()
+        if clip_ema is not None:
+            clip_ema[0]([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
         if opt is not None:
             opt.step()
+        if clip_ema is not None:
+            clip_ema[1].update_average(net, clip_ema[2], beta=0.9999)
         return loss.detach()
 
     if dev.type == "cuda":
@@ -315,7 +335,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     emit(**row)
     if args.profile:
         profile_step(step, dev, res, variant, step_s)
-    del net, x, kw, target, opt
+    del net, x, kw, target, opt, clip_ema
     gc.collect()
 
 
@@ -383,6 +403,10 @@ def main(argv=None) -> int:
                     help="Video2World 2B (default) or Text2Image 2B on one 768x1360 image")
     ap.add_argument("--optimizer", action="store_true",
                     help="add the experiments' optimizer step (FusedAdam, fp32 master weights) to each timed step")
+    ap.add_argument("--trainer-work", action="store_true",
+                    help="with --optimizer: add the trainer's intrinsic per-step work, GradClip before the step and "
+                         "the EMA update after it (the tree's own code), to split train.sh's excess into that work "
+                         "and the rest")
     ap.add_argument("--gc-every", type=int, default=0,
                     help="train.sh's garbage-collection policy: automatic GC off, a full collection every N steps "
                          "(0: Python's automatic GC, as a plain script runs)")

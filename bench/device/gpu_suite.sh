@@ -337,19 +337,24 @@ stage_t2i_plain_fused() {
   COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e fused_t2i_plain 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
 }
 # t2i_fused_bare: the bare step (compiled blocks) with FusedAdam's foreach update and with torch's fused AdamW kernel
-# (COSMOS_FUSED_ADAM=1), one process each. t2i_fused_e2e: train.sh from the latent cache, plain module, both ways, and
+# (COSMOS_FUSED_ADAM=1), then fused with GradClip and the EMA update (--trainer-work), one process each. t2i_fused_e2e: train.sh from the latent cache, plain module, both ways, and
 # with GradClip's host read taken out (force_finite=False: the clip without upstream's nan_to_num, to price that read).
 stage_t2i_fused_bare() {
   ensure_site
-  COSMOS_FUSED_ADAM=0 t2i_bare_run t2i_bare_foreach --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+  [ -n "${SKIP_FOREACH_BARE:-}" ] || COSMOS_FUSED_ADAM=0 t2i_bare_run t2i_bare_foreach --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
   COSMOS_FUSED_ADAM=1 t2i_bare_run t2i_bare_fused --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+  # + the trainer's intrinsic work (GradClip, EMA update): splits train.sh's excess into that work and the rest
+  COSMOS_FUSED_ADAM=1 COSMOS_EMA_OVERLAP=1 t2i_bare_run t2i_bare_fused_work --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
+  COSMOS_FUSED_ADAM=1 COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_fused_work_inline --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
 }
 stage_t2i_fused_e2e() {
   ensure_site
   local v
   for v in ${FUSED_E2E_RUNS:-fused foreach fused_noread}; do
     case $v in
-      fused) COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_fused 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_fused ;;
+      fused|fused[0-9]) COSMOS_FUSED_ADAM=1 COSMOS_EMA_OVERLAP=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_$v ;;
+      # fused: the EMA update on patch 0049's side stream (COSMOS_EMA_OVERLAP=1); fused_inline: in line (the default)
+      fused_inline*) COSMOS_FUSED_ADAM=1 COSMOS_EMA_OVERLAP=0 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_$v ;;
       foreach) COSMOS_FUSED_ADAM=0 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_foreach 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_plain_foreach ;;
       fused_noread) COSMOS_FUSED_ADAM=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_plain_fused_noread 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) trainer.callbacks.grad_clip.force_finite=False; breakdown t2i_plain_fused_noread ;;
     esac

@@ -238,7 +238,8 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
 
     kind, count, note = detect_device(tree, a.dry_run)
     # the device layer's parser, before torchrun starts
-    check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FUSED_ADAM", "COSMOS_FSDP_ONE_DEVICE"), environ)
+    check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FUSED_ADAM", "COSMOS_FSDP_ONE_DEVICE",
+                          "COSMOS_EMA_OVERLAP"), environ)
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PORTABLE_DIR = ROOT / "overlay" / "cosmos_predict2" / "portable"
 DOUBLES_DIR = ROOT / "tests" / "doubles"
 PKG_NAME = "cosmos_portable_under_test"
-SUBMODULES = ("device", "precision", "attention", "flash_cute", "rope", "rmsnorm", "te_compat", "optim", "sac", "adaln")
+SUBMODULES = ("device", "precision", "attention", "flash_cute", "rope", "rmsnorm", "te_compat", "optim", "sac", "adaln", "ema_overlap")
 
 
 def unload(name: str) -> None:

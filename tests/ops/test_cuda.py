@@ -154,6 +154,44 @@ def test_cuda_fused_kernel_matches_foreach(cuda_portable):
     assert (out[True][0] - w0[0]).abs().max() > 1e-3
 
 
+def test_cuda_ema_update_overlapped(cuda_portable):
+    """The EMA update on a side stream (portable/ema_overlap.py, patch 0049): the same values as in line
+    (COSMOS_EMA_OVERLAP=0), and it really runs behind the current stream until wait(): a write to the parameters
+    queued after wait() is not seen by a stalled update, one queued without the wait is (the wait is what keeps it
+    correct)."""
+    eo = cuda_portable.ema_overlap
+    n, beta = 1 << 20, 0.999
+    ema0 = [torch.randn(n, device=DEV) for _ in range(3)]
+    src0 = [torch.randn(n, device=DEV).bfloat16() for _ in range(3)]
+
+    def update(stall):
+        ema, src = [e.clone() for e in ema0], [x.clone() for x in src0]
+        with eo.side_stream(ema[0].device):
+            if stall:
+                torch.cuda._sleep(200_000_000)  # ~0.1 s of device time on the side stream before the update
+            torch._foreach_mul_(ema, beta)
+            torch._foreach_add_(ema, src, alpha=1.0 - beta)
+        return ema, src
+
+    with _env("COSMOS_EMA_OVERLAP", "0"):
+        inline, _ = update(False)
+        assert eo.pending() == 0
+    ref = [e.double() * beta + x.double() * (1 - beta) for e, x in zip(ema0, src0)]
+    assert all(torch.allclose(a.double(), r, atol=1e-6) for a, r in zip(inline, ref))
+    with _env("COSMOS_EMA_OVERLAP", "1"):
+        ema, src = update(True)
+        assert eo.pending() == 1
+        eo.wait()
+        torch._foreach_add_(src, 1.0)  # the optimizer's write, after the wait
+        torch.cuda.synchronize()
+        assert eo.pending() == 0 and all(torch.equal(a, b) for a, b in zip(ema, inline))
+        ema, src = update(True)
+        torch._foreach_add_(src, 1.0)  # the same write without the wait races ahead of the stalled update
+        torch.cuda.synchronize()
+        eo.wait()
+        assert not torch.equal(ema[0], inline[0])
+
+
 def test_cuda_adaln_chains_compiled(cuda_portable):
     """adaLN modulation and gated residual (patch 0035): one compiled kernel each, forward and backward within bf16
     rounding of a float64 reference, and no worse than the eager bf16 chain."""

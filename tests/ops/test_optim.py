@@ -256,9 +256,13 @@ def test_fused_kernel_matches_the_foreach_update(portable, adam_w_mode):
 
 
 def test_fused_follows_cosmos_fused_adam_on_cuda_only(portable, monkeypatch):
-    """fused=None reads COSMOS_FUSED_ADAM (the device layer's boolean parser) and applies it on CUDA only: on CPU
-    the foreach path runs whatever the variable says; a bad value is a one-line error."""
+    """fused=None reads COSMOS_FUSED_ADAM (the device layer's boolean parser; unset means on) and applies it on CUDA
+    only: on CPU the foreach path runs whatever the variable says; a bad value is a one-line error."""
     ps = make_params()
+    monkeypatch.delenv("COSMOS_FUSED_ADAM", raising=False)
+    assert portable.optim.FusedAdam(ps, lr=1e-2)._fused_env is True  # the default on CUDA
+    monkeypatch.setenv("COSMOS_FUSED_ADAM", "0")
+    assert portable.optim.FusedAdam(ps, lr=1e-2)._fused_env is False
     monkeypatch.setenv("COSMOS_FUSED_ADAM", "1")
     opt = portable.optim.FusedAdam(ps, lr=1e-2)
     calls = []

@@ -11,7 +11,9 @@ when first needed):
 - optim:      FusedAdam (AdamW with fp32 master weights, DTensor/FSDP2 aware).
 - sac:        is_attention_op() for selective activation checkpointing policies (op names from attention's registry).
 - autoload:   one-line diagnosis when `import torch` fails inside torch_npu's autoload (standard library only).
+- ema_overlap: the one-device EMA update on a CUDA side stream, waited for before the next parameter write.
+The other modules (adaln, block_compile, fsdp_policy, shards, step_timing, ...) are listed in README's overlay table.
 Only torch and the standard library are imported (torch_npu only inside a try).
 """
 
-__all__ = ["device", "precision", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac", "autoload"]
+__all__ = ["device", "precision", "attention", "rope", "rmsnorm", "te_compat", "optim", "sac", "autoload", "ema_overlap"]
