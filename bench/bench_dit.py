@@ -274,8 +274,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         from imaginaire.utils.ema import FastEmaModelUpdater
 
         ema_params = [p.detach().float().clone() for p in net.parameters()]
-        ema_net = argparse.Namespace(parameters=lambda: iter(ema_params))
-        clip_ema = (clip_grad_norm_local, FastEmaModelUpdater(), ema_net, ema_overlap)
+        clip_ema = argparse.Namespace(clip=clip_grad_norm_local, ema=FastEmaModelUpdater(), overlap=ema_overlap,
+                                      ema_net=argparse.Namespace(parameters=lambda: iter(ema_params)))
 
     def step():
         if args.fwd:
@@ -285,14 +285,14 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         out = net(x, **kw)
         loss = (out.float() - target.float()).pow(2).mean()
         if clip_ema is not None:
-            clip_ema[3].wait()  # as the model's training_step: the last EMA update before backward and step
+            clip_ema.overlap.wait()  # as the model's training_step: the last EMA update before backward and step
         loss.backward()
         if clip_ema is not None:
-            clip_ema[0]([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
+            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
         if opt is not None:
             opt.step()
         if clip_ema is not None:
-            clip_ema[1].update_average(net, clip_ema[2], beta=0.9999)
+            clip_ema.ema.update_average(net, clip_ema.ema_net, beta=0.9999)
         return loss.detach()
 
     if dev.type == "cuda":
@@ -326,7 +326,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     step_s = statistics.median(times)
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12
-    fused_adam = None if opt is None else bool(opt.fused if opt.fused is not None else opt._fused_env and dev.type == "cuda")
+    fused_adam = None if opt is None else bool(opt.uses_fused_kernel(dev))
     row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, fused_adam=fused_adam, step_s=step_s,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
                model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,

@@ -14,9 +14,9 @@ side stream:
 Tensors touched on the side stream are parameters and EMA weights, which live for the whole run, and the update
 allocates nothing, so the caching allocator needs no record_stream.
 
-Off by default (upstream's in-line update): one round on an H200 did not separate the gain from run-to-run noise
-(train.sh 0.169 s against 0.167-0.183 s for in-line runs; the bare step with clip and EMA 0.172 against 0.168 s,
-BENCHMARKS.md 3j). Other devices (NPU, CPU) always update in line.
+Off by default (upstream's in-line update): two rounds on an H200 disagreed (train.sh 0.169 against 0.183 s in line,
+then 0.194 against 0.185 s; the bare step with clip and EMA 0.172 against 0.168 s, BENCHMARKS.md 3j). Other
+devices (NPU, CPU) always update in line.
 The result is the same arithmetic on the same values (tests/ops/test_cuda.py checks it and that the wait is needed).
 """
 
@@ -39,7 +39,7 @@ def enabled(dev: torch.device) -> bool:
 @contextlib.contextmanager
 def side_stream(dev: torch.device):
     """Run the block on `dev`'s side stream, ordered after the current stream's work so far (CUDA and
-    COSMOS_EMA_OVERLAP not 0); in line otherwise."""
+    COSMOS_EMA_OVERLAP=1); in line otherwise."""
     if not enabled(dev):
         yield
         return

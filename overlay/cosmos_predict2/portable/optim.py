@@ -103,6 +103,10 @@ class FusedAdam(torch.optim.Optimizer):
         parameters without a master (fp32, or no gradient yet) are paired with themselves."""
         return [{"params": [self._masters.get(p, local_shard(p)) for p in g["params"]]} for g in self.param_groups]
 
+    def uses_fused_kernel(self, dev: torch.device) -> bool:
+        """Whether step() runs torch's fused AdamW kernel for parameters on `dev` (see the module docstring)."""
+        return self.fused if self.fused is not None else (self._fused_env and dev.type == "cuda")
+
     def _master_for(self, p: torch.Tensor) -> torch.Tensor | None:
         local = local_shard(p)
         if not self.master_weights or local.dtype not in _LOW_PRECISION:
@@ -172,7 +176,7 @@ class FusedAdam(torch.optim.Optimizer):
             lst[-1].append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
         for dev, dev_buckets in buckets.items():
-            fused = self.fused if self.fused is not None else (self._fused_env and dev.type == "cuda")
+            fused = self.uses_fused_kernel(dev)
             for bucket in dev_buckets:
                 self._update(bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step if fused else None)
 
