@@ -103,6 +103,8 @@ print(json.dumps(dict(bench="e2e", name=name, exp=exp, nproc=int(nproc), rc=int(
       step_s_first=st[:3], step_s_all=st,
       loss_first=loss[:3], loss_last=loss[-3:], finite=all(l is not None and l == l and abs(l) != float("inf") for l in loss) and bool(loss),
       peak_mem_gib=max((r.get("peak_device_bytes") or r.get("peak_mem_bytes") or 0) for r in rows) / 2**30 if rows else None,
+      peak_reserved_gib=max((r.get("peak_mem_reserved_bytes") or 0) for r in rows) / 2**30 if rows else None,
+      alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), metrics_sync=os.environ.get("COSMOS_METRICS_SYNC"),
       peak_reserved_note="see log", last_row=rows[-1] if rows else None)))
 PY
   grep -h '^{' "$LOG" > "$RES"
@@ -362,6 +364,37 @@ stage_t2i_fused_e2e() {
 }
 stage_t2i_fused_profile() {  # t2i_cb_profile with the fused AdamW kernel
   COSMOS_FUSED_ADAM=1 stage_t2i_cb_profile
+}
+stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, without and with GradClip + EMA (in line)
+  ensure_site
+  t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+  COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_work --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
+}
+# t2i_async_e2e: train.sh from the latent cache with the step clock marking step ends by device events and no host
+# read at the step end (the default since patch 0050) and with COSMOS_METRICS_SYNC=1 (a synchronize at every step
+# end, as before), alternated in one call.
+stage_t2i_async_e2e() {
+  ensure_site
+  local v
+  for v in ${ASYNC_E2E_RUNS:-async sync async2 sync2}; do
+    case $v in
+      async*) COSMOS_METRICS_SYNC=0 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_$v ;;
+      sync*) COSMOS_METRICS_SYNC=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_$v ;;
+    esac
+  done
+}
+# v2w_alloc: 2B Video2World 720p CP=1, VAE on the fly, with train.sh's allocator default (expandable segments; this
+# script's own export taken away) and with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False: peak allocated and
+# reserved from metrics.jsonl
+stage_v2w_alloc() {
+  ensure_site
+  local v
+  for v in ${ALLOC_RUNS:-default plain}; do
+    case $v in
+      default) (unset PYTORCH_CUDA_ALLOC_CONF; COSMOS_STEP_TIMING_EVERY=1 train_e2e v2w_alloc_$v 1 $V2W ${E2E_ITERS:-8} model_parallel.context_parallel_size=1); breakdown v2w_alloc_$v ;;
+      plain) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False COSMOS_STEP_TIMING_EVERY=1 train_e2e v2w_alloc_$v 1 $V2W ${E2E_ITERS:-8} model_parallel.context_parallel_size=1; breakdown v2w_alloc_$v ;;
+    esac
+  done
 }
 stage_e2e_t2i_before() {
   ensure_site

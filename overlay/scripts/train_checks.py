@@ -283,6 +283,11 @@ def npu_env(environ: dict[str, str], hccl_if_ip: str | None) -> tuple[dict[str, 
     want = dict(NPU_ENV_DEFAULTS)
     if hccl_if_ip:
         want["HCCL_IF_IP"] = hccl_if_ip
+    return defaults_env(want, environ)
+
+
+def defaults_env(want: dict[str, str], environ: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The variables of `want` the user has not set, and a note for each one kept from the environment."""
     out, notes = {}, []
     for k, v in want.items():
         if k in environ:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints, check_data, check_job,
                           check_output_root, check_parallel, check_switches, detect_device, dtype_note, free_port, memory_check,
-                          npu_env, parse_overrides, port_in_use, usable_cpus)
-from train_experiments import (CONFIG_FILE, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
+                          defaults_env, npu_env, parse_overrides, port_in_use, usable_cpus)
+from train_experiments import (CONFIG_FILE, CUDA_ENV_DEFAULTS, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
                                GC_CALLBACK, K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(  # usage errors: one line, exit 2, as every other preflight failure
@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         "Each run writes $IMAGINAIRE_OUTPUT_ROOT (default <tree>/outputs)/<project>/<group>/<name>/logs/\n"
         "train-<UTC time>-<pid>.log (console copy), .metrics.jsonl (per iteration), .report.json (summary)\n"
         "and .report.png (loss and step-time curves); checkpoints go to <name>/checkpoints/.\n"
-        "On NPU it sets " + ", ".join(NPU_ENV_DEFAULTS) + " and HCCL_IF_IP, each only if unset.\n"
+        "On NPU it sets " + ", ".join(NPU_ENV_DEFAULTS) + " and HCCL_IF_IP, on CUDA "
+        + ", ".join(f"{k}={v}" for k, v in CUDA_ENV_DEFAULTS.items()) + ", each only if unset.\n"
         "Experiments:\n  " + "\n  ".join(EXPERIMENTS),
     )
     p.add_argument("--EXP", help="experiment name (see below)")
@@ -239,7 +240,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     kind, count, note = detect_device(tree, a.dry_run)
     # the device layer's parser, before torchrun starts
     check_switches(tree, ("COSMOS_COMPILE_BLOCKS", "COSMOS_FUSED_ADAM", "COSMOS_FSDP_ONE_DEVICE",
-                          "COSMOS_EMA_OVERLAP"), environ)
+                          "COSMOS_EMA_OVERLAP", "COSMOS_METRICS_SYNC"), environ)
     notes = [f"device {kind}" + (f" ({note})" if note else "")]
     if count is None and kind == "cpu":  # one process per core at most: more only time-slice the same cores
         count, kind_name = usable_cpus(), "CPU cores usable by this process"
@@ -252,7 +253,10 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     if kind == "npu":
         env, kept = npu_env(environ, a.hccl_if_ip.strip() if a.hccl_if_ip else None)
         notes += kept
-    elif a.hccl_if_ip:
+    elif kind == "cuda":
+        env, kept = defaults_env(dict(CUDA_ENV_DEFAULTS), environ)
+        notes += kept
+    if kind != "npu" and a.hccl_if_ip:
         notes.append(f"--hccl_if_ip ignored: device is {kind}, not npu")
     if a.cpu_dtype is not None:
         env["COSMOS_CPU_DTYPE"] = a.cpu_dtype

@@ -26,7 +26,8 @@ ALL_NPU = {*NPU_DEFAULTS, "HCCL_IF_IP"}
 
 
 def _clean_env(extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ALL_NPU and k not in ("COSMOS_DEVICE", "IMAGINAIRE_OUTPUT_ROOT")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ALL_NPU and k not in ("COSMOS_DEVICE", "IMAGINAIRE_OUTPUT_ROOT", "PYTORCH_CUDA_ALLOC_CONF")}
     env.update(extra)
     return env
 
@@ -140,3 +141,32 @@ def test_multi_node_command(skeleton_tree):
     assert not ALL_NPU & set(env)
     plan = open(os.path.join(skeleton_tree, "plan.sh")).read()
     assert "TRAIN_NODE_RANK=1" in plan.splitlines()
+
+
+CUDA_DEFAULTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+
+
+def test_cuda_sets_the_allocator_default_unless_set(skeleton_tree):
+    """On CUDA the allocator grows segments in place (reserved memory close to allocated, the way bench/ measured);
+    a user's own PYTORCH_CUDA_ALLOC_CONF is kept, with a note. Forced with COSMOS_DEVICE=cuda and --dry-run."""
+    args = [f"--EXP={SMOKE['v2w_2b']}", "--dry-run"]
+    base = _clean_env({"COSMOS_DEVICE": "cuda"})
+    r = run_train_sh(args, tree=skeleton_tree, env=base)
+    assert r.returncode == 0, r.stderr
+    assert printed_env(r.stdout)["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert not ALL_NPU & set(printed_env(r.stdout))
+    env = sourced_env(skeleton_tree, args, {"COSMOS_DEVICE": "cuda"})
+    assert env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    user = {**base, "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    r = run_train_sh(args, tree=skeleton_tree, env=user)
+    assert r.returncode == 0, r.stderr
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in printed_env(r.stdout)
+    assert "PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:512 kept from your environment" in r.stdout
+
+
+def test_cpu_and_npu_leave_the_cuda_allocator_alone(skeleton_tree):
+    for dev in ("cpu", "npu"):
+        r = run_train_sh([f"--EXP={SMOKE['v2w_2b']}", "--dry-run"], tree=skeleton_tree,
+                         env=_clean_env({"COSMOS_DEVICE": dev}))
+        assert r.returncode == 0, r.stderr
+        assert not set(CUDA_DEFAULTS) & set(printed_env(r.stdout)), dev

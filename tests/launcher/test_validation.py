@@ -267,7 +267,7 @@ def test_tree_without_device_layer_is_refused(skeleton_tree):
 
 @pytest.mark.parametrize("name,value", [("COSMOS_COMPILE_BLOCKS", "2"), ("COSMOS_COMPILE_BLOCKS", "maybe"),
                                         ("COSMOS_FUSED_ADAM", "yes please"), ("COSMOS_FSDP_ONE_DEVICE", "sometimes"),
-                                        ("COSMOS_EMA_OVERLAP", "later")])
+                                        ("COSMOS_EMA_OVERLAP", "later"), ("COSMOS_METRICS_SYNC", "always")])
 def test_bad_switch(skeleton_tree, name, value):
     """Read by the device layer's one boolean parser (env_flag) before torchrun starts."""
     line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}"], env={name: value})

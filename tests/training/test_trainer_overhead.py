@@ -27,13 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "bench" / "trainer_overhead.py"
 
 
-def _probe(smoke_tree, **env) -> dict:
+def _probe(smoke_tree, overrides=(), **env) -> dict:
     # COSMOS_FSDP_ONE_DEVICE=1 (unless given): the FSDP2 path of a multi-device run, on one process
-    env = {"COSMOS_FSDP_ONE_DEVICE": "1", **env}
+    env = {"COSMOS_FSDP_ONE_DEVICE": "1", "COSMOS_STEP_TIMING_EVERY": "2", **env}
     proc = subprocess.run(
-        [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port())],
-        cwd=smoke_tree, env=cpu_env(smoke_tree, COSMOS_STEP_TIMING_EVERY="2", **env), capture_output=True, text=True,
-        timeout=900)
+        [sys.executable, str(PROBE), "--side", "trainer", "--iters", "5", "--port", str(free_port()),
+         *(["--", *overrides] if overrides else [])],
+        cwd=smoke_tree, env=cpu_env(smoke_tree, **env), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     (row,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     return row
@@ -124,6 +124,22 @@ def test_one_process_default_is_the_plain_module(smoke_tree):
     assert all(c.get("dtensor_ops", 0) == 0 for c in ph.values()), ph
     assert ph["ema_zero"]["ops"] <= 8, _sources(plain, "ema_zero")
     assert plain["losses"] == pytest.approx(wrapped["losses"], rel=1e-4)
+
+
+def test_step_end_waits_for_nothing_on_untimed_steps(smoke_tree):
+    """Between logging iterations a step's only host read of a device value is GradClip's finite check: LossLog keeps
+    its finite check on the device (patch loss-log-no-host-read-per-step), the step clock marks the step's end
+    without a synchronize and TrainMetricsCallback reads the previous step's loss from its host copy
+    (portable/metrics.py; on a device that copy is pinned host memory, on this CPU run it is the one
+    `_local_scalar_dense` left at the step end). Step 2 of 5: breakdown on steps 0 and 4, logging every 100 steps,
+    IterSpeed's first-steps logging off. fp32, so it runs on every CPU class."""
+    row = _probe(smoke_tree, ("trainer.logging_iter=100", "trainer.callbacks.iter_speed.hit_thres=0"),
+                 COSMOS_FSDP_ONE_DEVICE="0", COSMOS_CPU_DTYPE="fp32", COSMOS_STEP_TIMING_EVERY="4")
+    # the sampler's indices at an epoch boundary (2 images: step 2 starts one) are a CPU tensor in a device run too
+    sites = sorted((s["phase"], s["what"], s["source"], s["n"]) for s in row["per_step_syncs"]["2"]
+                   if s["source"] != "cosmos_predict2/data/loader.py:__iter__")
+    assert sites == [("optimizer", "_local_scalar_dense", "callback GradClip.on_before_optimizer_step", 1),
+                     ("step_end", "_local_scalar_dense", "callback TrainMetricsCallback.on_training_step_end", 1)], sites
 
 
 def test_local_shard_is_the_storage_to_local_views(smoke_tree, tmp_path):

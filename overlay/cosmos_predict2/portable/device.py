@@ -273,6 +273,21 @@ def stream(s):
     return _accel().stream(s)
 
 
+def timing_event():
+    """A device event that records a timestamp on the current stream when `.record()`ed, or None on CPU (or an
+    accelerator module without timing events): callers then take host stamps after `synchronize()`, which is exact
+    on CPU, where work is synchronous."""
+    if DEVICE_TYPE == "cpu":
+        return None
+    make = getattr(_accel(), "Event", None)
+    if make is None:
+        return None
+    try:
+        return make(enable_timing=True)
+    except (TypeError, RuntimeError):  # an Event without timing support
+        return None
+
+
 def wait_stream(s) -> None:
     """Make the current stream wait for the work queued on `s`; a no-op for None or on CPU."""
     if s is None or DEVICE_TYPE == "cpu":

@@ -7,12 +7,15 @@ Register in an experiment (or on the command line, as train.sh does):
 Rank 0 appends to `path` (constructor), else $COSMOS_TRAIN_METRICS, else `<job.path_local>/metrics.jsonl`:
     {"iteration", "time", "step_time_s", "loss", "loss_rank0", "samples_per_step", "local_batch",
      "grad_accum", "world_size", "dp_size", "cp_size", "device",
-     "peak_mem_bytes", "peak_mem_bytes_per_rank", "max_rss_bytes", "max_rss_bytes_per_rank"}
-`step_time_s` is wall time from the previous step's end (or from training start) to this step's end, after one
-device synchronize, so it covers data loading, forward, backward, optimizer and any checkpoint save of that step.
-The ends come from `step_clock`, the one clock of the run: upstream's IterSpeed (patched) reads the same stamps, so
-the log's per-iteration times and the report's are one definition. Loss and memory are gathered from every rank
-with one small all_gather per logged step (all ranks call this hook).
+     "peak_mem_bytes", "peak_mem_bytes_per_rank", "peak_mem_reserved_bytes", "max_rss_bytes",
+     "max_rss_bytes_per_rank"}
+`step_time_s` is wall time from the previous step's end (or from training start) to this step's end, as the device
+saw it (a timing event at each step end; a host stamp on CPU), so it covers data loading, forward, backward,
+optimizer, any checkpoint save of that step and any time the device waited for the host. The ends come from
+`step_clock`, the one clock of the run: upstream's IterSpeed (patched) reads the same stamps, so the log's
+per-iteration times and the report's are one definition. A step's line is written at the end of the next logged
+step (the last at the end of training), so that no step end waits for the device. Loss and memory are gathered
+from every rank with one small all_gather per logged step (all ranks call this hook).
 """
 
 from __future__ import annotations
@@ -55,42 +58,98 @@ def _sync() -> None:
         _device.synchronize()
 
 
-def _peak_device_bytes() -> int:
+def _peak_device_bytes(key: str = "peak") -> int:
     # not memory_stats()["peak"]: DeviceMonitor resets that counter at its own logs
-    return int(_device.peak_memory_since_start()["peak"]) if _device is not None else 0
+    return int(_device.peak_memory_since_start()[key]) if _device is not None else 0
+
+
+ENV_SYNC = "COSMOS_METRICS_SYNC"
+_START = "start"  # the key of the clock's start stamp
+_KEEP_MARKS = 16  # marks kept for late readers (a callback reads one step late; IterSpeed at once)
+
+
+def _event():
+    return _device.timing_event() if _device is not None else None
 
 
 class StepClock:
-    """The end time of each training step, stamped once by whichever callback asks first in that step.
+    """The end time of each training step, one definition for every callback that times steps.
 
-    The first `step_end(iteration)` of an iteration synchronizes the device and records perf_counter(); later calls
-    for the same iteration get the same stamp. So every callback that times steps (IterSpeed, TrainMetricsCallback)
-    sees the same interval, whatever their order, and the work done after the stamp (other callbacks, logging,
-    gathers) is billed to the next step: step times add up to the wall time of training.
+    `mark(iteration)` records the step's end without waiting for the device: on CUDA/NPU a timing event on the
+    current stream (its time is when the device reaches it, so the step's device work and any idle time are in
+    it), on CPU a host stamp (work there is synchronous). `stamp(iteration)` waits for that mark and returns its
+    time in perf_counter seconds; TrainMetricsCallback asks one step late, when the device is already past it.
+    `step_end(iteration)` is mark and stamp at once (IterSpeed, which logs at once, every N steps). The first mark of
+    an iteration counts, whoever takes it, so every callback sees the same interval, and the intervals add up to the
+    wall time of training (work done after a mark is billed to the next step).
+
+    The clock used to synchronize the device at every step end: the device then ran dry while the host did the
+    step-end callbacks, the next batch, its conditioning and the first launches of the next forward, all of which
+    the host otherwise does while the device still runs the step. COSMOS_METRICS_SYNC=1 brings that back (a
+    synchronize and a host stamp at every mark), to compare or to time the host's view of each step.
     """
 
     def __init__(self) -> None:
-        self._it: int | None = None
-        self._now: float | None = None
-        self._prev: float | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self._started = None  # the iteration the clock (re)started at
+        self._t0: float | None = None  # perf_counter at start, right after a synchronize
+        self._ev0 = None  # the device event recorded at start; None: marks are host stamps
+        self._marks: dict = {}  # key -> device event, or perf_counter seconds once known; oldest first
+        self._prev: dict = {}  # iteration -> the key marked before it (None: no start to measure from)
+        self._last = None
+        self._sync_marks = False
 
     def start(self, iteration: int = 0) -> float:
-        """Training (re)starts after `iteration`: the stamp the first step is measured from (shared, like ends)."""
-        if self._it != iteration or self._now is None:
+        """Training (re)starts after `iteration`: the stamp the first step is measured from (shared, like marks)."""
+        if self._started != iteration or self._t0 is None:
+            self._clear()
             _sync()
-            self._it, self._now, self._prev = iteration, time.perf_counter(), None
-        return self._now
+            self._started, self._t0, self._last = iteration, time.perf_counter(), _START
+            self._marks[_START] = self._t0
+            self._sync_marks = _device is not None and _device.env_flag(ENV_SYNC, default=False)
+            self._ev0 = None if self._sync_marks else _event()
+            if self._ev0 is not None:
+                self._ev0.record()
+        return self._t0
+
+    def mark(self, iteration: int) -> None:
+        """Record the end of `iteration` (once; later calls for it do nothing). Does not wait for the device."""
+        if iteration in self._marks:
+            return
+        if self._ev0 is not None:
+            ev = _event()
+            ev.record()
+        else:
+            if self._sync_marks or _device_kind() != "cpu":  # on CPU the work is done: nothing to wait for
+                _sync()
+            ev = time.perf_counter()
+        self._marks[iteration], self._prev[iteration], self._last = ev, self._last, iteration
+        while len(self._marks) > _KEEP_MARKS:
+            old = next(iter(self._marks))
+            del self._marks[old]
+            self._prev.pop(old, None)
+
+    def stamp(self, key) -> float:
+        """perf_counter seconds of a mark (waits until the device reached it); nan for a key no longer kept."""
+        v = self._marks.get(key)
+        if v is None:
+            return float("nan")
+        if not isinstance(v, float):
+            v.synchronize()
+            v = self._marks[key] = self._t0 + self._ev0.elapsed_time(v) / 1e3
+        return v
 
     def step_end(self, iteration: int) -> float:
-        if self._it != iteration or self._now is None:
-            _sync()
-            self._prev, self._it, self._now = self._now, iteration, time.perf_counter()
-        return self._now
+        self.mark(iteration)
+        return self.stamp(iteration)
 
     def step_time(self, iteration: int) -> float:
-        """Seconds from the previous stamp (step end or training start) to this iteration's end; nan if none."""
+        """Seconds from the previous mark (a step end or training start) to this iteration's end; nan if none."""
         now = self.step_end(iteration)
-        return now - self._prev if self._prev is not None else float("nan")
+        prev = self._prev.get(iteration)
+        return now - self.stamp(prev) if prev is not None else float("nan")
 
 
 step_clock = StepClock()
@@ -127,13 +186,50 @@ def _parallel_sizes(config) -> tuple[int, int, int]:
     return world, max(world // cp, 1), cp
 
 
+class _Pending:
+    """What a metrics line needs, taken at the step's end without waiting for the device; written one step later."""
+
+    def __init__(self, iteration: int, loss, done, fields: dict) -> None:
+        self.iteration, self.loss, self.done, self.fields = iteration, loss, done, fields
+
+    def loss_value(self) -> float:
+        if self.done is not None:
+            self.done.synchronize()  # the host copy below was queued before this event
+        return float(self.loss.item()) if isinstance(self.loss, torch.Tensor) else float(self.loss)
+
+
+def _host_copy(loss):
+    """(host tensor, event or None): the loss on the host once the event is reached. On a device the copy is queued
+    behind the step into pinned memory; reading it after the event is a host read, not a device synchronization."""
+    if not isinstance(loss, torch.Tensor):
+        return float(loss), None
+    src = loss.detach().reshape(()).to(torch.float64)
+    if src.device.type == "cpu":
+        return src.clone(), None
+    buf = torch.empty((), dtype=torch.float64, pin_memory=True)
+    buf.copy_(src, non_blocking=True)
+    done = _event()
+    if done is None:  # no events: wait here (the old behaviour)
+        _sync()
+    else:
+        done.record()
+    return buf, done
+
+
 class TrainMetricsCallback(Callback):
+    """One line per `every_n`-th iteration. The line of iteration i is written at the end of the next logged
+    iteration (or at the end of training), when the device is past iteration i: the loss is copied to the host
+    and the step's end marked (StepClock) without waiting, so the device keeps working through the step end
+    while the host goes on to the next batch. With several ranks the loss and memory are all-gathered then (a
+    device collective: it waits for the device)."""
+
     def __init__(self, path: str | None = None, every_n: int = 1, gather: bool = True):
         super().__init__()
         self.path = path
         self.every_n = max(int(every_n), 1)
         self.gather = gather
-        self._last = None
+        self._last = None  # stamp of the previous written line (or training start)
+        self._pending: list[_Pending] = []
 
     def _resolve_path(self) -> str:
         if self.path:
@@ -143,6 +239,7 @@ class TrainMetricsCallback(Callback):
         return os.path.join(self.config.job.path_local, "metrics.jsonl")
 
     def on_train_start(self, model, iteration: int = 0) -> None:
+        self._pending = []
         self._last = step_clock.start(iteration)
 
     def _gather(self, loss: float, peak: int, rss: int) -> tuple[list[float], list[int], list[int]]:
@@ -161,38 +258,58 @@ class TrainMetricsCallback(Callback):
     def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
         if iteration % self.every_n:
             return
-        now = step_clock.step_end(iteration)  # synchronized once per step: the clock sees this step's device work
-        step_time = now - self._last if self._last is not None else float("nan")
-        loss_val = float(loss.detach().float().item()) if isinstance(loss, torch.Tensor) else float(loss)
-        losses, peaks, rsses = self._gather(loss_val, _peak_device_bytes(), _max_rss_bytes())
+        host_loss, done = _host_copy(loss)
+        step_clock.mark(iteration)
         world, dp, cp = _parallel_sizes(self.config)
         local_bs = _local_batch(self.config, data_batch)
         accum = int(getattr(self.config.trainer, "grad_accum_iter", 1) or 1)
-        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-        if rank == 0:
-            rec = {
-                "iteration": int(iteration),
-                "time": time.time(),
-                "step_time_s": step_time / self.every_n if self.every_n > 1 else step_time,
-                "loss": sum(losses) / len(losses),
-                "loss_rank0": loss_val,
-                "samples_per_step": local_bs * accum * dp,
-                "local_batch": local_bs,
-                "grad_accum": accum,
-                "world_size": world,
-                "dp_size": dp,
-                "cp_size": cp,
-                "device": _device_kind(),
-                "peak_mem_bytes": peaks[0],
-                "peak_mem_bytes_per_rank": peaks,
-                "max_rss_bytes": rsses[0],
-                "max_rss_bytes_per_rank": rsses,
-                **_step_phases(),
-            }
-            path = self._resolve_path()
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        # the next step is measured from `now`, so the gather and the write above are billed to it: the sum of
-        # step times stays the true wall time of training
+        fields = {
+            "samples_per_step": local_bs * accum * dp,
+            "local_batch": local_bs,
+            "grad_accum": accum,
+            "world_size": world,
+            "dp_size": dp,
+            "cp_size": cp,
+            "device": _device_kind(),
+            "peak": _peak_device_bytes(),  # the allocator's host-side counts: no device read
+            "peak_reserved": _peak_device_bytes("peak_reserved"),
+            "rss": _max_rss_bytes(),
+            "phases": _step_phases(),  # StepTimingCallback's fields of this step (a timed step synchronized)
+        }
+        self._pending.append(_Pending(int(iteration), host_loss, done, fields))
+        while len(self._pending) > 1:
+            self._write(self._pending.pop(0))
+
+    def on_train_end(self, model, iteration: int = 0) -> None:
+        while self._pending:
+            self._write(self._pending.pop(0))
+
+    def _write(self, p: _Pending) -> None:
+        now = step_clock.stamp(p.iteration)  # the device is past this step: usually no wait
+        step_time = now - self._last if self._last is not None else float("nan")
         self._last = now
+        loss_val = p.loss_value()
+        f = p.fields
+        losses, peaks, rsses = self._gather(loss_val, f["peak"], f["rss"])
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if rank != 0:
+            return
+        rec = {
+            "iteration": p.iteration,
+            "time": time.time() - (time.perf_counter() - now),  # wall time of the step's end
+            "step_time_s": step_time / self.every_n if self.every_n > 1 else step_time,
+            "loss": sum(losses) / len(losses),
+            "loss_rank0": loss_val,
+            **{k: f[k] for k in ("samples_per_step", "local_batch", "grad_accum", "world_size", "dp_size",
+                                 "cp_size", "device")},
+            "peak_mem_bytes": peaks[0],
+            "peak_mem_bytes_per_rank": peaks,
+            "peak_mem_reserved_bytes": f["peak_reserved"],  # rank 0's: what the allocator held from the card
+            "max_rss_bytes": rsses[0],
+            "max_rss_bytes_per_rank": rsses,
+            **f["phases"],
+        }
+        path = self._resolve_path()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
