@@ -122,9 +122,8 @@ NPU_ENV_DEFAULTS = {
     "HCCL_DETERMINISTIC": "false",
     "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
 }
-# The 2B Video2World 720p run at CP=1 peaks at 132 GiB allocated; the default allocator reserved 137.8 GiB for it
-# (of a 140 GiB H200). Growing segments in place keeps reserved close to allocated; bench/ measured every CUDA
-# figure of BENCHMARKS.md with it.
+# The allocator setting bench/ measured every CUDA figure of BENCHMARKS.md with (the 2B Video2World 720p run at CP=1:
+# 131.2 GiB allocated, 134.9 GiB reserved with it, 135.4 GiB without, of a 140 GiB H200; BENCHMARKS 3k).
 CUDA_ENV_DEFAULTS = {
     "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
 }
