@@ -206,7 +206,10 @@ def _host_copy(loss):
     src = loss.detach().reshape(()).to(torch.float64)
     if src.device.type == "cpu":
         return src.clone(), None
-    buf = torch.empty((), dtype=torch.float64, pin_memory=True)
+    try:
+        buf = torch.empty((), dtype=torch.float64, pin_memory=True)
+    except RuntimeError:  # no pinned memory for this device: a plain copy, which waits for the step
+        return src.cpu(), None
     buf.copy_(src, non_blocking=True)
     done = _event()
     if done is None:  # no events: wait here (the old behaviour)
