@@ -375,12 +375,11 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
 # end, as before), alternated in one call.
 stage_t2i_async_e2e() {
   ensure_site
-  local v
+  local v sync
   for v in ${ASYNC_E2E_RUNS:-async sync async2 sync2}; do
-    case $v in
-      async*) COSMOS_METRICS_SYNC=0 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_$v ;;
-      sync*) COSMOS_METRICS_SYNC=1 COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args); breakdown t2i_$v ;;
-    esac
+    case $v in async*) sync=0 ;; sync*) sync=1 ;; *) log "error: unknown run $v (async*|sync*)"; continue ;; esac
+    COSMOS_METRICS_SYNC=$sync COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
+    breakdown t2i_$v
   done
 }
 # v2w_alloc: 2B Video2World 720p CP=1, VAE on the fly, with train.sh's allocator default (expandable segments; this
@@ -390,10 +389,11 @@ stage_v2w_alloc() {
   ensure_site
   local v
   for v in ${ALLOC_RUNS:-default plain}; do
-    case $v in
-      default) (unset PYTORCH_CUDA_ALLOC_CONF; COSMOS_STEP_TIMING_EVERY=1 train_e2e v2w_alloc_$v 1 $V2W ${E2E_ITERS:-8} model_parallel.context_parallel_size=1); breakdown v2w_alloc_$v ;;
-      plain) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False COSMOS_STEP_TIMING_EVERY=1 train_e2e v2w_alloc_$v 1 $V2W ${E2E_ITERS:-8} model_parallel.context_parallel_size=1; breakdown v2w_alloc_$v ;;
-    esac
+    case $v in default|plain) ;; *) log "error: unknown run $v (default|plain)"; continue ;; esac
+    (if [ $v = default ]; then unset PYTORCH_CUDA_ALLOC_CONF  # train.sh's own default
+     else export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False; fi
+     COSMOS_STEP_TIMING_EVERY=1 train_e2e v2w_alloc_$v 1 $V2W ${E2E_ITERS:-8} model_parallel.context_parallel_size=1)
+    breakdown v2w_alloc_$v
   done
 }
 stage_e2e_t2i_before() {

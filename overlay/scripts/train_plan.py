@@ -254,7 +254,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
         env, kept = npu_env(environ, a.hccl_if_ip.strip() if a.hccl_if_ip else None)
         notes += kept
     elif kind == "cuda":
-        env, kept = defaults_env(dict(CUDA_ENV_DEFAULTS), environ)
+        env, kept = defaults_env(CUDA_ENV_DEFAULTS, environ)
         notes += kept
     if kind != "npu" and a.hccl_if_ip:
         notes.append(f"--hccl_if_ip ignored: device is {kind}, not npu")

@@ -58,9 +58,12 @@ def _sync() -> None:
         _device.synchronize()
 
 
-def _peak_device_bytes(key: str = "peak") -> int:
-    # not memory_stats()["peak"]: DeviceMonitor resets that counter at its own logs
-    return int(_device.peak_memory_since_start()[key]) if _device is not None else 0
+def _peak_device_bytes() -> dict[str, int]:
+    """{"peak", "peak_reserved"}: the allocator's host-side counts (no device read), one memory_stats() call.
+    Not memory_stats()["peak"]: DeviceMonitor resets that counter at its own logs."""
+    if _device is None:
+        return {"peak": 0, "peak_reserved": 0}
+    return {k: int(v) for k, v in _device.peak_memory_since_start().items()}
 
 
 ENV_SYNC = "COSMOS_METRICS_SYNC"
@@ -274,8 +277,7 @@ class TrainMetricsCallback(Callback):
             "dp_size": dp,
             "cp_size": cp,
             "device": _device_kind(),
-            "peak": _peak_device_bytes(),  # the allocator's host-side counts: no device read
-            "peak_reserved": _peak_device_bytes("peak_reserved"),
+            **_peak_device_bytes(),  # "peak", "peak_reserved"
             "rss": _max_rss_bytes(),
             "phases": _step_phases(),  # StepTimingCallback's fields of this step (a timed step synchronized)
         }
