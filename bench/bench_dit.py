@@ -334,7 +334,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
                loss=float(loss), finite=bool(torch.isfinite(loss)), flops_per_step=flops, **compiled, **fl)
     emit(**row)
     if args.profile:
-        profile_step(step, dev, res, variant, step_s)
+        profile_step(step, dev, res, variant, step_s, args.profile_trace, args.profile_steps)
     del net, x, kw, target, opt, clip_ema
     gc.collect()
 
@@ -356,18 +356,26 @@ def kernel_category(name: str) -> str:
     return "other_elementwise"
 
 
-def profile_step(step, dev, res, variant, step_s) -> None:
-    """One more step under torch.profiler: device time per kernel category, and the step's idle share (the part
-    of the wall time when no kernel ran: host-bound gaps). Printed as one JSON row (bench=dit_profile)."""
-    from torch.profiler import ProfilerActivity, profile
+def profile_step(step, dev, res, variant, step_s, trace_path=None, n_steps=1) -> None:
+    """n_steps more steps under torch.profiler: device time per kernel category, and the steps' idle share (the
+    part of the wall time when no kernel ran: host-bound gaps). Printed as one JSON row (bench=dit_profile). With
+    trace_path, also a Chrome trace with one ProfilerStep#N range per step, like train.sh --profile_steps writes,
+    so that bench/trace_gaps.py --compare can set the bare step beside train.sh's."""
+    from torch.profiler import ProfilerAction, ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     sync(dev)
-    with profile(activities=acts) as prof:
+    # a schedule that always records: without one, torch writes no ProfilerStep#N ranges
+    with profile(activities=acts, schedule=lambda _s: ProfilerAction.RECORD) as prof:
         t0 = time.perf_counter()
-        step()
+        for i in range(n_steps):
+            step()
+            if i + 1 < n_steps:
+                prof.step()  # the next ProfilerStep# range; the step's kernels may end in it (no sync between)
         sync(dev)
-        wall = time.perf_counter() - t0
+        wall = (time.perf_counter() - t0) / n_steps
+    if trace_path:
+        prof.export_chrome_trace(trace_path)
     want = torch.autograd.DeviceType.CUDA if dev.type == "cuda" else torch.autograd.DeviceType.CPU
     cats: dict = {}
     top = []
@@ -380,11 +388,11 @@ def profile_step(step, dev, res, variant, step_s) -> None:
         if us <= 0:
             continue
         cat = kernel_category(evt.key)
-        cats[cat] = cats.get(cat, 0.0) + us / 1e3
-        top.append((us / 1e3, evt.key[:90], cat, evt.count))
+        cats[cat] = cats.get(cat, 0.0) + us / 1e3 / n_steps  # per step
+        top.append((us / 1e3 / n_steps, evt.key[:90], cat, evt.count / n_steps))
     busy = sum(cats.values())
     top.sort(reverse=True)
-    emit(bench="dit_profile", res=res, variant=variant, wall_s=wall, timed_step_s=step_s,
+    emit(bench="dit_profile", res=res, variant=variant, profiled_steps=n_steps, wall_s=wall, timed_step_s=step_s,
          kernel_ms=busy, idle_share=max(0.0, 1 - busy / 1e3 / wall) if dev.type == "cuda" else None,
          category_ms={k: round(v, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
          category_share={k: round(v / busy, 4) for k, v in cats.items()} if busy else {},
@@ -412,6 +420,9 @@ def main(argv=None) -> int:
                          "(0: Python's automatic GC, as a plain script runs)")
     ap.add_argument("--profile", action="store_true",
                     help="after timing, profile one more step: device time per kernel category (bench=dit_profile)")
+    ap.add_argument("--profile-steps", type=int, default=1, help="with --profile: how many steps (default 1)")
+    ap.add_argument("--profile-trace", default=None,
+                    help="with --profile: write the profiled steps' Chrome trace here (bench/trace_gaps.py reads it)")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     if not os.path.isdir("cosmos_predict2/portable"):

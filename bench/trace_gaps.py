@@ -14,6 +14,11 @@ launched the kernel ending it. A gap that starts inside a synchronising call (cu
 cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sync`. A launch-bound step shows
 most of its time as gaps; a device-bound one does not.
 
+With --compare OTHER.json (e.g. the bare step's trace from `bench_dit.py --profile --profile-trace`), it prints
+one more line (bench=trace_compare): each trace's mean step (span, device busy and idle, kernel count) and the
+kernels whose device time per step differs most between the two, by name, so that extra device work and extra idle
+time can be told apart.
+
 Each row also has `host_ms`: per host thread (`main`, the one running the loop, and e.g. autograd's backward
 thread), the host time spent in named ranges during the step, summed by name with the block index folded
 (`FSDP::pre_forward (blocks.N)`): FSDP2's hooks, compiled regions and their backward, autograd nodes, callbacks, the
@@ -101,8 +106,7 @@ def host_ranges(events: list[dict], t0: float, t1: float, main_tid, top: int = 1
 
 def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> list[dict]:
     # the host's step ranges (the trace also holds their device-side copies, cat gpu_user_annotation)
-    steps = sorted((e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")
-                    and e.get("cat") != "gpu_user_annotation"), key=lambda e: e["ts"])
+    steps = _steps(events)
     device = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
     runtime = [e for e in events if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver")]
     by_corr = {e.get("args", {}).get("correlation"): e for e in runtime}
@@ -154,19 +158,79 @@ def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> lis
     return rows
 
 
+def _steps(events: list[dict]) -> list[dict]:
+    return sorted((e for e in events if e.get("ph") == "X" and str(e.get("name", "")).startswith("ProfilerStep#")
+                   and e.get("cat") != "gpu_user_annotation"), key=lambda e: e["ts"])
+
+
+def kernels_per_step(events: list[dict]) -> tuple[dict, int]:
+    """{kernel name: [ms per step, launches per step]} over the device work that starts inside the trace's
+    ProfilerStep# ranges, and the number of steps."""
+    steps = _steps(events)
+    spans = [(s["ts"], s["ts"] + s["dur"]) for s in steps]
+    table: dict = {}
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") not in DEVICE_CATS:
+            continue
+        if any(a <= e["ts"] < b for a, b in spans):
+            row = table.setdefault(str(e.get("name", ""))[:100], [0.0, 0])
+            row[0] += e.get("dur", 0) / 1000
+            row[1] += 1
+    n = max(1, len(steps))
+    return {k: [v[0] / n, v[1] / n] for k, v in table.items()}, len(steps)
+
+
+def compare(rows_a: list[dict], events_a: list[dict], rows_b: list[dict], events_b: list[dict],
+            top: int = 30) -> dict:
+    """Trace a (e.g. train.sh) against trace b (e.g. the bare step): mean step figures and the kernels whose
+    device ms per step differ most."""
+    def mean(rows, key):
+        return round(sum(r[key] for r in rows) / len(rows), 3) if rows else None
+
+    ka, na = kernels_per_step(events_a)
+    kb, nb = kernels_per_step(events_b)
+    diffs = []
+    for name in set(ka) | set(kb):
+        a, b = ka.get(name, [0.0, 0]), kb.get(name, [0.0, 0])
+        diffs.append(dict(name=name, ms_a=round(a[0], 3), ms_b=round(b[0], 3), d_ms=round(a[0] - b[0], 3),
+                          n_a=round(a[1], 2), n_b=round(b[1], 2)))
+    diffs.sort(key=lambda d: -abs(d["d_ms"]))
+    side = {}
+    for tag, rows, n, k in (("a", rows_a, na, ka), ("b", rows_b, nb, kb)):
+        side[tag] = dict(steps=n, span_ms=mean(rows, "span_ms"), device_busy_ms=mean(rows, "device_busy_ms"),
+                         device_idle_ms=mean(rows, "device_idle_ms"), kernels=mean(rows, "kernels"),
+                         kernel_ms_sum=round(sum(v[0] for v in k.values()), 3))
+    only_a = sorted((d for d in diffs if d["n_b"] == 0), key=lambda d: -d["ms_a"])
+    return dict(bench="trace_compare", a=side["a"], b=side["b"],
+                kernel_ms_only_in_a=round(sum(d["ms_a"] for d in only_a), 3),
+                launches_only_in_a=round(sum(d["n_a"] for d in only_a), 2),
+                top_diffs=diffs[:top], top_only_in_a=only_a[:top])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace")
     ap.add_argument("--min-gap-ms", type=float, default=0.3)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--compare", default=None, metavar="OTHER.json",
+                    help="a second trace (e.g. the bare step's, bench_dit.py --profile-trace) to set beside TRACE")
     a = ap.parse_args(argv)
-    rows = summarize(_events(a.trace), a.min_gap_ms, a.top)
+    events = _events(a.trace)
+    rows = summarize(events, a.min_gap_ms, a.top)
     if not rows:
         print(f"error: no ProfilerStep# ranges in {a.trace}; write the trace with train.sh --profile_steps=N",
               file=sys.stderr)
         return 2
     for r in rows:
         print(json.dumps(r))
+    if a.compare:
+        other = _events(a.compare)
+        other_rows = summarize(other, a.min_gap_ms, a.top)
+        if not other_rows:
+            print(f"error: no ProfilerStep# ranges in {a.compare}; write it with bench_dit.py --profile "
+                  "--profile-trace PATH", file=sys.stderr)
+            return 2
+        print(json.dumps(compare(rows, events, other_rows, other, a.top)))
     return 0
 
 

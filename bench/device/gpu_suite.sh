@@ -365,6 +365,24 @@ stage_t2i_fused_e2e() {
 stage_t2i_fused_profile() {  # t2i_cb_profile with the fused AdamW kernel
   COSMOS_FUSED_ADAM=1 stage_t2i_cb_profile
 }
+# t2i_gap_diff: where train.sh's Text2Image step differs from the bare step + GradClip + EMA (in line): both under
+# torch.profiler for PROFILE_STEPS steps (bench_dit.py --profile-trace; train.sh --profile_steps after
+# PROFILE_WARMUP steps), then bench/trace_gaps.py --compare: each side's mean step (span, device busy and idle) and
+# the kernels whose device time differs most. Traces stay on the machine (they can exceed what a call returns).
+stage_t2i_gap_diff() {
+  ensure_site
+  local n=${PROFILE_STEPS:-3}
+  rm -f /tmp/bare_work.trace.json
+  COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_work_prof --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work \
+    --profile --profile-steps $n --profile-trace /tmp/bare_work.trace.json
+  COSMOS_PROFILE_STEPS=$n COSMOS_PROFILE_WARMUP=${PROFILE_WARMUP:-12} \
+    train_e2e t2i_gap_prof 1 $T2I $(( ${PROFILE_WARMUP:-12} + n + 3 )) $(t2i_cache_args)
+  local tr; tr=$(find /tmp/e2e/t2i_gap_prof -name "*trace-rank0.json" | head -1)
+  [ -n "$tr" ] && [ -s /tmp/bare_work.trace.json ] || { log "error: a trace is missing (t2i_gap_diff)"; return 1; }
+  ls -la "$tr" /tmp/bare_work.trace.json | tee -a "$LOG"
+  runlog t2i_gap_diff python3 $REPO/bench/trace_gaps.py "$tr" --compare /tmp/bare_work.trace.json \
+    --min-gap-ms ${GAP_MS:-0.2} --top ${GAP_TOP:-30}
+}
 stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, without and with GradClip + EMA (in line)
   ensure_site
   t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50

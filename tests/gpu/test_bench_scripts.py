@@ -79,13 +79,25 @@ def test_bench_dit_fsdp_variants_wrap_the_net_as_the_trainer(applied_tree):
         assert x["loss"] == pytest.approx(rows[0]["loss"], rel=1e-4), (x["variant"], x["loss"], rows[0]["loss"])
 
 
-def test_bench_dit_profile_row_splits_time_by_category(applied_tree):
+def test_bench_dit_profile_row_splits_time_by_category(applied_tree, tmp_path):
+    trace = tmp_path / "bare.json"
     r = subprocess.run([sys.executable, str(BENCH / "bench_dit.py"), "--tiny", "--res", "480", "--variants", "ours",
-                        "--steps", "1", "--warmup", "1", "--profile"],
+                        "--steps", "1", "--warmup", "1", "--profile", "--profile-steps", "2",
+                        "--profile-trace", str(trace)],
                        cwd=applied_tree, env=_env(applied_tree), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     prof = [x for x in _rows(r.stdout) if x.get("bench") == "dit_profile"]
-    assert len(prof) == 1 and prof[0]["variant"] == "ours"
+    assert len(prof) == 1 and prof[0]["variant"] == "ours" and prof[0]["profiled_steps"] == 2
+    # the trace holds one ProfilerStep# range per profiled step, as train.sh --profile_steps writes: trace_gaps
+    # reads it, and --compare sets it beside itself with no difference
+    g = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(trace), "--compare", str(trace)],
+                       capture_output=True, text=True, timeout=120)
+    assert g.returncode == 0, g.stderr
+    rows = _rows(g.stdout)
+    assert [x["bench"] for x in rows] == ["trace_gaps", "trace_gaps", "trace_compare"]
+    cmp = rows[-1]
+    assert cmp["a"] == cmp["b"] and cmp["a"]["steps"] == 2 and cmp["launches_only_in_a"] == 0
+    assert all(d["d_ms"] == 0 for d in cmp["top_diffs"])
     cats = prof[0]["category_ms"]
     # on CPU the aten ops are profiled: the net's matmuls and its attention must both be found and named
     assert cats.get("gemm", 0) > 0 and cats.get("attention", 0) > 0, cats
@@ -252,6 +264,19 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
     assert tail["gap_ms"] == 0.1 and tail["next_kernel"] == "(end of step)"
     assert row["host_ms"] == {"main": {"FSDP::pre_forward (blocks.N)": 0.05},
                               "thread 7": {"CompiledFunctionBackward": 0.3}}
+    # --compare: the same trace with one more kernel per step (an extra launch only it has) and a longer gemm
+    more = ev + [{"ph": "X", "cat": "kernel", "name": "extra_copy", "ts": 950, "dur": 20, "args": {}}]
+    more = [dict(e, dur=300) if e.get("name") == "gemm_a" else e for e in more]
+    other = tmp_path / "more.json"
+    other.write_text(json.dumps({"traceEvents": more}))
+    r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(other), "--compare", str(trace)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    cmp = _rows(r.stdout)[-1]
+    assert cmp["bench"] == "trace_compare" and cmp["a"]["kernels"] == 4 and cmp["b"]["kernels"] == 3
+    assert cmp["a"]["kernel_ms_sum"] == pytest.approx(0.62) and cmp["b"]["kernel_ms_sum"] == pytest.approx(0.5)
+    assert [(d["name"], d["d_ms"]) for d in cmp["top_diffs"][:2]] == [("gemm_a", 0.1), ("extra_copy", 0.02)]
+    assert [d["name"] for d in cmp["top_only_in_a"]] == ["extra_copy"] and cmp["launches_only_in_a"] == 1
     empty = tmp_path / "e.json"
     empty.write_text(json.dumps({"traceEvents": ev[1:]}))
     r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(empty)], capture_output=True, text=True)

@@ -274,3 +274,32 @@ def test_fused_follows_cosmos_fused_adam_on_cuda_only(portable, monkeypatch):
     monkeypatch.setenv("COSMOS_FUSED_ADAM", "maybe")
     with pytest.raises(ValueError, match="COSMOS_FUSED_ADAM='maybe' is not a boolean"):
         portable.optim.FusedAdam(ps, lr=1e-2)
+
+
+def test_buckets_bound_the_fp32_copies_and_keep_the_update(portable, monkeypatch):
+    """Parameters go into buckets of at most _BUCKET_NUMEL elements in order (one parameter larger than the bound
+    gets a bucket of its own); the update is the same as in one bucket."""
+    shapes = [(6,), (5,), (12,), (3,), (4,), (2,)]
+    torch.manual_seed(0)
+    start = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+
+    def run(bound):
+        monkeypatch.setattr(portable.optim, "_BUCKET_NUMEL", bound)
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = portable.optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1)
+        seen = []
+        real = opt._update
+        monkeypatch.setattr(opt, "_update", lambda bucket, *a, **k: (seen.append([e[0].numel() for e in bucket]),
+                                                                      real(bucket, *a, **k))[1])
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        return ps, seen[: len(seen) // len(grads)]
+
+    small, buckets = run(10)
+    assert buckets == [[6], [5], [12], [3, 4, 2]]
+    big, one = run(1 << 26)
+    assert one == [[6, 5, 12, 3, 4, 2]]
+    assert all(torch.equal(a, b) for a, b in zip(small, big))

@@ -168,12 +168,16 @@ class FusedAdam(torch.optim.Optimizer):
 
         # Buckets by device bound the temporary fp32 copies and keep each foreach call on one device.
         buckets: dict = {}
+        filled: dict = {}  # device -> numel of its last bucket (a running sum: this loop runs every step)
         for e in entries:
             key = e[0].device
             lst = buckets.setdefault(key, [[]])
-            if sum(x[0].numel() for x in lst[-1]) + e[0].numel() > _BUCKET_NUMEL and lst[-1]:
+            n = e[0].numel()
+            if lst[-1] and filled[key] + n > _BUCKET_NUMEL:
                 lst.append([])
+                filled[key] = 0
             lst[-1].append(e)
+            filled[key] = filled.get(key, 0) + n
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
         for dev, dev_buckets in buckets.items():
             fused = self.uses_fused_kernel(dev)
