@@ -15,7 +15,7 @@ cudaDeviceSynchronize, cudaMemcpy to host) is the host waiting and is marked `sy
 most of its time as gaps; a device-bound one does not.
 
 With --compare OTHER.json (e.g. the bare step's trace from `bench_dit.py --profile --profile-trace`), it prints
-one more line (bench=trace_compare): each trace's mean step (span, device busy and idle, kernel count) and the
+its steps' rows too (marked trace=b) and one more line (bench=trace_compare): each trace's mean step (span, device busy and idle, kernel count) and the
 kernels whose device time per step differs most between the two, by name, so that extra device work and extra idle
 time can be told apart.
 
@@ -230,6 +230,8 @@ def main(argv=None) -> int:
             print(f"error: no ProfilerStep# ranges in {a.compare}; write it with bench_dit.py --profile "
                   "--profile-trace PATH", file=sys.stderr)
             return 2
+        for r in other_rows:
+            print(json.dumps(dict(r, trace="b")))  # the other trace's steps too, marked
         print(json.dumps(compare(rows, events, other_rows, other, a.top)))
     return 0
 

@@ -169,7 +169,7 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
     train_e2e v2w_2b_720_cp2_blockwise 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
 }
-stage_cudatests() { runlog cudatests python3 tests/ops/test_cuda.py; }
+stage_cudatests() { runlog cudatests python3 tests/ops/test_cuda.py ${CUDA_TESTS:-}; }  # CUDA_TESTS: name parts
 # FlashAttention-4 (optional flash_cute attention backend). Its CuTe DSL's cu13 libraries (92 MB as a wheel, 61 MiB
 # as .fa4a/cu13.tar.xz) fill a device call's carry alone, so they travel in a call of their own (carry [".fa4a"],
 # stage fa4_unpack), and the next call on the same warm machine (carry [".gpu"], with the small wheels in

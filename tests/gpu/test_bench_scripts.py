@@ -94,7 +94,8 @@ def test_bench_dit_profile_row_splits_time_by_category(applied_tree, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert g.returncode == 0, g.stderr
     rows = _rows(g.stdout)
-    assert [x["bench"] for x in rows] == ["trace_gaps", "trace_gaps", "trace_compare"]
+    assert [(x["bench"], x.get("trace")) for x in rows] == [("trace_gaps", None)] * 2 + [("trace_gaps", "b")] * 2 + [
+        ("trace_compare", None)]
     cmp = rows[-1]
     assert cmp["a"] == cmp["b"] and cmp["a"]["steps"] == 2 and cmp["launches_only_in_a"] == 0
     assert all(d["d_ms"] == 0 for d in cmp["top_diffs"])

@@ -1,5 +1,5 @@
 """CUDA paths of the portable ops (skipped without a GPU). Also runnable without pytest:
-`python tests/ops/test_cuda.py` (the GPU image may lack pytest). Fresh random inputs, float64 references."""
+`python tests/ops/test_cuda.py [NAME_PART...]` (the GPU image may lack pytest). Fresh random inputs, float64 references."""
 
 from __future__ import annotations
 
@@ -190,6 +190,37 @@ def test_cuda_ema_update_overlapped(cuda_portable):
         torch.cuda.synchronize()
         eo.wait()
         assert not torch.equal(ema[0], inline[0])
+
+
+def test_cuda_upcast_and_ema_update_take_the_multi_tensor_path(cuda_portable):
+    """portable/upcast.py on the card: 300 bf16 tensors reach fp32 through a few multi-tensor kernels, not one kernel
+    each (the foreach copy converts dtypes in its fast path), and the EMA update built on it equals upstream's
+    _foreach_mul_ + _foreach_add_ (which, with bf16 sources, launches a kernel per tensor) to fp32 rounding."""
+    from torch.profiler import ProfilerActivity, profile
+
+    up = cuda_portable.upcast
+    src = [torch.randn(1000 + 7 * i, device=DEV).bfloat16() for i in range(300)]
+    ema = [torch.randn(x.shape, device=DEV) for x in src]
+    ref = [e.clone() for e in ema]
+    up.ema_update_(ema, src, 0.999)  # builds the buffer and its views
+    torch._foreach_mul_(ref, 0.999)
+    torch._foreach_add_(ref, src, alpha=1.0 - 0.999)
+    torch.cuda.synchronize()
+
+    def kernels(fn):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    n_up = kernels(lambda: up.upcast(src, "test"))
+    n_up = kernels(lambda: up.upcast(src, "test"))  # steady: views cached
+    n_ema = kernels(lambda: up.ema_update_(ema, src, 0.999))
+    n_ref = kernels(lambda: (torch._foreach_mul_(ref, 0.999), torch._foreach_add_(ref, src, alpha=1.0 - 0.999)))
+    assert n_up <= 10 and n_ema <= 20 and n_ref >= 300, (n_up, n_ema, n_ref)
+    assert all(torch.equal(a, x.float()) for a, x in zip(up.upcast(src, "test"), src))
+    for a, b in zip(ema, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_cuda_adaln_chains_compiled(cuda_portable):
@@ -389,8 +420,9 @@ if __name__ == "__main__":
 
     pkg = load_with_device("cosmos_portable_cuda_main", "cuda")
     failed = 0
+    only = sys.argv[1:]  # substrings of test names to run (default: all)
     for name, fn in list(globals().items()):
-        if name.startswith("test_") and callable(fn):
+        if name.startswith("test_") and callable(fn) and (not only or any(o in name for o in only)):
             try:
                 fn(pkg)
                 print(f"PASS {name}", flush=True)

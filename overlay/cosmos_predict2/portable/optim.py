@@ -20,6 +20,8 @@ This class keeps its constructor and semantics on torch's `_foreach_*` kernels (
   (BENCHMARKS.md section 1), and the Text2Image 2B bare step 0.156 against 0.186 s (BENCHMARKS.md 3j). The same
   arithmetic to fp32 rounding (tests/ops/test_optim.py, tests/ops/test_cuda.py); bias correction off keeps the
   foreach path. Other devices keep the foreach path unless `fused=True` (torch_npu's fused kernel is not measured).
+- bf16 gradients are copied to fp32 per bucket by one foreach copy into a buffer kept for the run
+  (portable/upcast.py), not one `.float()` kernel per parameter.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from itertools import chain
 
 import torch
 
-from . import device
+from . import device, upcast
 from .shards import local_shard  # no DTensor dispatch per parameter and step
 from .user_error import UserRuntimeError, UserValueError
 
@@ -40,7 +42,7 @@ except ImportError:  # torch builds without distributed
     distribute_tensor = None
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_BUCKET_NUMEL = 1 << 26  # bounds the transient fp32 copies of bf16 grads (256 MiB per bucket)
+_BUCKET_NUMEL = upcast.BUCKET_NUMEL  # bounds the fp32 copies of bf16 grads (one 256 MiB buffer, portable/upcast.py)
 
 
 def _scalar(x) -> float:
@@ -186,7 +188,9 @@ class FusedAdam(torch.optim.Optimizer):
 
     def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step=None) -> None:
         params = [e[0] for e in bucket]
-        grads = [e[1].float() for e in bucket]  # no copy for fp32 grads; never modified in place below
+        grads = [e[1] for e in bucket]  # never modified in place below
+        if any(g.dtype != torch.float32 for g in grads):  # bf16 grads: fp32 copies in a few launches, not one each
+            grads = upcast.upcast(grads, "adam_grads")
         exp_avgs = [e[2] for e in bucket]
         exp_avg_sqs = [e[3] for e in bucket]
         # The tensor the math runs on: the fp32 master, the fp32 parameter itself, or (low precision without
