@@ -62,6 +62,28 @@ def test_callback_lines(launch_tree, tmp_path):
         assert row["max_rss_bytes_per_rank"] == [row["max_rss_bytes"]]
 
 
+DIES = DRIVE.split("group.on_train_start")[0] + r"""
+group.on_train_start(None, iteration=0)
+for it in (1, 2):
+    group.on_training_step_end(None, {}, {}, torch.tensor(3.0 - it), iteration=it)
+raise RuntimeError("CUDA out of memory (a test: training dies after step 2)")
+"""
+
+
+def test_a_run_that_dies_still_writes_its_last_line(launch_tree, tmp_path):
+    """Lines are written one step late; when training raises (no on_train_end) the held-back line of the last
+    finished step is written at exit, and the error is what the process reports."""
+    out = str(tmp_path / "metrics.jsonl")
+    env = {**os.environ, "PYTHONPATH": launch_tree, "COSMOS_DEVICE": "cpu"}
+    env.pop("COSMOS_TRAIN_METRICS", None)
+    r = subprocess.run([sys.executable, "-c", DIES, out], cwd=launch_tree, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1 and "training dies after step 2" in r.stderr, r.stderr[-2000:]
+    rows = [json.loads(ln) for ln in open(out)]
+    assert [(row["iteration"], row["loss"]) for row in rows] == [(1, 2.0), (2, 1.0)]
+    assert "last metrics line was not written" not in r.stderr
+
+
 def test_callback_reports_run_peak_not_interval_peak(launch_tree, tmp_path):
     """DeviceMonitor resets the device's peak counter at its logs; the metrics must report the run's peak."""
     out = str(tmp_path / "m" / "metrics.jsonl")

@@ -11,8 +11,8 @@ side stream:
   or the EMA is read or written next: at the end of the model's training_step (after the forward, before the
   backward and the optimizer step), in the model's state_dict/load_state_dict, and first thing in the updater's
   copy_to/cache/restore (EMA scope, validation). Forward kernels and the update only read the parameters.
-Tensors touched on the side stream are parameters and EMA weights, which live for the whole run, and the update
-allocates nothing, so the caching allocator needs no record_stream.
+Tensors touched on the side stream are parameters, EMA weights and the fp32 buffer the update copies the parameters
+into (portable/upcast.py), which all live for the whole run, so the caching allocator needs no record_stream.
 
 Off by default (upstream's in-line update): two rounds on an H200 disagreed (train.sh 0.169 against 0.183 s in line,
 then 0.194 against 0.185 s; the bare step with clip and EMA 0.172 against 0.168 s, BENCHMARKS.md 3j). Other

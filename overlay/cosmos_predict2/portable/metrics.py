@@ -20,6 +20,7 @@ from every rank with one small all_gather per logged step (all ranks call this h
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
@@ -247,6 +248,20 @@ class TrainMetricsCallback(Callback):
     def on_train_start(self, model, iteration: int = 0) -> None:
         self._pending = []
         self._last = step_clock.start(iteration)
+        atexit.register(self._flush_at_exit)  # a run that dies before on_train_end still writes its last line
+
+    def _flush_at_exit(self) -> None:
+        """The line still held back when the process exits without on_train_end (training raised): written
+        without the all-gather (other ranks may be gone), best effort (the device may be what failed)."""
+        gather, self.gather = self.gather, False
+        try:
+            while self._pending:
+                self._write(self._pending.pop(0))
+        except Exception as exc:  # noqa: BLE001 - at exit: report, never mask the error that ended the run
+            print(f"warning: the last metrics line was not written ({type(exc).__name__}: {exc}) "
+                  "(portable.metrics)", file=sys.stderr)
+        finally:
+            self.gather = gather
 
     def _gather(self, loss: float, peak: int, rss: int) -> tuple[list[float], list[int], list[int]]:
         if not (self.gather and dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -286,6 +301,7 @@ class TrainMetricsCallback(Callback):
             self._write(self._pending.pop(0))
 
     def on_train_end(self, model, iteration: int = 0) -> None:
+        atexit.unregister(self._flush_at_exit)
         while self._pending:
             self._write(self._pending.pop(0))
 

@@ -190,7 +190,7 @@ class FusedAdam(torch.optim.Optimizer):
         params = [e[0] for e in bucket]
         grads = [e[1] for e in bucket]  # never modified in place below
         if any(g.dtype != torch.float32 for g in grads):  # bf16 grads: fp32 copies in a few launches, not one each
-            grads = upcast.upcast(grads, "adam_grads")
+            grads = upcast.upcast(grads, upcast.STEP)
         exp_avgs = [e[2] for e in bucket]
         exp_avg_sqs = [e[3] for e in bucket]
         # The tensor the math runs on: the fp32 master, the fp32 parameter itself, or (low precision without

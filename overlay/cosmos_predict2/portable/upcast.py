@@ -22,6 +22,11 @@ _MAX_VIEW_SETS = 64  # bound on cached view lists (buckets differ in shapes; a f
 
 BUCKET_NUMEL = 1 << 26  # bound of one upcast list (256 MiB of fp32): the buffer of each owner stays this size
 
+# The owner FusedAdam's grads and the EMA update share: one 256 MiB buffer. Their uses are ordered on the device:
+# the EMA update follows the optimizer step on its stream (or on ema_overlap's side stream, which waits for the
+# current one first), and the next optimizer step comes after ema_overlap.wait().
+STEP = "step"
+
 
 def supported(dev: torch.device) -> bool:
     """Whether `upcast` may take the foreach-copy path on this device type."""
@@ -92,4 +97,4 @@ def ema_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], beta: 
         torch._foreach_add_(targets, sources, alpha=1.0 - beta)
         return
     for a, b in _buckets(sources):
-        torch._foreach_lerp_(targets[a:b], upcast(sources[a:b], "ema"), 1.0 - beta)
+        torch._foreach_lerp_(targets[a:b], upcast(sources[a:b], STEP), 1.0 - beta)
