@@ -3,7 +3,7 @@
 Two updates of every training step read bf16 tensors into fp32 arithmetic: FusedAdam's update of the fp32 masters
 (bf16 gradients) and the EMA update (fp32 EMA from the bf16 parameters). `g.float()` per tensor, or a foreach op
 whose lists mix dtypes (torch then takes its per-tensor slow path), launches one kernel per tensor: 567 per update
-on the 2B DiT, 1,141 of the Text2Image 2B step's 5,125 launches on an H200 (BENCHMARKS.md 3l), in a step whose host
+on the 2B DiT, 1,134 of the Text2Image 2B step's 5,125 launches on an H200 (BENCHMARKS.md 3l), in a step whose host
 is behind its device. `torch._foreach_copy_` converts dtypes inside its multi-tensor kernel, so copying into views
 of one fp32 buffer kept for the run takes a few launches, and the EMA update then runs as one multi-tensor lerp.
 
