@@ -277,7 +277,7 @@ def test_fused_follows_cosmos_fused_adam_on_cuda_only(portable, monkeypatch):
 
 
 def test_buckets_bound_the_fp32_copies_and_keep_the_update(portable, monkeypatch):
-    """Parameters go into buckets of at most _BUCKET_NUMEL elements in order (one parameter larger than the bound
+    """Parameters go into buckets of at most upcast.BUCKET_NUMEL elements in order (one parameter larger than the bound
     gets a bucket of its own); the update is the same as in one bucket."""
     shapes = [(6,), (5,), (12,), (3,), (4,), (2,)]
     torch.manual_seed(0)
@@ -285,7 +285,7 @@ def test_buckets_bound_the_fp32_copies_and_keep_the_update(portable, monkeypatch
     grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
 
     def run(bound):
-        monkeypatch.setattr(portable.optim, "_BUCKET_NUMEL", bound)
+        monkeypatch.setattr(portable.upcast, "BUCKET_NUMEL", bound)
         ps = [torch.nn.Parameter(t.clone()) for t in start]
         opt = portable.optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1)
         seen = []

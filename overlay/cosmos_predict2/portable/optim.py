@@ -42,7 +42,6 @@ except ImportError:  # torch builds without distributed
     distribute_tensor = None
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
-_BUCKET_NUMEL = upcast.BUCKET_NUMEL  # bounds the fp32 copies of bf16 grads (one 256 MiB buffer, portable/upcast.py)
 
 
 def _scalar(x) -> float:
@@ -168,23 +167,16 @@ class FusedAdam(torch.optim.Optimizer):
         bc1 = 1.0 - beta1**step if group.get("bias_correction", True) else 1.0
         bc2 = 1.0 - beta2**step if group.get("bias_correction", True) else 1.0
 
-        # Buckets by device bound the temporary fp32 copies and keep each foreach call on one device.
-        buckets: dict = {}
-        filled: dict = {}  # device -> numel of its last bucket (a running sum: this loop runs every step)
+        # Per device, in buckets of upcast.BUCKET_NUMEL elements: each foreach call stays on one device and the
+        # fp32 copies of bf16 grads fit the upcast buffer.
+        by_device: dict = {}
         for e in entries:
-            key = e[0].device
-            lst = buckets.setdefault(key, [[]])
-            n = e[0].numel()
-            if lst[-1] and filled[key] + n > _BUCKET_NUMEL:
-                lst.append([])
-                filled[key] = 0
-            lst[-1].append(e)
-            filled[key] = filled.get(key, 0) + n
+            by_device.setdefault(e[0].device, []).append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
-        for dev, dev_buckets in buckets.items():
+        for dev, dev_entries in by_device.items():
             fused = self.uses_fused_kernel(dev)
-            for bucket in dev_buckets:
-                self._update(bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step if fused else None)
+            for a, b in upcast.buckets([e[0] for e in dev_entries]):
+                self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, fused_step if fused else None)
 
     def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step=None) -> None:
         params = [e[0] for e in bucket]

@@ -70,8 +70,9 @@ def upcast(tensors: list[torch.Tensor], owner: str) -> list[torch.Tensor]:
     return views
 
 
-def _buckets(tensors: list[torch.Tensor]):
-    """Index ranges of consecutive tensors of at most BUCKET_NUMEL elements (a larger tensor alone)."""
+def buckets(tensors: list[torch.Tensor]):
+    """Index ranges of consecutive tensors of at most BUCKET_NUMEL elements (a larger tensor alone): the lists
+    FusedAdam and the EMA update upcast at a time."""
     start, filled = 0, 0
     for i, t in enumerate(tensors):
         n = t.numel()
@@ -96,5 +97,5 @@ def ema_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], beta: 
         torch._foreach_mul_(targets, beta)
         torch._foreach_add_(targets, sources, alpha=1.0 - beta)
         return
-    for a, b in _buckets(sources):
+    for a, b in buckets(sources):
         torch._foreach_lerp_(targets[a:b], upcast(sources[a:b], STEP), 1.0 - beta)
