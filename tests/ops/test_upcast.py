@@ -46,8 +46,9 @@ def test_upcast_copies_into_one_reused_buffer(portable):
     assert [o[0] for o in rec.ops] == ["_foreach_copy_"]
     assert all(x is y for x, y in zip(a, b)) and all(torch.equal(x, t.float()) for x, t in zip(b, ts2))
     # a larger list grows the buffer; another owner has its own
-    big = up.upcast([torch.randn(100).to(torch.bfloat16)], "t1")
-    assert up._buffers[("t1", ts[0].device)].numel() >= 100 and torch.equal(big[0], big[0].clone())
+    src_big = torch.randn(100).to(torch.bfloat16)
+    big = up.upcast([src_big], "t1")
+    assert up._buffers[("t1", ts[0].device)].numel() >= 100 and torch.equal(big[0], src_big.float())
     c = up.upcast(ts, "t2")
     assert c[0].untyped_storage().data_ptr() != up._buffers[("t1", ts[0].device)].untyped_storage().data_ptr()
     assert up.upcast([], "t1") == []
