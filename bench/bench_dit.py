@@ -277,22 +277,43 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         clip_ema = argparse.Namespace(clip=clip_grad_norm_local, ema=FastEmaModelUpdater(), overlap=ema_overlap,
                                       ema_net=argparse.Namespace(parameters=lambda: iter(ema_params)))
 
+    # Device time between the phases' launch points (CUDA events, no sync inside the step): where a step's time goes,
+    # idle waits for the host included. One list of marks per timed step; empty off CUDA.
+    marks: list = []
+
+    def mark(name):
+        if dev.type == "cuda" and timing[0]:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            marks[-1].append((name, ev))
+
+    timing = [False]
+    clip_into = opt if args.clip_in_step == "on" else None  # GradClip's coefficient into the fused step (0052)
+
     def step():
         if args.fwd:
             with torch.no_grad():
                 return net(x, **kw).float().pow(2).mean()
+        if timing[0]:
+            marks.append([])
+        mark("start")
         net.zero_grad(set_to_none=True)
         out = net(x, **kw)
         loss = (out.float() - target.float()).pow(2).mean()
+        mark("fwd")
         if clip_ema is not None:
             clip_ema.overlap.wait()  # as the model's training_step: the last EMA update before backward and step
         loss.backward()
+        mark("bwd")
         if clip_ema is not None:
-            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
+            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True, clip_into)
+            mark("clip")
         if opt is not None:
             opt.step()
+            mark("opt")
         if clip_ema is not None:
             clip_ema.ema.update_average(net, clip_ema.ema_net, beta=0.9999)
+            mark("ema")
         return loss.detach()
 
     if dev.type == "cuda":
@@ -310,13 +331,20 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     sync(dev)
     warm_s = time.perf_counter() - t0
     times = []
+    timing[0] = True
     for i in range(args.steps):
         t0 = time.perf_counter()
         loss = step()
         collector.after_step(i + 1)
         sync(dev)
         times.append(time.perf_counter() - t0)
+    timing[0] = False
     collector.stop()
+    phase_ms = {}
+    for ms in marks:
+        for (_, a), (name, b) in zip(ms, ms[1:]):
+            phase_ms.setdefault(name, []).append(a.elapsed_time(b))
+    phase_ms = {k: round(statistics.median(v), 3) for k, v in phase_ms.items()}
     dyn1 = dynamo_counts()
     compiled = dict(compiled_blocks=sum(is_compiled(b) for b in net.blocks),
                     dynamo_graphs=dyn1.get("graphs", 0) - dyn0.get("graphs", 0),
@@ -327,7 +355,15 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     flops = fl["fwd_flops"] * (1 if args.fwd else 3)
     tflops = flops / step_s / 1e12
     fused_adam = None if opt is None else bool(opt.uses_fused_kernel(dev))
+    work = {}
+    if clip_ema is not None:  # which paths the trainer's work took: the fused step's clip, the EMA kernel (or why not)
+        from cosmos_predict2.portable import lerp_kernel
+        from cosmos_predict2.portable.shards import local_shard
+
+        srcs = [local_shard(p) for p in net.parameters()]
+        work = dict(clip_in_step=args.clip_in_step, ema_kernel=lerp_kernel.why_not(ema_params, srcs) or "on")
     row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, fused_adam=fused_adam, step_s=step_s,
+               phase_ms=phase_ms, **work,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
                model_tflops=tflops, mfu=tflops / peak_tflops if peak_tflops else None,
                peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
@@ -415,6 +451,9 @@ def main(argv=None) -> int:
                     help="with --optimizer: add the trainer's intrinsic per-step work, GradClip before the step and "
                          "the EMA update after it (the tree's own code), to split train.sh's excess into that work "
                          "and the rest")
+    ap.add_argument("--clip-in-step", choices=("on", "off"), default="on",
+                    help="with --trainer-work: GradClip's coefficient goes to the fused AdamW step (on, as GradClip "
+                         "does since patch 0052) or multiplies the gradients in place (off, as before)")
     ap.add_argument("--gc-every", type=int, default=0,
                     help="train.sh's garbage-collection policy: automatic GC off, a full collection every N steps "
                          "(0: Python's automatic GC, as a plain script runs)")

@@ -202,6 +202,8 @@ def test_cuda_upcast_and_ema_update_take_the_multi_tensor_path(cuda_portable):
     src = [torch.randn(1000 + 7 * i, device=DEV).bfloat16() for i in range(300)]
     ema = [torch.randn(x.shape, device=DEV) for x in src]
     ref = [e.clone() for e in ema]
+    no_kernel = _env("COSMOS_EMA_KERNEL", "0")  # this test is about the copy + lerp path (lerp_kernel: below)
+    no_kernel.__enter__()
     up.ema_update_(ema, src, 0.999)  # builds the buffer and its views
     torch._foreach_mul_(ref, 0.999)
     torch._foreach_add_(ref, src, alpha=1.0 - 0.999)
@@ -218,9 +220,48 @@ def test_cuda_upcast_and_ema_update_take_the_multi_tensor_path(cuda_portable):
     n_ema = kernels(lambda: up.ema_update_(ema, src, 0.999))
     n_ref = kernels(lambda: (torch._foreach_mul_(ref, 0.999), torch._foreach_add_(ref, src, alpha=1.0 - 0.999)))
     assert n_up <= 10 and n_ema <= 20 and n_ref >= 300, (n_up, n_ema, n_ref)
+    no_kernel.__exit__()
     assert all(torch.equal(a, x.float()) for a, x in zip(up.upcast(src, "test"), src))
     for a, b in zip(ema, ref):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
+    """portable/lerp_kernel.py (the EMA update's Triton kernel): 300 fp32 tensors of sizes around the chunk size
+    (tails, single elements) move toward bf16 and fp16 sources in ONE launch, with the values of the foreach path
+    (upcast, then _foreach_lerp_) and of upstream's mul + add to fp32 rounding, for a small and a large weight;
+    a misaligned view is refused (the caller's foreach path then runs) and so is COSMOS_EMA_KERNEL=0."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lk, up = cuda_portable.lerp_kernel, cuda_portable.upcast
+    if lk._build_kernel() is None:
+        pytest.skip(f"lerp kernel unavailable: {lk._unavailable}")
+    c = lk.CHUNK
+    sizes = [1, 7, c - 1, c, c + 1, 3 * c + 5] + [1000 + 37 * i for i in range(294)]
+    for dtype in (torch.bfloat16, torch.float16):
+        src = [torch.randn(n, device=DEV).to(dtype) for n in sizes]
+        ema = [torch.randn(n, device=DEV) for n in sizes]
+        for weight in (1e-4, 0.7):
+            ref = [e.clone() for e in ema]
+            torch._foreach_lerp_(ref, [x.float() for x in src], weight)
+            upstream = [e.clone() * (1 - weight) + x.float() * weight for e, x in zip(ema, src)]
+            assert lk.why_not(ema, src) is None
+            assert lk.lerp_(ema, src, weight)
+            for a, b, u in zip(ema, ref, upstream):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(a, u, rtol=1e-5, atol=1e-5)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            up.ema_update_(ema, src, 0.999)
+            torch.cuda.synchronize()
+        launches = sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+        assert launches == 1, launches
+    base = torch.randn(4097, device=DEV)
+    odd = [base[1:1025]]  # 4 bytes past an aligned start
+    before = odd[0].clone()
+    assert "aligned" in lk.why_not(odd, [torch.randn(1024, device=DEV).bfloat16()])
+    assert not lk.lerp_(odd, [torch.randn(1024, device=DEV).bfloat16()], 0.5) and torch.equal(odd[0], before)
+    with _env("COSMOS_EMA_KERNEL", "0"):
+        assert lk.why_not(ema, src) == "COSMOS_EMA_KERNEL=0"
 
 
 def test_cuda_adaln_chains_compiled(cuda_portable):

@@ -186,3 +186,46 @@ def test_tree_ema_updaters_upcast_in_one_copy(applied_tree):
         ops, to_copy, total, err = eval(rest.rsplit(" ", 3)[0]), *map(float, rest.rsplit(" ", 3)[1:])
         assert ops == ["_foreach_copy_", "_foreach_lerp_"], ops
         assert to_copy == 0 and total == 2 and err <= 1e-6, (to_copy, total, err)
+
+
+def test_lerp_kernel_plan_covers_every_element_once(portable):
+    """portable/lerp_kernel.py's launch table (the host side; the kernel itself runs in tests/ops/test_cuda.py):
+    offsets in units of 8 elements from the first tensor, chunks of CHUNK elements, every element of every tensor
+    in exactly one chunk, empty tensors skipped; lists it cannot take are named, not taken."""
+    lk = portable.lerp_kernel
+    sizes = [1, 7, 8, 20, 0, 33]
+    tgt_buf = torch.zeros(1024)
+    src_buf = torch.zeros(1024, dtype=torch.bfloat16)
+    tgts, srcs, off = [], [], 0
+    for n in sizes:  # views at offsets that are multiples of 8 elements
+        tgts.append(tgt_buf.narrow(0, off, n))
+        srcs.append(src_buf.narrow(0, off, n))
+        off += -(-max(n, 1) // 8) * 8
+    p = lk.plan(tgts, srcs, chunk=8)
+    assert not isinstance(p, str), p
+    tgt_off, src_off, numel, chunk_tensor, chunk_index = p
+    assert numel == [n for n in sizes if n]
+    covered = []
+    for t, c in zip(chunk_tensor, chunk_index):
+        start = tgt_off[t] * 8 + c * 8
+        covered.extend(range(start, start + min(8, numel[t] - c * 8)))
+    expected = [i for t, n in zip(tgts, sizes) if n for i in range(t.storage_offset(), t.storage_offset() + n)]
+    assert sorted(covered) == expected and len(covered) == len(set(covered))
+    assert src_off == tgt_off
+    # what it refuses
+    assert "aligned" in lk.plan([tgt_buf[1:9]], [src_buf[:8]])
+    assert "aligned" in lk.plan([tgt_buf[:8], tgt_buf[12:20]], [src_buf[:8], src_buf[8:16]])
+    assert "dtypes" in lk.plan([tgt_buf[:8]], [tgt_buf[8:16]])
+    assert "contiguous" in lk.plan([torch.zeros(4, 4).t()], [torch.zeros(4, 4, dtype=torch.bfloat16)])
+    assert "different lengths" in lk.plan([tgt_buf[:8]], [])
+    assert lk.why_not(tgts, srcs) == "device cpu (CUDA only)"
+
+
+def test_ema_update_on_cpu_does_not_take_the_kernel(portable, monkeypatch):
+    """The kernel is CUDA-only: on CPU ema_update_ never launches it (it would fail without triton)."""
+    monkeypatch.setattr(portable.lerp_kernel, "_build_kernel", lambda: pytest.fail("kernel built on CPU"))
+    ema = [torch.randn(10)]
+    src = [torch.randn(10).to(torch.bfloat16)]
+    ref = ema[0] + 0.25 * (src[0].float() - ema[0])
+    portable.upcast.ema_update_(ema, src, 0.75)
+    torch.testing.assert_close(ema[0], ref)

@@ -5,7 +5,8 @@ Two updates of every training step read bf16 tensors into fp32 arithmetic: Fused
 whose lists mix dtypes (torch then takes its per-tensor slow path), launches one kernel per tensor: 567 per update
 on the 2B DiT, 1,134 of the Text2Image 2B step's 5,125 launches on an H200 (BENCHMARKS.md 3l), in a step whose host
 is behind its device. `torch._foreach_copy_` converts dtypes inside its multi-tensor kernel, so copying into views
-of one fp32 buffer kept for the run takes a few launches, and the EMA update then runs as one multi-tensor lerp.
+of one fp32 buffer kept for the run takes a few launches, and the EMA update then runs as one multi-tensor lerp
+(on CUDA the EMA update takes portable/lerp_kernel.py instead, which needs no copy).
 
 CUDA and CPU only: other devices (NPU) keep the per-tensor path, which every backend supports.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from . import lerp_kernel
 
 _buffers: dict = {}  # (owner, device) -> flat fp32 buffer, grown on demand, kept for the run
 _views: dict = {}  # (owner, device, shapes) -> views of that buffer, one per tensor
@@ -88,14 +91,17 @@ def buckets(tensors: list[torch.Tensor]):
 def ema_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], beta: float) -> None:
     """targets = beta * targets + (1 - beta) * sources, in fp32 (targets are the fp32 EMA weights).
 
-    Sources in fp32, or a device without the foreach-copy path: upstream's two foreach ops as they were. bf16 sources:
-    upcast per bucket, then one multi-tensor lerp (targets + (1 - beta) * (sources - targets): the same update to
-    fp32 rounding, and one pass over the EMA instead of two)."""
+    Sources in fp32, or a device without the foreach-copy path: upstream's two foreach ops as they were. bf16 sources
+    on CUDA: portable/lerp_kernel.py, one launch that reads them in registers (20 bytes per element against 36 for
+    copy + lerp). Otherwise upcast per bucket, then one multi-tensor lerp (targets + (1 - beta) * (sources - targets):
+    the same update to fp32 rounding, and one pass over the EMA instead of two)."""
     if not targets:
         return
     if not supported(targets[0].device) or all(s.dtype == torch.float32 for s in sources):
         torch._foreach_mul_(targets, beta)
         torch._foreach_add_(targets, sources, alpha=1.0 - beta)
+        return
+    if lerp_kernel.lerp_(targets, sources, 1.0 - beta):
         return
     for a, b in buckets(sources):
         torch._foreach_lerp_(targets[a:b], upcast(sources[a:b], STEP), 1.0 - beta)

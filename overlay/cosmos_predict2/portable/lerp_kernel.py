@@ -1,0 +1,173 @@
+"""One Triton launch that moves a list of fp32 tensors toward a list of bf16/fp16 tensors: the EMA update on CUDA.
+
+The EMA update reads the bf16 parameters into the fp32 EMA. torch has no foreach op over lists of two dtypes that
+stays on its multi-tensor fast path, so portable/upcast.py copies the parameters into an fp32 buffer first and then
+lerps: 4 + 8 bytes per element for the copy, 8 + 8 + 8 for the lerp (36 GB per update of the 2B DiT). This kernel
+reads each bf16 source once, in registers, for 2 + 4 + 4 bytes (20 GB), in one launch for the whole list.
+
+How one launch covers many tensors: every tensor is addressed from the list's first tensor by an element offset
+(a table on the device, built once per set of storages and kept), and split into chunks of CHUNK elements; one
+program per chunk. The offsets are stored in units of 8 elements and chunk starts are multiples of CHUNK, so Triton
+can prove 16-byte alignment and vectorise; tensors whose storage is not aligned that way, strided views, and any
+list this module cannot take, return False from `lerp_` and the caller keeps its foreach path.
+
+Arithmetic: torch.lerp's (self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)) in fp32, the
+same formula as the foreach path's `_foreach_lerp_`, so the same values to fp32 rounding (tests/ops/test_cuda.py).
+CUDA only, with triton importable; COSMOS_EMA_KERNEL=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import device
+
+CHUNK = 8192  # elements per program: 2B parameters are ~245k programs
+BLOCK = 1024  # elements per inner iteration of a program
+_ALIGN = 8  # offsets in units of 8 elements: 32 bytes of fp32, 16 of bf16 (one vector load each)
+_MAX_PLANS = 8  # cached tables (one per set of storages; the EMA update has one or two)
+
+_plans: dict = {}
+_kernel = None  # the jitted kernel, built at first use (importing triton is slow and CUDA-only)
+_unavailable: str | None = None  # why the kernel cannot be used in this process, once known
+
+
+def enabled() -> bool:
+    """COSMOS_EMA_KERNEL (default on)."""
+    return device.env_flag("COSMOS_EMA_KERNEL", default=True)
+
+
+def _build_kernel():
+    global _kernel, _unavailable
+    if _kernel is not None or _unavailable is not None:
+        return _kernel
+    try:
+        import triton
+        import triton.language as tl
+    except Exception as exc:  # no triton (CPU wheels), or a broken install: the foreach path stays
+        _unavailable = f"triton not importable: {exc}"
+        return None
+
+    @triton.jit
+    def _lerp_chunks(tgt, src, tgt_off, src_off, numel, chunk_tensor, chunk_index, weight, LOW_WEIGHT: tl.constexpr,
+                     CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_index + pid).to(tl.int64) * CHUNK
+        rem = tl.load(numel + t) - start
+        tp = tgt + tl.load(tgt_off + t) * 8 + start  # * 8: Triton then knows the 16-byte alignment
+        sp = src + tl.load(src_off + t) * 8 + start
+        offs = tl.arange(0, BLOCK)
+        if rem >= CHUNK:  # a full chunk: no masks, vector loads
+            for i in range(0, CHUNK, BLOCK):
+                e = tl.load(tp + i + offs)
+                s = tl.load(sp + i + offs).to(tl.float32)
+                if LOW_WEIGHT:
+                    out = e + weight * (s - e)
+                else:
+                    out = s - (s - e) * (1.0 - weight)
+                tl.store(tp + i + offs, out)
+        else:  # the tensor's last chunk
+            for i in range(0, CHUNK, BLOCK):
+                m = i + offs < rem
+                e = tl.load(tp + i + offs, mask=m)
+                s = tl.load(sp + i + offs, mask=m).to(tl.float32)
+                if LOW_WEIGHT:
+                    out = e + weight * (s - e)
+                else:
+                    out = s - (s - e) * (1.0 - weight)
+                tl.store(tp + i + offs, out, mask=m)
+
+    _kernel = _lerp_chunks
+    return _kernel
+
+
+def plan(targets: list[torch.Tensor], sources: list[torch.Tensor], chunk: int = CHUNK):
+    """The launch table on the host: (tgt_off, src_off, numel, chunk_tensor, chunk_index) as Python lists, offsets
+    in units of 8 elements from targets[0] / sources[0]; or a string saying why these lists cannot take the kernel.
+    Pure bookkeeping (no device work): tests check it on CPU."""
+    if len(targets) != len(sources):
+        return "lists of different lengths"
+    t0, s0 = targets[0], sources[0]
+    if t0.dtype != torch.float32 or s0.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtypes {t0.dtype} <- {s0.dtype} (the kernel takes fp32 <- bf16/fp16)"
+    tb, sb = t0.data_ptr(), s0.data_ptr()
+    if tb % 16 or sb % 16:
+        return "first tensors not 16-byte aligned"
+    tgt_off, src_off, numel, chunk_tensor, chunk_index = [], [], [], [], []
+    for i, (t, s) in enumerate(zip(targets, sources)):
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or type(s) not in (torch.Tensor, torch.nn.Parameter):
+            return f"tensor {i} is a {type(t).__name__}/{type(s).__name__} (plain tensors only)"
+        if t.dtype != t0.dtype or s.dtype != s0.dtype or t.device != t0.device or s.device != t0.device:
+            return f"tensor {i}: dtype or device differs from the first"
+        if t.shape != s.shape or not t.is_contiguous() or not s.is_contiguous():
+            return f"tensor {i}: shapes differ or a tensor is not contiguous"
+        dt, ds = t.data_ptr() - tb, s.data_ptr() - sb
+        if dt % (_ALIGN * 4) or ds % (_ALIGN * s.element_size()):
+            return f"tensor {i}: storage not aligned to {_ALIGN} elements"
+        n = t.numel()
+        if n == 0:
+            continue
+        k = len(numel)
+        tgt_off.append(dt // (_ALIGN * 4))
+        src_off.append(ds // (_ALIGN * s.element_size()))
+        numel.append(n)
+        chunks = -(-n // chunk)
+        chunk_tensor.extend([k] * chunks)
+        chunk_index.extend(range(chunks))
+    if not numel:
+        return "no elements"
+    if len(chunk_tensor) >= 2**31:
+        return "too many chunks"
+    return tgt_off, src_off, numel, chunk_tensor, chunk_index
+
+
+def _device_plan(targets, sources):
+    key = (targets[0].device, tuple(t.data_ptr() for t in targets), tuple(s.data_ptr() for s in sources),
+           tuple(t.numel() for t in targets), sources[0].dtype)
+    cached = _plans.get(key)
+    if cached is not None:
+        return cached
+    p = plan(targets, sources)
+    if isinstance(p, str):
+        cached = p
+    else:
+        dev = targets[0].device
+        tgt_off, src_off, numel, chunk_tensor, chunk_index = p
+        i64 = dict(dtype=torch.int64, device=dev)
+        i32 = dict(dtype=torch.int32, device=dev)
+        cached = (torch.tensor(tgt_off, **i64), torch.tensor(src_off, **i64), torch.tensor(numel, **i64),
+                  torch.tensor(chunk_tensor, **i32), torch.tensor(chunk_index, **i32))
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = cached
+    return cached
+
+
+def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | None:
+    """None when `lerp_` would take these lists, else the reason (for tests and the benchmark's row)."""
+    if not targets:
+        return "empty lists"
+    if targets[0].device.type != "cuda":
+        return f"device {targets[0].device.type} (CUDA only)"
+    if not enabled():
+        return "COSMOS_EMA_KERNEL=0"
+    if _build_kernel() is None:
+        return _unavailable
+    p = _device_plan(targets, sources)
+    return p if isinstance(p, str) else None
+
+
+@torch.no_grad()
+def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> bool:
+    """targets <- lerp(targets, sources.float(), weight) in one launch on the current stream. True when done; False
+    (nothing changed) when the lists cannot take the kernel (see why_not): the caller then runs its own path."""
+    if why_not(targets, sources) is not None:
+        return False
+    tgt_off, src_off, numel, chunk_tensor, chunk_index = _device_plan(targets, sources)
+    weight = float(weight)
+    with torch.cuda.device(targets[0].device):
+        _kernel[(chunk_tensor.numel(),)](
+            targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
+            LOW_WEIGHT=abs(weight) < 0.5, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4)
+    return True
