@@ -288,7 +288,6 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
             marks[-1].append((name, ev))
 
     timing = [False]
-    clip_into = opt if args.clip_in_step == "on" else None  # GradClip's coefficient into the fused step (0052)
 
     def step():
         if args.fwd:
@@ -306,7 +305,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         loss.backward()
         mark("bwd")
         if clip_ema is not None:
-            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True, clip_into)
+            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
             mark("clip")
         if opt is not None:
             opt.step()
@@ -361,7 +360,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         from cosmos_predict2.portable.shards import local_shard
 
         srcs = [local_shard(p) for p in net.parameters()]
-        work = dict(clip_in_step=args.clip_in_step, ema_kernel=lerp_kernel.why_not(ema_params, srcs) or "on")
+        work = dict(ema_kernel=lerp_kernel.why_not(ema_params, srcs) or "on", ema_kernel_stats=dict(lerp_kernel.STATS))
     row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, fused_adam=fused_adam, step_s=step_s,
                phase_ms=phase_ms, **work,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,
@@ -451,9 +450,6 @@ def main(argv=None) -> int:
                     help="with --optimizer: add the trainer's intrinsic per-step work, GradClip before the step and "
                          "the EMA update after it (the tree's own code), to split train.sh's excess into that work "
                          "and the rest")
-    ap.add_argument("--clip-in-step", choices=("on", "off"), default="on",
-                    help="with --trainer-work: GradClip's coefficient goes to the fused AdamW step (on, as GradClip "
-                         "does since patch 0052) or multiplies the gradients in place (off, as before)")
     ap.add_argument("--gc-every", type=int, default=0,
                     help="train.sh's garbage-collection policy: automatic GC off, a full collection every N steps "
                          "(0: Python's automatic GC, as a plain script runs)")

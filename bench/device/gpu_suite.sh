@@ -388,20 +388,22 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
   t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
   COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_work --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
 }
-# t2i_work_paths: the trainer's work (GradClip + EMA, in line) on its paths before and after patch 0052 (the clip
-# coefficient into the fused AdamW step) and portable/lerp_kernel.py (the EMA update in one Triton launch), beside the
-# bare step, one process each; then train.sh from the latent cache both ways (PATHS_E2E_RUNS: new*|old*, alternated)
+# t2i_work_paths: the trainer's work (GradClip + EMA, in line) with the EMA update as portable/lerp_kernel.py's one
+# Triton launch (new) and as copy + foreach lerp (old, COSMOS_EMA_KERNEL=0), beside the bare step, one process each;
+# then train.sh from the latent cache both ways (PATHS_E2E_RUNS: new*|old*, alternated)
 stage_t2i_work_paths() {
   ensure_site
   local v
-  t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
-  COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 t2i_bare_run t2i_work_old --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 \
-    --trainer-work --clip-in-step off
-  COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_work_new --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
+  if [ -z "${SKIP_PATHS_BARE:-}" ]; then  # SKIP_PATHS_BARE=1: the train.sh runs only
+    t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+    COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 t2i_bare_run t2i_work_old --variants ${RATIO_VARIANT:-ours_cb} \
+      --gc-every 50 --trainer-work
+    COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_work_new --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
+  fi
   for v in ${PATHS_E2E_RUNS:-new old}; do
     case $v in
       new*) COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      old*) COSMOS_EMA_KERNEL=0 COSMOS_CLIP_IN_STEP=0 COSMOS_STEP_TIMING_EVERY=10 \
+      old*) COSMOS_EMA_KERNEL=0 COSMOS_STEP_TIMING_EVERY=10 \
               train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
       *) log "error: unknown run $v (new*|old*)"; continue ;;
     esac

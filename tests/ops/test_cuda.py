@@ -255,6 +255,17 @@ def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
             torch.cuda.synchronize()
         launches = sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
         assert launches == 1, launches
+        # the tables: kept while the storages stay; a moved tensor re-uploads the offsets, not the chunk table
+        before = dict(lk.STATS)
+        up.ema_update_(ema, src, 0.999)
+        assert lk.STATS["offset_uploads"] == before["offset_uploads"] and lk.STATS["tables"] == before["tables"]
+        ema[3] = ema[3].clone()
+        ref = [e.clone() for e in ema]
+        torch._foreach_lerp_(ref, [x.float() for x in src], 1e-3)
+        up.ema_update_(ema, src, 1.0 - 1e-3)
+        assert lk.STATS["offset_uploads"] == before["offset_uploads"] + 1 and lk.STATS["tables"] == before["tables"]
+        for a, b in zip(ema, ref):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     base = torch.randn(4097, device=DEV)
     odd = [base[1:1025]]  # 4 bytes past an aligned start
     before = odd[0].clone()

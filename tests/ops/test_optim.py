@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 
 import pytest
 import torch
@@ -305,72 +304,3 @@ def test_buckets_bound_the_fp32_copies_and_keep_the_update(portable, monkeypatch
     assert one == [[6, 5, 12, 3, 4, 2]]
     assert all(torch.equal(a, b) for a, b in zip(small, big))
 
-
-def _clip_then_step(portable, start, grads, *, fused, defer, clip=0.05, steps=3):
-    """start params, per-step grads; GradClip's one-pass clip (portable/shards) then FusedAdam.step, with the clip
-    coefficient either multiplied in place or deferred to the step. Returns (params, masters, grads seen by step,
-    deferral results)."""
-    ps = [torch.nn.Parameter(t.clone()) for t in start]
-    opt = portable.optim.FusedAdam(groups(ps), betas=(0.9, 0.99), master_weights=True, fused=fused)
-    seen, deferred = [], []
-    real = opt.defer_grad_scale
-    opt.defer_grad_scale = lambda *a: (deferred.append(real(*a)), deferred[-1])[1]
-    for gs in grads:
-        for p, g in zip(ps, gs):
-            p.grad = g.clone()
-        portable.shards.clip_grad_norm_local([p.grad for p in ps], clip, True, opt if defer else None)
-        seen.append([p.grad.clone() for p in ps])
-        opt.step()
-        assert opt._grad_scale is None  # one step per coefficient
-        opt.zero_grad()
-    return ps, [opt._masters.get(p, p) for p in ps], seen, deferred
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_clip_coefficient_deferred_to_the_fused_step(portable, dtype):
-    """patch grad-clip-scale-in-optimizer-step: with the fused kernel, GradClip's coefficient reaches the step as
-    its grad_scale (1 / coef) instead of an in-place multiply: the gradients stay as backward left them, and the
-    update is the one of the multiplied gradients (fp32: to fp32 rounding; bf16: the multiplied gradient is no
-    longer rounded to bf16 first, so to that rounding), clipped for real (a norm far above the limit)."""
-    torch.manual_seed(5)
-    start = [t.detach() for t in make_params(dtype, scale=0.5)]
-    grads = [[(torch.randn(t.shape) * 3).to(dtype) for t in start] for _ in range(3)]
-    p_mul, m_mul, seen_mul, d_mul = _clip_then_step(portable, start, grads, fused=True, defer=False)
-    p_def, m_def, seen_def, d_def = _clip_then_step(portable, start, grads, fused=True, defer=True)
-    assert d_mul == [] and d_def == [True] * 3
-    assert all(torch.equal(a, b) for s, gs in zip(seen_def, grads) for a, b in zip(s, gs))  # untouched
-    assert not any(torch.equal(a, b) for s, gs in zip(seen_mul, grads) for a, b in zip(s, gs))  # multiplied
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0, atol=2e-4)
-    for a, b, s in zip(m_mul, m_def, start):
-        torch.testing.assert_close(b.float(), a.float(), **tol)
-        assert (a.float() - s.float()).abs().max() > 1e-2  # the params moved
-    # not clipped at all would differ: the coefficient did reach the kernel
-    p_raw, m_raw, _, _ = _clip_then_step(portable, start, grads, fused=True, defer=False, clip=1e9)
-    assert max((a.float() - b.float()).abs().max().item() for a, b in zip(m_raw, m_def)) > 1e-3
-
-
-def test_clip_coefficient_not_deferred_off_the_fused_kernel_or_for_other_gradients(portable):
-    """The foreach path (CPU default, NPU) keeps the in-place multiply; so does a gradient list that is not exactly
-    the optimizer's (a subset); zero_grad() drops a coefficient that was not used; COSMOS_CLIP_IN_STEP=0 declines."""
-    torch.manual_seed(6)
-    start = [t.detach() for t in make_params(torch.bfloat16)]
-    grads = [[torch.randn(t.shape).to(torch.bfloat16) * 4 for t in start]]
-    _, _, seen, deferred = _clip_then_step(portable, start, grads, fused=False, defer=True)
-    assert deferred == [False] and not torch.equal(seen[0][0], grads[0][0])
-    ps = [torch.nn.Parameter(t.clone()) for t in start]
-    opt = portable.optim.FusedAdam(ps, master_weights=True, fused=True)
-    for p, g in zip(ps, grads[0]):
-        p.grad = g.clone()
-    coef = torch.tensor(0.5)
-    assert not opt.defer_grad_scale([p.grad for p in ps[:2]], coef)
-    assert opt.defer_grad_scale([p.grad for p in ps], coef) and opt._grad_scale is not None
-    opt.zero_grad()
-    assert opt._grad_scale is None
-    for p, g in zip(ps, grads[0]):
-        p.grad = g.clone()
-    os.environ["COSMOS_CLIP_IN_STEP"] = "0"
-    try:
-        assert not portable.optim.FusedAdam(ps, master_weights=True, fused=True).defer_grad_scale(
-            [p.grad for p in ps], coef)
-    finally:
-        del os.environ["COSMOS_CLIP_IN_STEP"]

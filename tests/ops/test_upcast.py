@@ -189,7 +189,7 @@ def test_tree_ema_updaters_upcast_in_one_copy(applied_tree):
 
 
 def test_lerp_kernel_plan_covers_every_element_once(portable):
-    """portable/lerp_kernel.py's launch table (the host side; the kernel itself runs in tests/ops/test_cuda.py):
+    """portable/lerp_kernel.py's launch tables (the host side; the kernel itself runs in tests/ops/test_cuda.py):
     offsets in units of 8 elements from the first tensor, chunks of CHUNK elements, every element of every tensor
     in exactly one chunk, empty tensors skipped; lists it cannot take are named, not taken."""
     lk = portable.lerp_kernel
@@ -201,17 +201,20 @@ def test_lerp_kernel_plan_covers_every_element_once(portable):
         tgts.append(tgt_buf.narrow(0, off, n))
         srcs.append(src_buf.narrow(0, off, n))
         off += -(-max(n, 1) // 8) * 8
-    p = lk.plan(tgts, srcs, chunk=8)
+    p = lk.plan(tgts, srcs)
     assert not isinstance(p, str), p
-    tgt_off, src_off, numel, chunk_tensor, chunk_index = p
-    assert numel == [n for n in sizes if n]
+    tgt_off, src_off, numel = p
+    assert numel == [n for n in sizes if n] and src_off == tgt_off
+    chunk_tensor, chunk_index = lk.chunk_table(numel, chunk=8)
+    assert chunk_tensor.dtype == chunk_index.dtype == torch.int32
     covered = []
-    for t, c in zip(chunk_tensor, chunk_index):
+    for t, c in zip(chunk_tensor.tolist(), chunk_index.tolist()):
         start = tgt_off[t] * 8 + c * 8
         covered.extend(range(start, start + min(8, numel[t] - c * 8)))
     expected = [i for t, n in zip(tgts, sizes) if n for i in range(t.storage_offset(), t.storage_offset() + n)]
     assert sorted(covered) == expected and len(covered) == len(set(covered))
-    assert src_off == tgt_off
+    assert chunk_tensor.tolist() == [0, 1, 2, 3, 3, 3, 4, 4, 4, 4, 4]
+    assert chunk_index.tolist() == [0, 0, 0, 0, 1, 2, 0, 1, 2, 3, 4]
     # what it refuses
     assert "aligned" in lk.plan([tgt_buf[1:9]], [src_buf[:8]])
     assert "aligned" in lk.plan([tgt_buf[:8], tgt_buf[12:20]], [src_buf[:8], src_buf[8:16]])
@@ -219,7 +222,6 @@ def test_lerp_kernel_plan_covers_every_element_once(portable):
     assert "contiguous" in lk.plan([torch.zeros(4, 4).t()], [torch.zeros(4, 4, dtype=torch.bfloat16)])
     assert "different lengths" in lk.plan([tgt_buf[:8]], [])
     assert lk.why_not(tgts, srcs) == "device cpu (CUDA only)"
-
 
 def test_ema_update_on_cpu_does_not_take_the_kernel(portable, monkeypatch):
     """The kernel is CUDA-only: on CPU ema_update_ never launches it (it would fail without triton)."""

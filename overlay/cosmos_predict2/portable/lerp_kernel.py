@@ -6,10 +6,11 @@ lerps: 4 + 8 bytes per element for the copy, 8 + 8 + 8 for the lerp (36 GB per u
 reads each bf16 source once, in registers, for 2 + 4 + 4 bytes (20 GB), in one launch for the whole list.
 
 How one launch covers many tensors: every tensor is addressed from the list's first tensor by an element offset
-(a table on the device, built once per set of storages and kept), and split into chunks of CHUNK elements; one
-program per chunk. The offsets are stored in units of 8 elements and chunk starts are multiples of CHUNK, so Triton
-can prove 16-byte alignment and vectorise; tensors whose storage is not aligned that way, strided views, and any
-list this module cannot take, return False from `lerp_` and the caller keeps its foreach path.
+(a small table on the device, uploaded once per set of storages), and split into chunks of CHUNK elements, one
+program per chunk (a table kept per set of sizes). Offsets are stored in units of 8 elements and chunk starts are
+multiples of CHUNK, so Triton can prove 16-byte alignment and vectorise; tensors whose storage is not aligned that
+way, strided views, and any list this module cannot take, return False from `lerp_` and the caller keeps its
+foreach path.
 
 Arithmetic: torch.lerp's (self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)) in fp32, the
 same formula as the foreach path's `_foreach_lerp_`, so the same values to fp32 rounding (tests/ops/test_cuda.py).
@@ -17,6 +18,8 @@ CUDA only, with triton importable; COSMOS_EMA_KERNEL=0 turns it off.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -27,7 +30,11 @@ BLOCK = 1024  # elements per inner iteration of a program
 _ALIGN = 8  # offsets in units of 8 elements: 32 bytes of fp32, 16 of bf16 (one vector load each)
 _MAX_PLANS = 8  # cached tables (one per set of storages; the EMA update has one or two)
 
-_plans: dict = {}
+_WARN_UPLOADS = 4  # offset tables uploaded before a warning (the EMA's tensors should not move during a run)
+
+_plans: dict = {}  # (device, storages, sizes, dtype) -> device tables, or why not
+_chunks: dict = {}  # (device, sizes) -> device chunk table
+STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, built at first use (importing triton is slow and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
 
@@ -82,10 +89,10 @@ def _build_kernel():
     return _kernel
 
 
-def plan(targets: list[torch.Tensor], sources: list[torch.Tensor], chunk: int = CHUNK):
-    """The launch table on the host: (tgt_off, src_off, numel, chunk_tensor, chunk_index) as Python lists, offsets
-    in units of 8 elements from targets[0] / sources[0]; or a string saying why these lists cannot take the kernel.
-    Pure bookkeeping (no device work): tests check it on CPU."""
+def plan(targets: list[torch.Tensor], sources: list[torch.Tensor]):
+    """Where each tensor lies: (tgt_off, src_off, numel) as Python lists, offsets in units of 8 elements from
+    targets[0] / sources[0], empty tensors left out; or a string saying why these lists cannot take the kernel.
+    Host bookkeeping only: tests check it on CPU."""
     if len(targets) != len(sources):
         return "lists of different lengths"
     t0, s0 = targets[0], sources[0]
@@ -94,9 +101,10 @@ def plan(targets: list[torch.Tensor], sources: list[torch.Tensor], chunk: int = 
     tb, sb = t0.data_ptr(), s0.data_ptr()
     if tb % 16 or sb % 16:
         return "first tensors not 16-byte aligned"
-    tgt_off, src_off, numel, chunk_tensor, chunk_index = [], [], [], [], []
+    tgt_off, src_off, numel = [], [], []
+    plain = (torch.Tensor, torch.nn.Parameter)
     for i, (t, s) in enumerate(zip(targets, sources)):
-        if type(t) not in (torch.Tensor, torch.nn.Parameter) or type(s) not in (torch.Tensor, torch.nn.Parameter):
+        if type(t) not in plain or type(s) not in plain:
             return f"tensor {i} is a {type(t).__name__}/{type(s).__name__} (plain tensors only)"
         if t.dtype != t0.dtype or s.dtype != s0.dtype or t.device != t0.device or s.device != t0.device:
             return f"tensor {i}: dtype or device differs from the first"
@@ -105,25 +113,36 @@ def plan(targets: list[torch.Tensor], sources: list[torch.Tensor], chunk: int = 
         dt, ds = t.data_ptr() - tb, s.data_ptr() - sb
         if dt % (_ALIGN * 4) or ds % (_ALIGN * s.element_size()):
             return f"tensor {i}: storage not aligned to {_ALIGN} elements"
-        n = t.numel()
-        if n == 0:
-            continue
-        k = len(numel)
-        tgt_off.append(dt // (_ALIGN * 4))
-        src_off.append(ds // (_ALIGN * s.element_size()))
-        numel.append(n)
-        chunks = -(-n // chunk)
-        chunk_tensor.extend([k] * chunks)
-        chunk_index.extend(range(chunks))
+        if t.numel():
+            tgt_off.append(dt // (_ALIGN * 4))
+            src_off.append(ds // (_ALIGN * s.element_size()))
+            numel.append(t.numel())
     if not numel:
         return "no elements"
-    if len(chunk_tensor) >= 2**31:
-        return "too many chunks"
-    return tgt_off, src_off, numel, chunk_tensor, chunk_index
+    return tgt_off, src_off, numel
+
+
+def chunk_table(numel: list[int], chunk: int = CHUNK):
+    """(chunk_tensor, chunk_index): for every program, which tensor (index into numel) and which of its chunks; int32
+    CPU tensors built with tensor ops (2B parameters are ~245k chunks)."""
+    n = torch.tensor(numel, dtype=torch.int64)
+    per = (n + chunk - 1) // chunk
+    chunk_tensor = torch.repeat_interleave(torch.arange(len(numel), dtype=torch.int64), per)
+    first = torch.cumsum(per, 0) - per  # each tensor's first program
+    chunk_index = torch.arange(int(per.sum())) - torch.repeat_interleave(first, per)
+    return chunk_tensor.to(torch.int32), chunk_index.to(torch.int32)
+
+
+def _upload(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """To the device without a stream synchronisation (a pageable copy waits for the device to catch up)."""
+    return t.pin_memory().to(dev, non_blocking=True)
 
 
 def _device_plan(targets, sources):
-    key = (targets[0].device, tuple(t.data_ptr() for t in targets), tuple(s.data_ptr() for s in sources),
+    """(tgt_off, src_off, numel, chunk_tensor, chunk_index) on the device, or why not (a string). Cached twice: the
+    chunk table by the tensors' sizes, the offsets by their storages (a new set re-uploads 3 small tables)."""
+    dev = targets[0].device
+    key = (dev, tuple(t.data_ptr() for t in targets), tuple(s.data_ptr() for s in sources),
            tuple(t.numel() for t in targets), sources[0].dtype)
     cached = _plans.get(key)
     if cached is not None:
@@ -132,12 +151,20 @@ def _device_plan(targets, sources):
     if isinstance(p, str):
         cached = p
     else:
-        dev = targets[0].device
-        tgt_off, src_off, numel, chunk_tensor, chunk_index = p
-        i64 = dict(dtype=torch.int64, device=dev)
-        i32 = dict(dtype=torch.int32, device=dev)
-        cached = (torch.tensor(tgt_off, **i64), torch.tensor(src_off, **i64), torch.tensor(numel, **i64),
-                  torch.tensor(chunk_tensor, **i32), torch.tensor(chunk_index, **i32))
+        tgt_off, src_off, numel = p
+        ckey = (dev, tuple(numel))
+        chunks = _chunks.get(ckey)
+        if chunks is None:
+            if len(_chunks) >= _MAX_PLANS:
+                _chunks.clear()
+            chunks = _chunks[ckey] = tuple(_upload(t, dev) for t in chunk_table(numel))
+            STATS["tables"] += 1
+        cached = (*(_upload(torch.tensor(x, dtype=torch.int64), dev) for x in (tgt_off, src_off, numel)), *chunks)
+        STATS["offset_uploads"] += 1
+        if STATS["offset_uploads"] == _WARN_UPLOADS:
+            warnings.warn(f"portable/lerp_kernel.py: the EMA update's tensors moved {_WARN_UPLOADS} times; every "
+                          "move re-uploads the offset table (host time each step). Set COSMOS_EMA_KERNEL=0 if "
+                          "this keeps happening.", RuntimeWarning, stacklevel=3)
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
     _plans[key] = cached
@@ -170,4 +197,5 @@ def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: floa
         _kernel[(chunk_tensor.numel(),)](
             targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
             LOW_WEIGHT=abs(weight) < 0.5, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4)
+    STATS["launches"] += 1
     return True

@@ -22,12 +22,6 @@ This class keeps its constructor and semantics on torch's `_foreach_*` kernels (
   foreach path. Other devices keep the foreach path unless `fused=True` (torch_npu's fused kernel is not measured).
 - bf16 gradients are copied to fp32 per bucket by one foreach copy into a buffer kept for the run
   (portable/upcast.py), not one `.float()` kernel per parameter.
-- `defer_grad_scale(grads, coef)`: GradClip (portable/shards.clip_grad_norm_local) hands its clip coefficient to
-  the next step() instead of multiplying every gradient in place, when that step runs the fused kernel over exactly
-  those gradients: the kernel divides each fp32 gradient by its `grad_scale` operand (1 / coef) as it reads it, one
-  pass over the bf16 gradients less per step (~2 ms on the 2B DiT). The gradients then stay unclipped between
-  GradClip and step() (zero_grad() follows, in upstream's loop), and the clipped gradient is not rounded to bf16
-  before the update (the same update to that rounding). COSMOS_CLIP_IN_STEP=0 keeps the in-place multiply.
 """
 
 from __future__ import annotations
@@ -94,8 +88,6 @@ class FusedAdam(torch.optim.Optimizer):
         self.fused = fused
         self._fused_env = device.env_flag("COSMOS_FUSED_ADAM", default=True) if fused is None else False
         self._masters: dict = {}
-        self._grad_scale = None  # {device: 1 / clip coefficient} from defer_grad_scale, used by the next step()
-        self._clip_in_step = device.env_flag("COSMOS_CLIP_IN_STEP", default=True)  # 0: GradClip multiplies in place
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
 
@@ -134,36 +126,6 @@ class FusedAdam(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
         return local_shard(state["exp_avg"]), local_shard(state["exp_avg_sq"])
 
-    # ------------------------------------------------------------------ deferred clipping
-
-    def defer_grad_scale(self, grads: list[torch.Tensor], coef: torch.Tensor) -> bool:
-        """Take GradClip's coefficient (a 0-dim tensor on the device) for the next step() instead of its in-place
-        multiply: True when that step runs the fused kernel (bias correction on) over exactly `grads` (the local
-        gradients, by identity); False (nothing kept) otherwise, and the caller multiplies as before.
-        COSMOS_CLIP_IN_STEP=0 (read at construction) always answers False: for code that reads the clipped
-        gradients between GradClip and the step."""
-        if not self._clip_in_step:
-            return False
-        mine = set()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not group.get("bias_correction", True) or not self.uses_fused_kernel(local_shard(p).device):
-                    return False
-                mine.add(id(local_shard(p.grad)))
-        if len(mine) != len(grads) or mine != {id(g) for g in grads}:
-            return False
-        inv = 1.0 / coef.float()
-        self._grad_scale = {g.device: None for g in grads}
-        for dev in self._grad_scale:
-            self._grad_scale[dev] = inv.to(dev)
-        return True
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._grad_scale = None  # a coefficient for gradients that are gone
-        super().zero_grad(set_to_none=set_to_none)
-
     # ------------------------------------------------------------------ step
 
     @torch.no_grad()
@@ -177,11 +139,8 @@ class FusedAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        try:
-            for group in self.param_groups:
-                self._step_group(group)
-        finally:
-            self._grad_scale = None  # one step per coefficient
+        for group in self.param_groups:
+            self._step_group(group)
         return loss
 
     def _step_group(self, group: dict) -> None:
@@ -233,9 +192,8 @@ class FusedAdam(torch.optim.Optimizer):
         if fused_step is not None:  # one kernel: decay, moments, bias correction, update (torch.optim's fused AdamW)
             steps = [torch.full((), float(fused_step), dtype=torch.float32, device=work[0].device)] * len(work)
             kernel = torch._fused_adamw_ if self.adam_w_mode else torch._fused_adam_  # L2: wd * p added to the grad
-            scale = None if self._grad_scale is None else self._grad_scale[work[0].device]  # deferred clipping
             kernel(work, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
-                   eps=eps, amsgrad=False, maximize=False, grad_scale=scale)
+                   eps=eps, amsgrad=False, maximize=False)
             self._copy_back(params, work)
             return
         if not self.adam_w_mode and wd != 0.0:

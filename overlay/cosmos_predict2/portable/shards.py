@@ -88,7 +88,7 @@ def _shard_groups(grads: list[torch.Tensor]):
     return True, [mesh.get_group(d) for d, shard in enumerate(kinds) if shard and mesh.size(d) > 1]
 
 
-def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True, optimizer=None):
+def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True):
     """GradClip's `nan_to_num` + `clip_grad_norm_` (2-norm) on the local shards: one fused norm per (device, dtype)
     group, one sum of squares (all-reduced over the shard groups when sharded), one host read (is the total finite?),
     one fused scale. Upstream runs a DTensor dispatch per gradient for the norm and the scale (host time with the
@@ -98,10 +98,7 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
     eligible (see _shard_groups): the caller keeps upstream's path. Non-finite gradients get upstream's treatment:
     NaN/inf set to 0 in place, the norm taken again. Single process, plain tensors: the same ops as torch's
     clip_grad_norm_ (stacked per-tensor norms, their 2-norm), so the same values; sharded: the sum of the local
-    squares, all-reduced, then the root (fp32 rounding of that order).
-
-    `optimizer` with a `defer_grad_scale(grads, coef)` that accepts (portable/optim.FusedAdam on its fused kernel):
-    the coefficient goes to its next step instead of the in-place multiply (one pass over the gradients less)."""
+    squares, all-reduced, then the root (fp32 rounding of that order)."""
     if not grads:
         return None
     eligible, groups_to_sum = _shard_groups(grads)
@@ -126,9 +123,6 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
             torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0, out=t)
         total = total_norm()
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    defer = getattr(optimizer, "defer_grad_scale", None)
-    if defer is not None and defer(local, coef):
-        return total
     for (d, _), ts in groups.items():
         torch._foreach_mul_(ts, coef.to(d))
     return total
