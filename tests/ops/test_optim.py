@@ -304,3 +304,39 @@ def test_buckets_bound_the_fp32_copies_and_keep_the_update(portable, monkeypatch
     assert one == [[6, 5, 12, 3, 4, 2]]
     assert all(torch.equal(a, b) for a, b in zip(small, big))
 
+
+
+def test_fused_step_count_is_one_tensor_per_step_not_per_bucket(portable, monkeypatch):
+    """The fused kernel's step count is one 0-dim tensor per device and step, shared by all buckets (the kernel only
+    reads it): 4 buckets, one `full` op per step, and the same update as in one bucket."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    shapes = [(6,), (5,), (12,), (3,), (4,), (2,)]
+    torch.manual_seed(1)
+    start = [torch.randn(s).to(torch.bfloat16) for s in shapes]
+    grads = [torch.randn(s).to(torch.bfloat16) for s in shapes]
+
+    def run(bound):
+        monkeypatch.setattr(portable.upcast, "BUCKET_NUMEL", bound)
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = portable.optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True, fused=True)
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        opt.step()  # masters and moments made
+        with _Count() as rec:
+            opt.step()
+        return ps, rec.ops
+
+    small, ops = run(10)
+    assert ops.count("_fused_adamw_") == 4 and ops.count("full") == 1, ops
+    big, _ = run(1 << 26)
+    assert all(torch.equal(a, b) for a, b in zip(small, big))

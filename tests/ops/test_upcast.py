@@ -231,3 +231,41 @@ def test_ema_update_on_cpu_does_not_take_the_kernel(portable, monkeypatch):
     ref = ema[0] + 0.25 * (src[0].float() - ema[0])
     portable.upcast.ema_update_(ema, src, 0.75)
     torch.testing.assert_close(ema[0], ref)
+
+
+def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch):
+    """A kernel whose first launch fails (no ptxas, an unsupported GPU: Triton compiles at the first launch) turns
+    the kernel off for the process with one warning naming the error, and lerp_ answers False so the caller runs its
+    foreach path; a failure of a variant that launched before is raised (a real error). Simulated on CPU: the
+    device check and the tables are stubbed, the kernel is a stand-in that raises."""
+    lk = portable.lerp_kernel
+    calls = []
+
+    class _Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs["LOW_WEIGHT"])
+                raise self.exc
+            return launch
+
+    monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("ptxas not found\nmore")))
+    monkeypatch.setattr(lk, "_unavailable", None)
+    monkeypatch.setattr(lk, "_launched", set())
+    monkeypatch.setattr(lk, "_device_plan", lambda t, s: (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2)
+    monkeypatch.setattr(lk, "why_not", lambda t, s: lk._unavailable)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    ema, src = [torch.zeros(8)], [torch.ones(8, dtype=torch.bfloat16)]
+    with pytest.warns(RuntimeWarning, match="did not compile or launch .RuntimeError: ptxas not found."):
+        assert lk.lerp_(ema, src, 1e-3) is False
+    assert "ptxas not found" in lk._unavailable and calls == [True]
+    assert lk.lerp_(ema, src, 1e-3) is False and calls == [True]  # off for the process: not tried again
+    assert torch.equal(ema[0], torch.zeros(8))
+    # a variant that launched before: its failure is raised
+    monkeypatch.setattr(lk, "_unavailable", None)
+    monkeypatch.setattr(lk, "_launched", {True})
+    monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("illegal memory access")))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        lk.lerp_(ema, src, 1e-3)

@@ -14,7 +14,8 @@ foreach path.
 
 Arithmetic: torch.lerp's (self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)) in fp32, the
 same formula as the foreach path's `_foreach_lerp_`, so the same values to fp32 rounding (tests/ops/test_cuda.py).
-CUDA only, with triton importable; COSMOS_EMA_KERNEL=0 turns it off.
+CUDA only, with triton importable; COSMOS_EMA_KERNEL=0 turns it off. A first launch that fails (Triton compiles
+there: no ptxas, an unsupported GPU) turns it off for the process with one warning, and the caller's path runs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _chunks: dict = {}  # (device, sizes) -> device chunk table
 STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, built at first use (importing triton is slow and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
+_launched: set = set()  # LOW_WEIGHT variants that compiled and launched
 
 
 def enabled() -> bool:
@@ -179,7 +181,7 @@ def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | N
         return f"device {targets[0].device.type} (CUDA only)"
     if not enabled():
         return "COSMOS_EMA_KERNEL=0"
-    if _build_kernel() is None:
+    if _build_kernel() is None or _unavailable is not None:
         return _unavailable
     p = _device_plan(targets, sources)
     return p if isinstance(p, str) else None
@@ -193,9 +195,23 @@ def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: floa
         return False
     tgt_off, src_off, numel, chunk_tensor, chunk_index = _device_plan(targets, sources)
     weight = float(weight)
-    with torch.cuda.device(targets[0].device):
-        _kernel[(chunk_tensor.numel(),)](
-            targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
-            LOW_WEIGHT=abs(weight) < 0.5, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4)
+    low = abs(weight) < 0.5
+    try:
+        with torch.cuda.device(targets[0].device):
+            _kernel[(chunk_tensor.numel(),)](
+                targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
+                LOW_WEIGHT=low, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4)
+    except Exception as exc:  # noqa: BLE001 - see below
+        if low in _launched:  # it ran before: a real error, not a toolchain one
+            raise
+        # The first launch of a variant compiles it: a missing or mismatched toolchain (ptxas, an unsupported GPU)
+        # fails here, before anything is written. The run goes on with the foreach path, as compiled blocks fall
+        # back to eager (portable/block_compile.py).
+        global _unavailable
+        _unavailable = f"the kernel did not compile or launch ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        warnings.warn(f"portable/lerp_kernel.py: {_unavailable}; the EMA update keeps the foreach path.",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    _launched.add(low)
     STATS["launches"] += 1
     return True

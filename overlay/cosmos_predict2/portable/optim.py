@@ -174,11 +174,15 @@ class FusedAdam(torch.optim.Optimizer):
             by_device.setdefault(e[0].device, []).append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
         for dev, dev_entries in by_device.items():
-            fused = self.uses_fused_kernel(dev)
+            # the fused kernel's step count: one 0-dim tensor per device and step, shared by the buckets (it only
+            # reads it), not a fill per bucket
+            steps = None
+            if self.uses_fused_kernel(dev) and fused_step is not None:
+                steps = torch.full((), float(fused_step), dtype=torch.float32, device=dev)
             for a, b in upcast.buckets([e[0] for e in dev_entries]):
-                self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, fused_step if fused else None)
+                self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps)
 
-    def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step=None) -> None:
+    def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step: torch.Tensor | None = None) -> None:
         params = [e[0] for e in bucket]
         grads = [e[1] for e in bucket]  # never modified in place below
         if any(g.dtype != torch.float32 for g in grads):  # bf16 grads: fp32 copies in a few launches, not one each
@@ -190,7 +194,7 @@ class FusedAdam(torch.optim.Optimizer):
         work = [e[4] if e[4] is not None else (e[0] if e[0].dtype == torch.float32 else e[0].float()) for e in bucket]
 
         if fused_step is not None:  # one kernel: decay, moments, bias correction, update (torch.optim's fused AdamW)
-            steps = [torch.full((), float(fused_step), dtype=torch.float32, device=work[0].device)] * len(work)
+            steps = [fused_step] * len(work)
             kernel = torch._fused_adamw_ if self.adam_w_mode else torch._fused_adam_  # L2: wd * p added to the grad
             kernel(work, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
                    eps=eps, amsgrad=False, maximize=False)
