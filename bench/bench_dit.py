@@ -355,7 +355,7 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
     tflops = flops / step_s / 1e12
     fused_adam = None if opt is None else bool(opt.uses_fused_kernel(dev))
     work = {}
-    if clip_ema is not None:  # which paths the trainer's work took: the fused step's clip, the EMA kernel (or why not)
+    if clip_ema is not None:  # which path the EMA update took: the kernel, or why not
         from cosmos_predict2.portable import lerp_kernel
         from cosmos_predict2.portable.shards import local_shard
 

@@ -254,8 +254,8 @@ def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch
     monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("ptxas not found\nmore")))
     monkeypatch.setattr(lk, "_unavailable", None)
     monkeypatch.setattr(lk, "_launched", set())
-    monkeypatch.setattr(lk, "_device_plan", lambda t, s: (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2)
-    monkeypatch.setattr(lk, "why_not", lambda t, s: lk._unavailable)
+    monkeypatch.setattr(lk, "_checked_plan", lambda t, s: lk._unavailable or (
+        (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2))
     monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
     ema, src = [torch.zeros(8)], [torch.ones(8, dtype=torch.bfloat16)]
     with pytest.warns(RuntimeWarning, match="did not compile or launch .RuntimeError: ptxas not found."):

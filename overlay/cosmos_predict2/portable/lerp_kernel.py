@@ -173,8 +173,8 @@ def _device_plan(targets, sources):
     return cached
 
 
-def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | None:
-    """None when `lerp_` would take these lists, else the reason (for tests and the benchmark's row)."""
+def _checked_plan(targets, sources):
+    """The device tables for these lists, or why the kernel cannot take them (a string)."""
     if not targets:
         return "empty lists"
     if targets[0].device.type != "cuda":
@@ -183,7 +183,12 @@ def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | N
         return "COSMOS_EMA_KERNEL=0"
     if _build_kernel() is None or _unavailable is not None:
         return _unavailable
-    p = _device_plan(targets, sources)
+    return _device_plan(targets, sources)
+
+
+def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | None:
+    """None when `lerp_` would take these lists, else the reason (for tests and the benchmark's row)."""
+    p = _checked_plan(targets, sources)
     return p if isinstance(p, str) else None
 
 
@@ -191,9 +196,10 @@ def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | N
 def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> bool:
     """targets <- lerp(targets, sources.float(), weight) in one launch on the current stream. True when done; False
     (nothing changed) when the lists cannot take the kernel (see why_not): the caller then runs its own path."""
-    if why_not(targets, sources) is not None:
+    p = _checked_plan(targets, sources)
+    if isinstance(p, str):
         return False
-    tgt_off, src_off, numel, chunk_tensor, chunk_index = _device_plan(targets, sources)
+    tgt_off, src_off, numel, chunk_tensor, chunk_index = p
     weight = float(weight)
     low = abs(weight) < 0.5
     try:
