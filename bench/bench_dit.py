@@ -269,12 +269,13 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         # The trainer's own per-step work on the same net, with the tree's code: GradClip (clip_grad_norm_local, max
         # norm 1, upstream's nan_to_num guard) before the step, the EMA update (FastEmaModelUpdater, fp32 EMA) after
         # (on a CUDA side stream with COSMOS_EMA_OVERLAP=1, patch 0049).
-        from cosmos_predict2.portable.shards import clip_grad_norm_local
+        from cosmos_predict2.portable.shards import LateFiniteClip, clip_grad_norm_local
         from cosmos_predict2.portable import ema_overlap
         from imaginaire.utils.ema import FastEmaModelUpdater
 
         ema_params = [p.detach().float().clone() for p in net.parameters()]
-        clip_ema = argparse.Namespace(clip=clip_grad_norm_local, ema=FastEmaModelUpdater(), overlap=ema_overlap,
+        clip_ema = argparse.Namespace(clip=clip_grad_norm_local, late=LateFiniteClip(), checks=[],
+                                      ema=FastEmaModelUpdater(), overlap=ema_overlap,
                                       ema_net=argparse.Namespace(parameters=lambda: iter(ema_params)))
 
     # Device time between the phases' launch points (CUDA events, no sync inside the step): where a step's time goes,
@@ -305,12 +306,19 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         loss.backward()
         mark("bwd")
         if clip_ema is not None:
-            clip_ema.clip([p.grad for p in net.parameters() if p.grad is not None], 1.0, True)
+            # as GradClip (patch 0052): the finite check after the step's launch where the optimizer can skip on
+            # the device (COSMOS_CLIP_LATE_CHECK=0: before the step)
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            late = clip_ema.late.clip(grads, 1.0, opt) is not None
+            if not late:
+                clip_ema.clip(grads, 1.0, True)
+            clip_ema.checks.append("after the step" if late else "before the step")
             mark("clip")
         if opt is not None:
             opt.step()
             mark("opt")
         if clip_ema is not None:
+            clip_ema.late.settle()
             clip_ema.ema.update_average(net, clip_ema.ema_net, beta=0.9999)
             mark("ema")
         return loss.detach()
@@ -360,7 +368,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
         from cosmos_predict2.portable.shards import local_shard
 
         srcs = [local_shard(p) for p in net.parameters()]
-        work = dict(ema_kernel=lerp_kernel.why_not(ema_params, srcs) or "on", ema_kernel_stats=dict(lerp_kernel.STATS))
+        work = dict(ema_kernel=lerp_kernel.why_not(ema_params, srcs) or "on", ema_kernel_stats=dict(lerp_kernel.STATS),
+                    clip_check=sorted(set(clip_ema.checks)))
     row = dict(bench="dit", mode=mode, res=res, S=S, variant=variant, gc_every=args.gc_every, fused_adam=fused_adam, step_s=step_s,
                phase_ms=phase_ms, **work,
                step_s_all=[round(t, 4) for t in times], warmup_s=warm_s, tokens_per_s=S / step_s,

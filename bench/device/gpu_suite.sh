@@ -388,24 +388,42 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
   t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
   COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_work --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
 }
-# t2i_work_paths: the trainer's work (GradClip + EMA, in line) with the EMA update as portable/lerp_kernel.py's one
-# Triton launch (new) and as copy + foreach lerp (old, COSMOS_EMA_KERNEL=0), beside the bare step, one process each;
-# then train.sh from the latent cache both ways (PATHS_E2E_RUNS: new*|old*, alternated)
+# t2i_work_paths: the trainer's work (GradClip + EMA) with the EMA update as portable/lerp_kernel.py's one Triton
+# launch in line (new), as copy + foreach lerp (old, COSMOS_EMA_KERNEL=0) and as the kernel on a side stream
+# overlapped with the next forward (ovl, COSMOS_EMA_OVERLAP=1), the kernel with GradClip's finite check before the
+# optimizer step (late0, COSMOS_CLIP_LATE_CHECK=0), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
+# default "bare old new"; SKIP_PATHS_BARE=1: none); then train.sh from the latent cache the same ways
+# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*, in the order given; none: no run)
 stage_t2i_work_paths() {
   ensure_site
-  local v
-  if [ -z "${SKIP_PATHS_BARE:-}" ]; then  # SKIP_PATHS_BARE=1: the train.sh runs only
-    t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
-    COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 t2i_bare_run t2i_work_old --variants ${RATIO_VARIANT:-ours_cb} \
-      --gc-every 50 --trainer-work
-    COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_work_new --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work
-  fi
+  local v runs=${PATHS_BARE_RUNS:-bare old new}
+  [ -n "${SKIP_PATHS_BARE:-}" ] && runs=
+  for v in $runs; do
+    case $v in
+      bare) t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 ;;
+      old) COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 t2i_bare_run t2i_work_old --variants ${RATIO_VARIANT:-ours_cb} \
+             --gc-every 50 --trainer-work ;;
+      new) COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_work_new --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 \
+             --trainer-work ;;
+      ovl) COSMOS_EMA_OVERLAP=1 t2i_bare_run t2i_work_ovl --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 \
+             --trainer-work ;;
+      late0) COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 t2i_bare_run t2i_work_late0 \
+               --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work ;;
+      *) log "error: unknown bare run $v (bare|old|new|ovl|late0)" ;;
+    esac
+  done
   for v in ${PATHS_E2E_RUNS:-new old}; do
     case $v in
-      new*) COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      old*) COSMOS_EMA_KERNEL=0 COSMOS_STEP_TIMING_EVERY=10 \
+      new*) COSMOS_EMA_OVERLAP=0 COSMOS_STEP_TIMING_EVERY=10 \
               train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      *) log "error: unknown run $v (new*|old*)"; continue ;;
+      old*) COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 COSMOS_STEP_TIMING_EVERY=10 \
+              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
+      ovl*) COSMOS_EMA_OVERLAP=1 COSMOS_STEP_TIMING_EVERY=10 \
+              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
+      late0*) COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 COSMOS_STEP_TIMING_EVERY=10 \
+              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
+      none) continue ;;
+      *) log "error: unknown run $v (new*|old*|ovl*)"; continue ;;
     esac
     breakdown t2i_paths_$v
   done

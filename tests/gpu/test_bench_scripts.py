@@ -76,6 +76,7 @@ def test_bench_dit_trainer_work_names_its_paths(applied_tree):
     x = rows[0]
     assert x["ema_kernel"] == "device cpu (CUDA only)" and x["phase_ms"] == {} and x["finite"]
     assert x["ema_kernel_stats"]["launches"] == 0 and x["ema_kernel_stats"]["tables"] == 0
+    assert x["clip_check"] == ["before the step"]  # CPU: FusedAdam's foreach path cannot skip a step on the device
 
 def test_bench_dit_fsdp_variants_wrap_the_net_as_the_trainer(applied_tree):
     """<variant>_fsdp (upstream's per-module FSDP2 units on a one-device mesh) and _fsdproot (the root unit only):

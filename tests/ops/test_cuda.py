@@ -275,6 +275,45 @@ def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
         assert lk.why_not(ema, src) == "COSMOS_EMA_KERNEL=0"
 
 
+def test_cuda_late_finite_clip_skips_and_redoes_on_the_device(cuda_portable):
+    """portable/shards.py LateFiniteClip with FusedAdam's fused kernel on CUDA (its found_inf flag): finite and
+    non-finite gradients end with the same parameters, masters, moments and norms as the check before the step,
+    and the flagged step writes nothing before settle() redoes it."""
+    sh, optim = cuda_portable.shards, cuda_portable.optim
+    torch.manual_seed(0)
+    start = [torch.randn(s, device=DEV).bfloat16() for s in ((300, 70), (70,), (5000,))]
+    grads = [[torch.randn(t.shape, device=DEV).bfloat16() for t in start] for _ in range(3)]
+    grads[1][0][3, 4] = float("nan")
+    grads[1][2][7] = float("inf")
+
+    def run(late):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True)
+        assert opt.uses_fused_kernel(ps[0].device) and opt.can_skip_on_device(ps[0].device)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (1 + i))
+        clip, norms = sh.LateFiniteClip(), []
+        for it, gs in enumerate(grads):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            if late:
+                assert clip.clip([p.grad for p in ps], 0.5, opt) is not None
+                before = [p.detach().clone() for p in ps]
+                opt.step()
+                if it == 1:  # the flagged step wrote nothing
+                    assert all(torch.equal(a, b) for a, b in zip(ps, before))
+                sched.step()
+                norms.append(clip.settle())
+            else:
+                norms.append(sh.clip_grad_norm_local([p.grad for p in ps], 0.5, True))
+                opt.step()
+                sched.step()
+        return ps, [opt._masters[p] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], norms
+
+    a, b = run(True), run(False)
+    for xs, ys in zip(a, b):
+        assert all(torch.equal(x, y) for x, y in zip(xs, ys))
+
+
 def test_cuda_adaln_chains_compiled(cuda_portable):
     """adaLN modulation and gated residual (patch 0035): one compiled kernel each, forward and backward within bf16
     rounding of a float64 reference, and no worse than the eager bf16 chain."""

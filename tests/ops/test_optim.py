@@ -340,3 +340,62 @@ def test_fused_step_count_is_one_tensor_per_step_not_per_bucket(portable, monkey
     assert ops.count("_fused_adamw_") == 4 and ops.count("full") == 1, ops
     big, _ = run(1 << 26)
     assert all(torch.equal(a, b) for a, b in zip(small, big))
+
+
+def _state_of(opt, ps):
+    return ([p.detach().clone() for p in ps], [opt._masters[p].clone() for p in ps],
+            [opt.state[p]["exp_avg"].clone() for p in ps], [opt.state[p]["exp_avg_sq"].clone() for p in ps],
+            [g["step"] for g in opt.param_groups])
+
+
+def _same(a, b):
+    tensors = lambda s: [t for part in s[:4] for t in part]
+    return all(torch.equal(x, y) for x, y in zip(tensors(a), tensors(b))) and a[4] == b[4]
+
+
+def test_skip_flag_leaves_the_step_undone_and_redo_is_the_step_at_its_lr(portable):
+    """skip_next_step_if (the fused kernel's found_inf): a flag of 1 leaves parameters, masters, moments and the
+    step count of the flagged step as a step never taken; redo_skipped_step then is that step bitwise, at the
+    learning rate it had even when a scheduler moved it since. A flag of 0 is an ordinary step."""
+    torch.manual_seed(3)
+    start = [t.to(torch.bfloat16) for t in (torch.randn(33, 17), torch.randn(17), torch.randn(8, 4, 3))]
+    grads = [[torch.randn(t.shape).to(torch.bfloat16) for t in start] for _ in range(3)]
+
+    def run(flags):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = portable.optim.FusedAdam(groups(ps), betas=(0.9, 0.99), master_weights=True, fused=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (1 + i))
+        for g_step, flag in zip(grads, flags):
+            for p, g in zip(ps, g_step):
+                p.grad = g.clone()
+            if flag is not None:
+                assert opt.can_skip_on_device(ps[0].device)
+                opt.skip_next_step_if(torch.tensor(float(flag)))
+            before = _state_of(opt, ps) if opt.state else None
+            opt.step()
+            sched.step()
+            if flag == 1:
+                if before is not None:  # nothing written by the flagged step
+                    assert _same(_state_of(opt, ps)[:4] + (before[4],), before)
+                opt.redo_skipped_step()
+        return _state_of(opt, ps)
+
+    plain = run([None, None, None])
+    assert _same(run([0, 0, 0]), plain)
+    assert _same(run([None, 1, None]), plain)  # the second step flagged, redone after the scheduler's step
+    assert _same(run([1, 1, 1]), plain)  # the first step too (masters and moments made by the flagged step)
+    assert plain[4] == [3, 3]
+
+
+def test_skip_flag_needs_the_fused_kernel(portable):
+    """The foreach path cannot read a device flag: can_skip_on_device says so, and a flag given anyway is an error,
+    not a step silently taken."""
+    ps = make_params(torch.bfloat16)
+    opt = portable.optim.FusedAdam(ps, master_weights=True, fused=False)
+    assert not opt.can_skip_on_device(ps[0].device)
+    assert not portable.optim.FusedAdam(ps, bias_correction=False, fused=True).can_skip_on_device(ps[0].device)
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.skip_next_step_if(torch.tensor(1.0))
+    with pytest.raises(portable.user_error.UserRuntimeError, match="can_skip_on_device"):
+        opt.step()

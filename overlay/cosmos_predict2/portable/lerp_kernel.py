@@ -76,7 +76,8 @@ def _build_kernel():
                 else:
                     out = s - (s - e) * (1.0 - weight)
                 tl.store(tp + i + offs, out)
-        else:  # the tensor's last chunk
+        else:  # the tensor's last chunk (the lerp written again: a @triton.jit helper must be a module global, and
+            # this module imports triton only here, so CPU installs without it still import the module)
             for i in range(0, CHUNK, BLOCK):
                 m = i + offs < rem
                 e = tl.load(tp + i + offs, mask=m)

@@ -22,6 +22,10 @@ This class keeps its constructor and semantics on torch's `_foreach_*` kernels (
   foreach path. Other devices keep the foreach path unless `fused=True` (torch_npu's fused kernel is not measured).
 - bf16 gradients are copied to fp32 per bucket by one foreach copy into a buffer kept for the run
   (portable/upcast.py), not one `.float()` kernel per parameter.
+- `skip_next_step_if(found_inf)`: the next step() runs, but the fused kernel leaves everything as it was when the
+  0-dim device flag is 1 (its `found_inf`, as AMP uses it); `redo_skipped_step()` then runs that step again, with
+  the learning rate and step count it had. GradClip's finite check after the step (portable/shards.py
+  LateFiniteClip) uses the pair so that the host does not wait for the backward before launching the step.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class FusedAdam(torch.optim.Optimizer):
         self.fused = fused
         self._fused_env = device.env_flag("COSMOS_FUSED_ADAM", default=True) if fused is None else False
         self._masters: dict = {}
+        self._found_inf: torch.Tensor | None = None  # for the next step() only (skip_next_step_if)
+        self._skippable: list = []  # (group, step count before, lr) of the last step() taken with a flag
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
 
@@ -107,6 +113,24 @@ class FusedAdam(torch.optim.Optimizer):
     def uses_fused_kernel(self, dev: torch.device) -> bool:
         """Whether step() runs torch's fused AdamW kernel for parameters on `dev` (see the module docstring)."""
         return self.fused if self.fused is not None else (self._fused_env and dev.type == "cuda")
+
+    def can_skip_on_device(self, dev: torch.device) -> bool:
+        """Whether skip_next_step_if works for parameters on `dev`: only the fused kernel reads the flag."""
+        return self.uses_fused_kernel(dev) and all(g.get("bias_correction", True) for g in self.param_groups)
+
+    def skip_next_step_if(self, found_inf: torch.Tensor) -> None:
+        """The next step() leaves parameters, masters and moments as they are when the 0-dim float tensor
+        `found_inf` (on the parameters' device) is 1, without the host reading it. Only where can_skip_on_device."""
+        self._found_inf = found_inf
+
+    @torch.no_grad()
+    def redo_skipped_step(self) -> None:
+        """Run the last step() taken with a skip flag again, as if it had been the step: same step count, same
+        learning rate (an LR scheduler may have moved it since). The caller knows the flag was 1 (nothing written)."""
+        groups, self._skippable = self._skippable, []
+        for group, step_before, lr in groups:
+            group["step"] = step_before
+            self._step_group(group, lr=lr)
 
     def _master_for(self, p: torch.Tensor) -> torch.Tensor | None:
         local = local_shard(p)
@@ -139,11 +163,15 @@ class FusedAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf, self._found_inf = self._found_inf, None
+        self._skippable = []
         for group in self.param_groups:
-            self._step_group(group)
+            if found_inf is not None:
+                self._skippable.append((group, group.get("step", 0), _scalar(group["lr"])))
+            self._step_group(group, found_inf=found_inf)
         return loss
 
-    def _step_group(self, group: dict) -> None:
+    def _step_group(self, group: dict, lr: float | None = None, found_inf: torch.Tensor | None = None) -> None:
         entries = []  # (param local, grad local, exp_avg, exp_avg_sq, master or None)
         for p in group["params"]:
             if p.grad is None:
@@ -161,7 +189,7 @@ class FusedAdam(torch.optim.Optimizer):
             return
         group["step"] = int(_scalar(group.get("step", 0))) + 1
         step = group["step"]
-        lr = _scalar(group["lr"])
+        lr = _scalar(group["lr"]) if lr is None else lr
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, wd = float(group["eps"]), float(group["weight_decay"])
         bc1 = 1.0 - beta1**step if group.get("bias_correction", True) else 1.0
@@ -179,10 +207,14 @@ class FusedAdam(torch.optim.Optimizer):
             steps = None
             if self.uses_fused_kernel(dev) and fused_step is not None:
                 steps = torch.full((), float(fused_step), dtype=torch.float32, device=dev)
+            elif found_inf is not None:
+                raise UserRuntimeError(f"FusedAdam: a skip flag was given for {dev.type} parameters, where the "
+                                       "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
             for a, b in upcast.buckets([e[0] for e in dev_entries]):
-                self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps)
+                self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps, found_inf)
 
-    def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step: torch.Tensor | None = None) -> None:
+    def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step: torch.Tensor | None = None,
+                found_inf: torch.Tensor | None = None) -> None:
         params = [e[0] for e in bucket]
         grads = [e[1] for e in bucket]  # never modified in place below
         if any(g.dtype != torch.float32 for g in grads):  # bf16 grads: fp32 copies in a few launches, not one each
@@ -197,7 +229,7 @@ class FusedAdam(torch.optim.Optimizer):
             steps = [fused_step] * len(work)
             kernel = torch._fused_adamw_ if self.adam_w_mode else torch._fused_adam_  # L2: wd * p added to the grad
             kernel(work, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd,
-                   eps=eps, amsgrad=False, maximize=False)
+                   eps=eps, amsgrad=False, maximize=False, found_inf=found_inf)
             self._copy_back(params, work)
             return
         if not self.adam_w_mode and wd != 0.0:

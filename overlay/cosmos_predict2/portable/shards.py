@@ -88,17 +88,9 @@ def _shard_groups(grads: list[torch.Tensor]):
     return True, [mesh.get_group(d) for d, shard in enumerate(kinds) if shard and mesh.size(d) > 1]
 
 
-def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True):
-    """GradClip's `nan_to_num` + `clip_grad_norm_` (2-norm) on the local shards: one fused norm per (device, dtype)
-    group, one sum of squares (all-reduced over the shard groups when sharded), one host read (is the total finite?),
-    one fused scale. Upstream runs a DTensor dispatch per gradient for the norm and the scale (host time with the
-    device idle after backward) and, with force_finite, a nan_to_num launch per gradient.
-
-    Returns the total norm (a 0-dim fp32 tensor on the gradients' device), or None when the gradients are not
-    eligible (see _shard_groups): the caller keeps upstream's path. Non-finite gradients get upstream's treatment:
-    NaN/inf set to 0 in place, the norm taken again. Single process, plain tensors: the same ops as torch's
-    clip_grad_norm_ (stacked per-tensor norms, their 2-norm), so the same values; sharded: the sum of the local
-    squares, all-reduced, then the root (fp32 rounding of that order)."""
+def _local_total_norm(grads: list[torch.Tensor]):
+    """(local shards, their (device, dtype) groups, a function returning the total 2-norm) for the clip functions
+    below, or None when the gradients are not eligible (see _shard_groups)."""
     if not grads:
         return None
     eligible, groups_to_sum = _shard_groups(grads)
@@ -117,12 +109,107 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
             torch.distributed.all_reduce(sq, group=pg)
         return sq.sqrt()
 
+    return local, groups, total_norm
+
+
+def _scale(groups: dict, coef: torch.Tensor) -> None:
+    for (d, _), ts in groups.items():
+        torch._foreach_mul_(ts, coef.to(d))
+
+
+def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True):
+    """GradClip's `nan_to_num` + `clip_grad_norm_` (2-norm) on the local shards: one fused norm per (device, dtype)
+    group, one sum of squares (all-reduced over the shard groups when sharded), one host read (is the total finite?),
+    one fused scale. Upstream runs a DTensor dispatch per gradient for the norm and the scale (host time with the
+    device idle after backward) and, with force_finite, a nan_to_num launch per gradient.
+
+    Returns the total norm (a 0-dim fp32 tensor on the gradients' device), or None when the gradients are not
+    eligible (see _shard_groups): the caller keeps upstream's path. Non-finite gradients get upstream's treatment:
+    NaN/inf set to 0 in place, the norm taken again. Single process, plain tensors: the same ops as torch's
+    clip_grad_norm_ (stacked per-tensor norms, their 2-norm), so the same values; sharded: the sum of the local
+    squares, all-reduced, then the root (fp32 rounding of that order)."""
+    found = _local_total_norm(grads)
+    if found is None:
+        return None
+    local, groups, total_norm = found
     total = total_norm()
     if force_finite and not bool(torch.isfinite(total)):  # the one host read
         for t in local:
             torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0, out=t)
         total = total_norm()
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    for (d, _), ts in groups.items():
-        torch._foreach_mul_(ts, coef.to(d))
+    _scale(groups, torch.clamp(max_norm / (total + 1e-6), max=1.0))
     return total
+
+
+class LateFiniteClip:
+    """clip_grad_norm_local with force_finite, its host read moved after the optimizer step's launch.
+
+    The read (is the total norm finite?) makes the host wait for the end of the backward before it launches the
+    scale and the optimizer step; with the device then idle while the host prepares the step, and the host late for
+    the next forward. On an H200 the Text2Image 2B bare step with GradClip and the EMA update spent ~8 ms more in its
+    forward than without them (BENCHMARKS.md 3n). Here:
+    - `clip()` scales on the device by the clip coefficient when the total is finite and by 1 when not (gradients
+      left as they are), and tells the optimizer (FusedAdam.skip_next_step_if) to skip its step on the device when
+      not finite; the host goes on to launch the step;
+    - `settle()`, after the step's launch and before anything reads the parameters (GradClip calls it first thing
+      in on_before_zero_grad, before the EMA update), reads the flag. Finite (the normal case): nothing more, and
+      every value is the one of the check before the step, bitwise. Not finite: upstream's treatment then, from the
+      untouched gradients (NaN/inf set to 0, the norm taken again, the scale), and the skipped step redone with its
+      step count and learning rate: the same values as the check before the step.
+    Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
+    `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
+
+    def __init__(self) -> None:
+        self._pending = None  # (grads, max_norm, total, finite flag, event, optimizer) between clip() and settle()
+        self._host_flag = None  # pinned host copy of the flag (CUDA), reused every step
+
+    @staticmethod
+    def enabled() -> bool:
+        from . import device
+
+        return device.env_flag("COSMOS_CLIP_LATE_CHECK", default=True)
+
+    def clip(self, grads: list[torch.Tensor], max_norm: float, optimizer) -> torch.Tensor | None:
+        """The total norm (maybe not finite), the gradients scaled if it is; None when this path does not apply."""
+        if not grads or not self.enabled():
+            return None
+        can_skip = getattr(optimizer, "can_skip_on_device", None)
+        if can_skip is None or not can_skip(local_shard(grads[0]).device):
+            return None
+        found = _local_total_norm(grads)
+        if found is None:
+            return None
+        _, groups, total_norm = found
+        total = total_norm()
+        finite = torch.isfinite(total)
+        one = torch.ones((), dtype=total.dtype, device=total.device)
+        _scale(groups, torch.where(finite, torch.clamp(max_norm / (total + 1e-6), max=1.0), one))
+        # The flag goes to the host right behind the norm, so settle() waits for the norm, not for the optimizer's
+        # kernels queued after it (a plain bool(finite) there would wait for those too, and the device would idle
+        # while the host then launched the EMA update)
+        flag, event = finite, None
+        if finite.device.type == "cuda":
+            if self._host_flag is None:
+                self._host_flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            flag = self._host_flag
+            flag.copy_(finite, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        optimizer.skip_next_step_if((~finite).float())
+        self._pending = (grads, max_norm, total, flag, event, optimizer)
+        return total
+
+    def settle(self) -> torch.Tensor | None:
+        """After the optimizer step's launch: the step's total norm as the check before the step gives it (None when
+        clip() did not run this step)."""
+        if self._pending is None:
+            return None
+        grads, max_norm, total, flag, event, optimizer = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        if bool(flag):  # the one host read, after the step was launched
+            return total
+        total = clip_grad_norm_local(grads, max_norm, force_finite=True)  # gradients untouched by clip(): upstream
+        optimizer.redo_skipped_step()
+        return total
