@@ -1,6 +1,7 @@
 """Worker for test_grad_clip_local.py (torchrun, gloo): GradClip on FSDP2 gradients, three ways on identical
 gradients: upstream's clip_grad_norm_ as shipped (`self.net.parameters()`, a generator), the same function given a
-list, and GradClip's one-pass path (portable/shards.clip_grad_norm_local). Prints one JSON line on rank 0."""
+list, and GradClip's one-pass path (portable/shards.clip_grad_norm_local); then GradClip with FusedAdam with the
+finite check before the step and after its launch (late_case). Prints one JSON line on rank 0."""
 
 from __future__ import annotations
 
@@ -117,6 +118,31 @@ def case(mesh, dtype, poison=False):
                 finite=all(bool(torch.isfinite(g).all()) for g in local))
 
 
+def late_case(mesh, dtype, poison=False):
+    """Patch grad-clip-finite-check-after-the-step: GradClip, FusedAdam's fused kernel (forced on; gloo, CPU) and
+    the trainer's order, with the finite check before the step and after its launch: the same parameters after
+    the step, bitwise, on every rank (a poisoned step on rank 0 only: the all-reduced norm is not finite everywhere,
+    so every rank skips and redoes)."""
+    import os
+
+    from cosmos_predict2.portable.optim import FusedAdam
+
+    results, late_used = [], []
+    for late in (False, True):
+        os.environ["COSMOS_CLIP_LATE_CHECK"] = "1" if late else "0"
+        m = build(mesh, dtype, poison)
+        opt = FusedAdam(m.net.parameters(), lr=1e-2, weight_decay=0.1, master_weights=True, fused=True)
+        cb = callback()
+        cb.on_before_optimizer_step(m, opt, None, None, iteration=1)
+        late_used.append(cb._late._pending is not None)
+        opt.step()
+        cb.on_before_zero_grad(m, opt, None, iteration=1)
+        results.append([shards.local_shard(p).detach().clone() for p in m.net.parameters()])
+    os.environ.pop("COSMOS_CLIP_LATE_CHECK")
+    return dict(late_used=late_used, bitwise=all(torch.equal(a, b) for a, b in zip(*results)),
+                finite=all(bool(torch.isfinite(p).all()) for p in results[1]))
+
+
 def main():
     dist.init_process_group("gloo")
     world = dist.get_world_size()
@@ -128,10 +154,12 @@ def main():
         for dtype in (torch.float32, torch.bfloat16):
             out[f"{name}_{str(dtype)[6:]}"] = case(mesh, dtype)
         out[f"{name}_poisoned"] = case(mesh, torch.float32, poison=True)
+    late = {f"fsdp_late_{k}": late_case(meshes["fsdp"], torch.float32, poison=k == "poisoned")
+            for k in ("finite", "poisoned")}
     t = torch.ones(3)
     out["plain_eligible"] = shards._shard_groups([t, t])
     if dist.get_rank() == 0:
-        print(json.dumps(dict(world=world, cases={k: v for k, v in out.items() if k != "plain_eligible"},
+        print(json.dumps(dict(world=world, cases={k: v for k, v in out.items() if k != "plain_eligible"}, late=late,
                               plain_eligible=[out["plain_eligible"][0], len(out["plain_eligible"][1])])))
     dist.destroy_process_group()
 

@@ -4,7 +4,9 @@ tests/training/grad_clip_worker.py in the applied tree:
   scales nothing (the norm spends the generator); the patched one clips;
 - patch grad-clip-one-pass-on-local-shards: GradClip takes portable/shards.clip_grad_norm_local's path for these
   layouts, and its gradients are bitwise those of the (patched) upstream path, in fp32 and bf16, with non-finite
-  values zeroed first; the clipped norm is the limit."""
+  values zeroed first; the clipped norm is the limit;
+- patch grad-clip-finite-check-after-the-step: with FusedAdam's fused kernel the check after the step's launch gives
+  the parameters of the check before the step, bitwise, a step poisoned on one rank included."""
 
 from __future__ import annotations
 
@@ -49,3 +51,8 @@ def test_grad_clip_clips_and_one_pass_matches_upstream(smoke_tree, world):
         if c["norm_before"] is not None:
             assert c["norm_before"] > 1.0, name
     assert out["plain_eligible"] == [True, 0]
+    # patch grad-clip-finite-check-after-the-step on FSDP2 shards: the late check taken, the same step bitwise;
+    # poisoned on rank 0 only, every rank skipped and redid it (a rank that did not would differ or hang)
+    assert set(out["late"]) == {"fsdp_late_finite", "fsdp_late_poisoned"}
+    for name, c in out["late"].items():
+        assert c["late_used"] == [False, True] and c["bitwise"] and c["finite"], (name, c)
