@@ -80,6 +80,9 @@ stage_parity() {
 train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...  (E2E_LOGGING_ITER= empty: the experiment's own)
   local name=$1 nproc=$2 exp=$3 iters=$4; shift 4
   local logit=${E2E_LOGGING_ITER-1}
+  # earlier runs' checkpoints (2B: ~30 GB each with masters, moments and EMA) filled a warm machine's disk after
+  # about four runs; their logs and metrics stay
+  find /tmp/e2e -mindepth 2 -type d -name checkpoints -prune -exec rm -rf {} + 2>/dev/null
   mkdir -p /tmp/e2e/$name
   (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
      timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc --fresh -- \
