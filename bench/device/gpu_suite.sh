@@ -399,37 +399,30 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
 # (PATHS_E2E_RUNS: new*|old*|ovl*|late0*, in the order given; none: no run)
 stage_t2i_work_paths() {
   ensure_site
-  local v runs=${PATHS_BARE_RUNS:-bare old new}
+  local v env runs=${PATHS_BARE_RUNS:-bare old new}
   [ -n "${SKIP_PATHS_BARE:-}" ] && runs=
   for v in $runs; do
-    case $v in
-      bare) t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 ;;
-      old) COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 t2i_bare_run t2i_work_old --variants ${RATIO_VARIANT:-ours_cb} \
-             --gc-every 50 --trainer-work ;;
-      new) COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_work_new --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 \
-             --trainer-work ;;
-      ovl) COSMOS_EMA_OVERLAP=1 t2i_bare_run t2i_work_ovl --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 \
-             --trainer-work ;;
-      late0) COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 t2i_bare_run t2i_work_late0 \
-               --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work ;;
-      *) log "error: unknown bare run $v (bare|old|new|ovl|late0)" ;;
-    esac
+    if [ $v = bare ]; then t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50; continue; fi
+    case $v in old|new|ovl|late0) env=$(t2i_paths_env $v) ;;
+      *) log "error: unknown bare run $v (bare|old|new|ovl|late0)"; continue ;; esac
+    (export $env; t2i_bare_run t2i_work_$v --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work)
   done
   for v in ${PATHS_E2E_RUNS:-new old}; do
-    case $v in
-      new*) COSMOS_EMA_OVERLAP=0 COSMOS_STEP_TIMING_EVERY=10 \
-              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      old*) COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 COSMOS_STEP_TIMING_EVERY=10 \
-              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      ovl*) COSMOS_EMA_OVERLAP=1 COSMOS_STEP_TIMING_EVERY=10 \
-              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      late0*) COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 COSMOS_STEP_TIMING_EVERY=10 \
-              train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args) ;;
-      none) continue ;;
-      *) log "error: unknown run $v (new*|old*|ovl*)"; continue ;;
-    esac
+    [ $v = none ] && continue
+    env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|none)"; continue; }
+    (export $env; COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
     breakdown t2i_paths_$v
   done
+}
+# the environment of one t2i_work_paths run, by its name (a suffix allowed: new2, old2, ...)
+t2i_paths_env() {
+  case $1 in
+    new*) echo COSMOS_EMA_OVERLAP=0 ;;
+    old*) echo COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 ;;
+    ovl*) echo COSMOS_EMA_OVERLAP=1 ;;
+    late0*) echo COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 ;;
+    *) return 1 ;;
+  esac
 }
 # t2i_async_e2e: train.sh from the latent cache with the step clock marking step ends by device events and no host
 # read at the step end (the default since patch 0050) and with COSMOS_METRICS_SYNC=1 (a synchronize at every step

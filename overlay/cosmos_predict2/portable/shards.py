@@ -112,6 +112,11 @@ def _local_total_norm(grads: list[torch.Tensor]):
     return local, groups, total_norm
 
 
+def _clip_coef(total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """torch's clip coefficient: both clip paths take it from here, so they scale by the same value, bitwise."""
+    return torch.clamp(max_norm / (total + 1e-6), max=1.0)
+
+
 def _scale(groups: dict, coef: torch.Tensor) -> None:
     for (d, _), ts in groups.items():
         torch._foreach_mul_(ts, coef.to(d))
@@ -137,7 +142,7 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
         for t in local:
             torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0, out=t)
         total = total_norm()
-    _scale(groups, torch.clamp(max_norm / (total + 1e-6), max=1.0))
+    _scale(groups, _clip_coef(total, max_norm))
     return total
 
 
@@ -182,8 +187,7 @@ class LateFiniteClip:
         _, groups, total_norm = found
         total = total_norm()
         finite = torch.isfinite(total)
-        one = torch.ones((), dtype=total.dtype, device=total.device)
-        _scale(groups, torch.where(finite, torch.clamp(max_norm / (total + 1e-6), max=1.0), one))
+        _scale(groups, torch.where(finite, _clip_coef(total, max_norm), 1.0))
         # The flag goes to the host right behind the norm, so settle() waits for the norm, not for the optimizer's
         # kernels queued after it (a plain bool(finite) there would wait for those too, and the device would idle
         # while the host then launched the EMA update)
