@@ -172,7 +172,7 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
     train_e2e v2w_2b_720_cp2_blockwise 2 predict2_video2world_training_2b_cosmos_nemo_assets ${E2E_CP2_ITERS:-10} model_parallel.context_parallel_size=2 model.config.pipe_config.net.sac_config.mode=block_wise
   fi
 }
-stage_cudatests() { runlog cudatests python3 tests/ops/test_cuda.py ${CUDA_TESTS:-}; }  # CUDA_TESTS: name parts
+stage_cudatests() { COSMOS_TEST_TREE=$TREE runlog cudatests python3 tests/ops/test_cuda.py ${CUDA_TESTS:-}; }  # CUDA_TESTS: name parts
 # FlashAttention-4 (optional flash_cute attention backend). Its CuTe DSL's cu13 libraries (92 MB as a wheel, 61 MiB
 # as .fa4a/cu13.tar.xz) fill a device call's carry alone, so they travel in a call of their own (carry [".fa4a"],
 # stage fa4_unpack), and the next call on the same warm machine (carry [".gpu"], with the small wheels in
@@ -396,7 +396,8 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
 # overlapped with the next forward (ovl, COSMOS_EMA_OVERLAP=1), the kernel with GradClip's finite check before the
 # optimizer step (late0, COSMOS_CLIP_LATE_CHECK=0), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
 # default "bare old new"; SKIP_PATHS_BARE=1: none); then train.sh from the latent cache the same ways
-# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*, in the order given; none: no run)
+# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*, in the order given; none: no run); the breakdown times every 10th step,
+# a name ending in _everyN every N-th (new_every1: every step, as train.sh by default)
 stage_t2i_work_paths() {
   ensure_site
   local v env runs=${PATHS_BARE_RUNS:-bare old new}
@@ -410,7 +411,8 @@ stage_t2i_work_paths() {
   for v in ${PATHS_E2E_RUNS:-new old}; do
     [ $v = none ] && continue
     env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|none)"; continue; }
-    (export $env; COSMOS_STEP_TIMING_EVERY=10 train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
+    local every=10; case $v in *_every[0-9]*) every=${v##*_every} ;; esac  # e.g. new_every1: every step timed
+    (export $env; COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
     breakdown t2i_paths_$v
   done
 }

@@ -6,6 +6,8 @@ Over the steady steps (the report's warm-up skipped): per phase the mean, median
 rank (the rank with the highest mean step time on its own clock), and its share of the step; "other" = step - data
 - vae_cond - fwd_bwd - optimizer (host-to-device copy, callbacks, checkpoint saves). Also every rank's mean step
 and data wait, and max/min of the slowest rank's step times (an alternating pattern shows as a ratio well above 1).
+The header says how the phase boundaries were marked (`phases_clock`): device events (the device's time between
+them, nothing waits) or synchronised host stamps (lines written before that field: synchronised).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def summarise(rows: list[dict], skip: int = 0) -> dict | None:
     return {
         "steps": len(steady), "first_iteration": steady[0]["iteration"], "ranks": nranks, "slowest_rank": slow,
         "phases": table,
+        "clock": steady[-1].get("phases_clock", "synchronised"),
         "step_max_over_min": max(s["step"]) / min(s["step"]) if min(s["step"]) > 0 else None,
         "mean_step_s_per_rank": means,
         "mean_data_s_per_rank": [statistics.fmean(r["data"]) if r["data"] else 0.0 for r in per_rank],
@@ -58,7 +61,7 @@ def summarise(rows: list[dict], skip: int = 0) -> dict | None:
 
 def render(bd: dict) -> str:
     lines = [f"step breakdown over {bd['steps']} steady step(s) from iteration {bd['first_iteration']}, slowest rank "
-             f"{bd['slowest_rank']} of {bd['ranks']} (device-synchronised phase boundaries):",
+             f"{bd['slowest_rank']} of {bd['ranks']} (phase boundaries: {bd.get('clock', 'synchronised')}):",
              f"  {'phase':<18}{'mean s':>10}{'median s':>10}{'max s':>10}{'share':>8}"]
     for p in (*PHASES, "other", "step"):
         row = bd["phases"][p]

@@ -75,10 +75,12 @@ def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
     for row in rows:
         (ph,) = row["phases_s_per_rank"]
+        assert row["phases_clock"] == "synchronised"  # CPU: host stamps (work there is synchronous)
         assert set(ph) == {"data", "vae_cond", "fwd_bwd", "optimizer", "step"}
         assert min(ph.values()) >= 0 and ph["vae_cond"] > 0 and ph["fwd_bwd"] > 0
         assert sum(ph[k] for k in ("data", "vae_cond", "fwd_bwd", "optimizer")) <= ph["step"] + 1e-6
     assert "step breakdown over" in r.stdout and "VAE/conditioning" in r.stdout
+    assert "(phase boundaries: synchronised)" in r.stdout
     report = json.load(open(metrics[0][: -len(".metrics.jsonl")] + ".report.json"))
     assert report["step_breakdown"]["slowest_rank"] == 0
     traces = glob.glob(metrics[0][: -len(".metrics.jsonl")] + ".trace-rank0.json")
@@ -98,3 +100,93 @@ def test_train_sh_writes_phases_report_table_and_trace(data_tree, tmp_path):
     assert row["step"] == "ProfilerStep#0" and row["kernels"] == 0 and row["device_busy_ms"] == 0
     assert row["span_ms"] > 0 and row["top_gaps"][0]["host_at_start"]
     assert "training loader: endless batch sampler" in r.stdout  # the trainer hook (patch 0029) is live
+
+
+# StepTimingCallback driven by hand in the trainer's hook order, its device marks given by a TEST DOUBLE of a device
+# stream (not torch: a virtual host clock and one in-order stream; an event's time is when the stream reaches it,
+# i.e. after the work queued before it and not before the host recorded it). Checks the event clock's meaning: a
+# loader wait hidden behind queued device work is ~0, one that leaves the device idle is that idle time; the phases
+# add up to the step; nothing synchronizes the device during the steps; figures are read when the line is written.
+STREAM_DOUBLE_PROBE = r'''
+import json, sys, types
+import cosmos_predict2.portable.step_timing as st
+
+class Stream:  # TEST DOUBLE of one device stream on a virtual clock (seconds)
+    host = 0.0; tail = 0.0; device_syncs = 0; event_waits = 0
+    @classmethod
+    def launch(cls, device_s):  # host queues device_s of work (1 ms of host time per launch)
+        cls.tail = max(cls.tail, cls.host) + device_s
+        cls.host += 0.001
+
+class Event:
+    def __init__(self): self.t = None
+    def record(self): self.t = max(Stream.host, Stream.tail)
+    def synchronize(self): Stream.event_waits += 1; Stream.host = max(Stream.host, self.t)
+    def elapsed_time(self, other): return (other.t - self.t) * 1e3
+
+def device_synchronize(): Stream.device_syncs += 1; Stream.host = max(Stream.host, Stream.tail)
+sync_mode = sys.argv[1] == "sync"
+st._device = types.SimpleNamespace(timing_event=Event, synchronize=device_synchronize,
+                                   env_flag=lambda name, default=False: sync_mode if name == "COSMOS_METRICS_SYNC" else default)
+pipe = types.SimpleNamespace(get_data_and_condition=lambda: Stream.launch(0.2))
+cb = st.StepTimingCallback(every_n=int(sys.argv[2]))
+cb.on_train_start(types.SimpleNamespace(pipe=pipe), 0)
+out = []
+
+def read(row):
+    fields, waits0 = row.pop("fields"), Stream.event_waits
+    if fields:
+        row["phases"] = fields["phases_s_per_rank"](gather=True)[0]
+        row["waits_in_read"] = Stream.event_waits - waits0
+
+for it, loader_s in enumerate((0.05, 0.1, 2.0, 0.1)):
+    syncs0 = Stream.device_syncs
+    tail_before = Stream.tail
+    cb.on_before_dataloading(it); Stream.host += loader_s; host_after_loader = Stream.host; cb.on_after_dataloading(it)
+    cb.on_before_forward(it)
+    pipe.get_data_and_condition()
+    Stream.launch(0.3)  # forward + backward
+    cb.on_after_backward(None, it)
+    cb.on_before_optimizer_step(None, None, None, None, it)
+    Stream.launch(0.1)
+    cb.on_training_step_batch_end(None, None, None, None, it)
+    fields = st.take_fields()
+    row = {"it": it, "syncs": Stream.device_syncs - syncs0, "stall": max(0.0, host_after_loader - tail_before),
+           "clock": fields.get("phases_clock"), "fields": fields}
+    if out:  # as TrainMetricsCallback: the line of the step before is written (its figures read) now
+        read(out[-1])
+    out.append(row)
+read(out[-1])
+print(json.dumps(out))
+'''
+
+
+def _stream_probe(tree, mode: str, every_n: int) -> list[dict]:
+    r = subprocess.run([sys.executable, "-c", STREAM_DOUBLE_PROBE, mode, str(every_n)], cwd=tree,
+                       env=tree_env(tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_step_phases_from_device_events_without_synchronizing(data_tree):
+    rows = _stream_probe(data_tree, "events", 1)
+    for row in rows:
+        ph = row["phases"]
+        assert row["clock"] == "device events" and row["syncs"] == 0  # nothing waits for the device in a step
+        assert row["waits_in_read"] >= 1  # the events are read when the line is written
+        assert abs(ph["vae_cond"] - 0.2) < 1e-9 and abs(ph["fwd_bwd"] - 0.3) < 1e-9 and abs(ph["optimizer"] - 0.1) < 1e-9
+        # the loader's wait counts only where the device ran dry: the first step (nothing queued) and the 2 s one
+        assert abs(ph["data"] - row["stall"]) < 1e-9, row
+        assert abs(ph["step"] - (ph["data"] + 0.6)) < 1e-9  # no other work: the phases add up to the step
+    assert [round(r["phases"]["data"], 3) for r in rows] == [0.05, 0.0, round(rows[2]["stall"], 3), 0.0]
+    assert rows[2]["stall"] > 1.0  # the 2 s loader wait outlasted the queued work
+
+
+def test_step_phases_synchronised_mode_and_every_n(data_tree):
+    rows = _stream_probe(data_tree, "sync", 1)  # COSMOS_METRICS_SYNC=1: the host's view, as before events
+    assert all(r["clock"] == "synchronised" and r["syncs"] == 6 for r in rows[1:]), rows
+    rows = _stream_probe(data_tree, "events", 2)  # only iterations 0 and 2 timed; untimed steps leave no fields
+    assert [("phases" in r) for r in rows] == [True, False, True, False]
+    assert all(r["syncs"] == 0 for r in rows)
+    # the timed step after an untimed one starts at that step's end (iteration 1's end mark)
+    assert abs(rows[2]["phases"]["step"] - (rows[2]["phases"]["data"] + 0.6)) < 1e-9

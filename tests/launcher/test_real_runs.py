@@ -63,6 +63,9 @@ def check_run(r, tree: str, exp: str, out_root: str, job: str, world: int, cp: i
         assert row["samples_per_step"] == world // cp  # batch 1 per data-parallel rank
         assert row["device"] == "cpu" and row["peak_mem_bytes_per_rank"] == [0] * world
         assert len(row["max_rss_bytes_per_rank"]) == world and min(row["max_rss_bytes_per_rank"]) > 0
+        # StepTimingCallback's phases, gathered from every rank when the line is written (one step late)
+        assert row["phases_clock"] == "synchronised" and len(row["phases_s_per_rank"]) == world
+        assert all(ph["step"] > 0 and ph["fwd_bwd"] > 0 for ph in row["phases_s_per_rank"])
     rep = json.load(open(log[: -len(".log")] + ".report.json"))
     # recomputed from the lines: skip min(3, n // 3) = 1 warm-up step of 3
     times = [row["step_time_s"] for row in rows][1:]

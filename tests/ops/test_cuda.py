@@ -314,6 +314,65 @@ def test_cuda_late_finite_clip_skips_and_redoes_on_the_device(cuda_portable):
         assert all(torch.equal(x, y) for x, y in zip(xs, ys))
 
 
+def test_cuda_step_phases_from_events_do_not_wait(cuda_portable):
+    """portable/step_timing.py on CUDA (the applied tree's, COSMOS_TEST_TREE): the phase marks are timing events, so
+    no step synchronizes the device; a loader wait hidden behind queued device work counts ~0, one that outlasts
+    it counts the device's idle time; forward+backward is its device time."""
+    tree = os.environ.get("COSMOS_TEST_TREE")
+    if not tree:
+        pytest.skip("needs COSMOS_TEST_TREE=<applied tree> (step_timing imports upstream's imaginaire)")
+    import time
+    import types
+
+    sys.path.insert(0, tree)
+    import cosmos_predict2.portable.step_timing as st
+
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(3):  # the last of three: the first ran at a lower clock (a 100 ms sleep took 65 ms after it)
+        a.record(); torch.cuda._sleep(50_000_000); b.record(); b.synchronize()
+    per_ms = 50_000_000 / a.elapsed_time(b)  # sleep cycles per ms on this card, roughly
+
+    def busy(ms):
+        torch.cuda._sleep(int(per_ms * ms))
+
+    syncs, real = [0], torch.cuda.synchronize
+
+    def counting(*args, **kwargs):
+        syncs[0] += 1
+        return real(*args, **kwargs)
+
+    cb = st.StepTimingCallback(every_n=1)
+    cb.on_train_start(types.SimpleNamespace(), 0)
+    busy(1)
+    torch.cuda.synchronize = counting
+    rows, pending = [], None
+    try:
+        for it, loader_s in enumerate((0.05, 0.05, 0.35)):
+            cb.on_before_dataloading(it); time.sleep(loader_s); cb.on_after_dataloading(it)
+            cb.on_before_forward(it); busy(100); cb.on_after_backward(None, it)
+            cb.on_before_optimizer_step(None, None, None, None, it); busy(200)
+            cb.on_training_step_batch_end(None, None, None, None, it)
+            fields = st.take_fields()
+            assert fields["phases_clock"] == "device events"
+            if pending is not None:  # read one step late, as TrainMetricsCallback does
+                n = syncs[0]
+                rows.append(pending(gather=False)[0])
+                assert syncs[0] == n
+            pending = fields["phases_s_per_rank"]
+        assert syncs[0] == 0, syncs
+    finally:
+        torch.cuda.synchronize = real
+    rows.append(pending(gather=False)[0])
+    # the sleeps' lengths follow the card's clock: compare phases with each other, not with nominal times
+    for ph in rows:
+        assert abs(2 * ph["fwd_bwd"] - ph["optimizer"]) < 0.1 * ph["optimizer"], rows  # 100 and 200 ms of sleep
+        assert abs(ph["step"] - (ph["data"] + ph["fwd_bwd"] + ph["optimizer"])) < 0.01, rows  # nothing else ran
+    assert 0.05 < rows[1]["optimizer"] < 0.3, rows
+    assert rows[1]["data"] < 0.01, rows  # 50 ms of loader behind the last step's queued optimizer sleep
+    # 350 ms of loader: the device idles for what outlasts the queued sleep
+    assert abs(rows[2]["data"] - (0.35 - rows[1]["optimizer"])) < 0.03, rows
+
+
 def test_cuda_adaln_chains_compiled(cuda_portable):
     """adaLN modulation and gated residual (patch 0035): one compiled kernel each, forward and backward within bf16
     rounding of a float64 reference, and no worse than the eager bf16 chain."""

@@ -294,7 +294,7 @@ class TrainMetricsCallback(Callback):
             "device": _device_kind(),
             **_peak_device_bytes(),  # "peak", "peak_reserved"
             "rss": _max_rss_bytes(),
-            "phases": _step_phases(),  # StepTimingCallback's fields of this step (a timed step synchronized)
+            "phases": _step_phases(),  # StepTimingCallback's fields of this step (its marks, read when the line is written)
         }
         self._pending.append(_Pending(int(iteration), host_loss, done, fields))
         while len(self._pending) > 1:
@@ -312,6 +312,9 @@ class TrainMetricsCallback(Callback):
         loss_val = p.loss_value()
         f = p.fields
         losses, peaks, rsses = self._gather(loss_val, f["peak"], f["rss"])
+        phases = dict(f["phases"])  # StepTimingCallback's: its figures are read (and gathered) now, one step late
+        if callable(phases.get("phases_s_per_rank")):
+            phases["phases_s_per_rank"] = phases["phases_s_per_rank"](gather=self.gather)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if rank != 0:
             return
@@ -328,7 +331,7 @@ class TrainMetricsCallback(Callback):
             "peak_mem_reserved_bytes": f["peak_reserved"],  # rank 0's: what the allocator held from the card
             "max_rss_bytes": rsses[0],
             "max_rss_bytes_per_rank": rsses,
-            **f["phases"],
+            **phases,
         }
         path = self._resolve_path()
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
