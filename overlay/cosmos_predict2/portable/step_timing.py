@@ -126,6 +126,11 @@ class StepTimingCallback(Callback):
         ev.record()
         return ev
 
+    def _loader_mark(self):
+        """A mark around the loader wait. The loader queues no device work and the device was synchronised at the
+        previous step's end, so without events a host stamp is enough (no synchronize)."""
+        return self._mark() if self._events else time.perf_counter()
+
     @staticmethod
     def _open(pairs: list, mark) -> None:
         pairs.append([mark, None])
@@ -163,12 +168,11 @@ class StepTimingCallback(Callback):
             return
         if self._cur is None:  # a new optimizer step (with accumulation the micro-steps share one)
             self._cur = _Step(self._prev_end if self._prev_end is not None else self._mark())
-        # synchronised marks: the device was synchronised at the previous step's end, a host stamp is enough
-        self._open(self._cur.data, self._mark() if self._events else time.perf_counter())
+        self._open(self._cur.data, self._loader_mark())
 
     def on_after_dataloading(self, iteration: int = 0) -> None:
         if self._on and self._cur is not None:
-            self._close(self._cur.data, self._mark() if self._events else time.perf_counter())
+            self._close(self._cur.data, self._loader_mark())
 
     def on_before_forward(self, iteration: int = 0) -> None:
         if self._on and self._cur is not None:
