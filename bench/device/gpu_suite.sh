@@ -404,13 +404,15 @@ stage_t2i_work_paths() {
   [ -n "${SKIP_PATHS_BARE:-}" ] && runs=
   for v in $runs; do
     if [ $v = bare ]; then t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50; continue; fi
-    case $v in old|new|ovl|late0) env=$(t2i_paths_env $v) ;;
-      *) log "error: unknown bare run $v (bare|old|new|ovl|late0)"; continue ;; esac
+    if [ $v = bare_tadam ]; then  # the bare step with torch's fused AdamW kernel (portable/adamw_kernel.py off)
+      COSMOS_ADAM_KERNEL=0 t2i_bare_run t2i_bare_tadam --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50; continue; fi
+    case $v in old|new|ovl|late0|tadam) env=$(t2i_paths_env $v) ;;
+      *) log "error: unknown bare run $v (bare|bare_tadam|old|new|ovl|late0|tadam)"; continue ;; esac
     (export $env; t2i_bare_run t2i_work_$v --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work)
   done
   for v in ${PATHS_E2E_RUNS:-new old}; do
     [ $v = none ] && continue
-    env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|none)"; continue; }
+    env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|tadam*|none)"; continue; }
     local every=10; case $v in *_every[0-9]*) every=${v##*_every} ;; esac  # e.g. new_every1: every step timed
     (export $env; COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
     breakdown t2i_paths_$v
@@ -423,6 +425,7 @@ t2i_paths_env() {
     old*) echo COSMOS_EMA_OVERLAP=0 COSMOS_EMA_KERNEL=0 ;;
     ovl*) echo COSMOS_EMA_OVERLAP=1 ;;
     late0*) echo COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 ;;
+    tadam*) echo COSMOS_EMA_OVERLAP=0 COSMOS_ADAM_KERNEL=0 ;;  # torch's fused AdamW kernel, not adamw_kernel.py
     *) return 1 ;;
   esac
 }

@@ -22,6 +22,13 @@ This class keeps its constructor and semantics on torch's `_foreach_*` kernels (
   foreach path. Other devices keep the foreach path unless `fused=True` (torch_npu's fused kernel is not measured).
 - bf16 gradients are copied to fp32 per bucket by one foreach copy into a buffer kept for the run
   (portable/upcast.py), not one `.float()` kernel per parameter.
+- CUDA, fused: parameters with fp32 masters (and fp32 parameters) take portable/adamw_kernel.py instead, one Triton
+  launch per dtype set that reads the bf16 gradients in registers and writes the bf16 parameters in the same pass
+  (28 bytes per element against about 56 for upcast + torch's kernel + copy back + GradClip's scale). Lists it cannot
+  take, and COSMOS_ADAM_KERNEL=0, keep torch's kernel.
+- `scale_grads_in_next_step(coef)`: the next step() multiplies the gradients by GradClip's coefficient (in the
+  Triton kernel's registers, else in place just before the update), so GradClip's late check (portable/shards.py
+  LateFiniteClip) needs no pass of its own over the gradients.
 - `skip_next_step_if(found_inf)`: the next step() runs, but the fused kernel leaves everything as it was when the
   0-dim device flag is 1 (its `found_inf`, as AMP uses it); `redo_skipped_step()` then runs that step again, with
   the learning rate and step count it had. GradClip's finite check after the step (portable/shards.py
@@ -35,7 +42,7 @@ from itertools import chain
 
 import torch
 
-from . import device, upcast
+from . import adamw_kernel, device, upcast
 from .shards import local_shard  # no DTensor dispatch per parameter and step
 from .user_error import UserRuntimeError, UserValueError
 
@@ -46,6 +53,13 @@ except ImportError:  # torch builds without distributed
     distribute_tensor = None
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
 
 
 def _scalar(x) -> float:
@@ -93,6 +107,7 @@ class FusedAdam(torch.optim.Optimizer):
         self._fused_env = device.env_flag("COSMOS_FUSED_ADAM", default=True) if fused is None else False
         self._masters: dict = {}
         self._found_inf: torch.Tensor | None = None  # for the next step() only (skip_next_step_if)
+        self._grad_scale: torch.Tensor | None = None  # for the next step() only (scale_grads_in_next_step)
         self._skippable: list = []  # (group, step count before, lr) of the last step() taken with a flag
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
@@ -122,6 +137,16 @@ class FusedAdam(torch.optim.Optimizer):
         """The next step() leaves parameters, masters and moments as they are when the 0-dim float tensor
         `found_inf` (on the parameters' device) is 1, without the host reading it. Only where can_skip_on_device."""
         self._found_inf = found_inf
+
+    def scale_grads_in_next_step(self, coef: torch.Tensor, n_grads: int) -> bool:
+        """The next step() multiplies the gradients by the 0-dim device tensor `coef` (GradClip's coefficient)
+        before using them, as an in-place multiply of the gradients just before the step would: portable/
+        adamw_kernel.py does it in registers, the other paths by that in-place multiply. Taken (True) only when the
+        `n_grads` gradients the caller means are as many as this optimizer's parameters with a gradient."""
+        if sum(p.grad is not None for g in self.param_groups for p in g["params"]) != n_grads:
+            return False
+        self._grad_scale = coef
+        return True
 
     @torch.no_grad()
     def redo_skipped_step(self) -> None:
@@ -164,14 +189,16 @@ class FusedAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf, self._found_inf = self._found_inf, None
+        grad_scale, self._grad_scale = self._grad_scale, None
         self._skippable = []
         for group in self.param_groups:
             if found_inf is not None:
                 self._skippable.append((group, group.get("step", 0), _scalar(group["lr"])))
-            self._step_group(group, found_inf=found_inf)
+            self._step_group(group, found_inf=found_inf, grad_scale=grad_scale)
         return loss
 
-    def _step_group(self, group: dict, lr: float | None = None, found_inf: torch.Tensor | None = None) -> None:
+    def _step_group(self, group: dict, lr: float | None = None, found_inf: torch.Tensor | None = None,
+                    grad_scale: torch.Tensor | None = None) -> None:
         entries = []  # (param local, grad local, exp_avg, exp_avg_sq, master or None)
         for p in group["params"]:
             if p.grad is None:
@@ -202,16 +229,42 @@ class FusedAdam(torch.optim.Optimizer):
             by_device.setdefault(e[0].device, []).append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
         for dev, dev_entries in by_device.items():
-            # the fused kernel's step count: one 0-dim tensor per device and step, shared by the buckets (it only
+            if found_inf is not None and not (self.uses_fused_kernel(dev) and fused_step is not None):
+                raise UserRuntimeError(f"FusedAdam: a skip flag was given for {dev.type} parameters, where the "
+                                       "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
+            if self.uses_fused_kernel(dev):  # one Triton launch per (master?, dtypes) set where it applies
+                dev_entries = self._kernel_update(dev_entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf,
+                                                  grad_scale)
+                if not dev_entries:
+                    continue
+            if grad_scale is not None:  # the other paths: GradClip's in-place multiply, here (per dtype, as it)
+                for ts in _by_dtype([e[1] for e in dev_entries]):
+                    torch._foreach_mul_(ts, grad_scale.to(dev))
+            # torch's fused kernel's step count: one 0-dim tensor per device and step, shared by the buckets (it only
             # reads it), not a fill per bucket
             steps = None
             if self.uses_fused_kernel(dev) and fused_step is not None:
                 steps = torch.full((), float(fused_step), dtype=torch.float32, device=dev)
-            elif found_inf is not None:
-                raise UserRuntimeError(f"FusedAdam: a skip flag was given for {dev.type} parameters, where the "
-                                       "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
             for a, b in upcast.buckets([e[0] for e in dev_entries]):
                 self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps, found_inf)
+
+    def _kernel_update(self, entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf, grad_scale) -> list:
+        """portable/adamw_kernel.py for the entries it takes (fp32 work tensors: masters, or fp32 parameters); the
+        entries left for the other paths are returned."""
+        sets: dict = {}
+        for e in entries:
+            if e[4] is None and e[0].dtype != torch.float32:
+                continue  # low precision without a master: the transient fp32 copy of _update
+            sets.setdefault((e[4] is not None, e[1].dtype, e[0].dtype), []).append(e)
+        done = set()
+        for (has_master, _, _), es in sets.items():
+            work = [e[4] if has_master else e[0] for e in es]
+            if adamw_kernel.step_(work, [e[1] for e in es], [e[2] for e in es], [e[3] for e in es],
+                                  [e[0] for e in es] if has_master else None, lr=lr, beta1=beta1, beta2=beta2,
+                                  eps=eps, weight_decay=wd, adamw=self.adam_w_mode, bias_correction1=bc1,
+                                  bias_correction2=bc2, grad_scale=grad_scale, found_inf=found_inf):
+                done.update(id(e) for e in es)
+        return [e for e in entries if id(e) not in done] if done else entries
 
     def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step: torch.Tensor | None = None,
                 found_inf: torch.Tensor | None = None) -> None:

@@ -154,11 +154,13 @@ class LateFiniteClip:
     the next forward. On an H200 the Text2Image 2B bare step with GradClip and the EMA update spent ~8 ms more in its
     forward than without them (BENCHMARKS.md 3n). Here:
     - `clip()` scales on the device by the clip coefficient when the total is finite and by 1 when not (gradients
-      left as they are), and tells the optimizer (FusedAdam.skip_next_step_if) to skip its step on the device when
+      left as they are): FusedAdam takes the coefficient into its step (scale_grads_in_next_step), other optimizers
+      get the gradients scaled in place here; and it tells the optimizer (FusedAdam.skip_next_step_if) to skip its step on the device when
       not finite; the host goes on to launch the step;
     - `settle()`, after the step's launch and before anything reads the parameters (GradClip calls it first thing
       in on_before_zero_grad, before the EMA update), reads the flag. Finite (the normal case): nothing more, and
-      every value is the one of the check before the step, bitwise. Not finite: upstream's treatment then, from the
+      every value is the one of the check before the step, bitwise (where FusedAdam took the coefficient, the
+      gradients themselves stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment then, from the
       untouched gradients (NaN/inf set to 0, the norm taken again, the scale), and the skipped step redone with its
       step count and learning rate: the same values as the check before the step.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
@@ -187,7 +189,10 @@ class LateFiniteClip:
         _, groups, total_norm = found
         total = total_norm()
         finite = torch.isfinite(total)
-        _scale(groups, torch.where(finite, _clip_coef(total, max_norm), 1.0))
+        coef = torch.where(finite, _clip_coef(total, max_norm), 1.0)
+        in_step = getattr(optimizer, "scale_grads_in_next_step", None)  # FusedAdam: the scale inside its update
+        if in_step is None or not in_step(coef, len(grads)):
+            _scale(groups, coef)
         # The flag goes to the host right behind the norm, so settle() waits for the norm, not for the optimizer's
         # kernels queued after it (a plain bool(finite) there would wait for those too, and the device would idle
         # while the host then launched the EMA update)

@@ -1,0 +1,218 @@
+"""FusedAdam's update on CUDA in one Triton launch: bf16 gradients read in registers, GradClip's scale applied there,
+the bf16 parameters written from the fp32 masters in the same pass.
+
+torch's fused AdamW kernel (torch._fused_adamw_) takes lists of one dtype, so FusedAdam's default CUDA path is three
+passes over the 2B parameters of the Text2Image net: the bf16 gradients copied into an fp32 buffer
+(portable/upcast.py, 2 + 4 bytes per element), the kernel (4 + 4 + 8 + 8 + 8 + ... : fp32 gradient, master and
+moments read, master and moments written) and the copy of the masters back into the bf16 parameters (4 + 2), plus
+GradClip's in-place scale of the gradients before them (2 + 2). Here it is one pass of 2 (gradient) + 8 + 8 + 8
+(master, moments: read and write) + 2 (parameter) = 28 bytes per element against about 56 for the four, and one
+launch per (device, dtype) group of the step instead of one or more per 64M-element bucket and pass.
+
+Arithmetic (portable/adamw_triton.py): torch's fused Adam(W) in fp32 (torch computes a few products in double, so
+the results agree to fp32 rounding, not bitwise: tests/ops/test_cuda.py). Compiled without FMA contraction, so that
+each variant (with or without the scale, the skip flag) rounds every product the same way: the scale in the step and
+the clip's multiply before it then give the same values bitwise. The gradient scale is GradClip's
+coefficient as a 0-dim device tensor; the scaled gradient is rounded to the gradient's dtype, as the clip's
+in-place multiply leaves it, so the clip before the step and the scale in the step give the same values bitwise.
+`found_inf` (0-dim float, 1 = skip): nothing is written, as torch's kernel.
+
+Tables as portable/lerp_kernel.py: offsets from each list's first tensor in units of 8 elements, one program per
+CHUNK elements; a list it cannot take (unaligned or strided views, mixed dtypes, no triton, not CUDA) makes `step_`
+return False and FusedAdam keeps torch's kernel. COSMOS_ADAM_KERNEL=0 turns it off; a first launch that fails
+(Triton compiles there) turns it off for the process with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import device
+from .lerp_kernel import chunk_table
+
+CHUNK = 8192  # elements per program
+BLOCK = 1024  # elements per inner iteration of a program
+_ALIGN = 8  # offsets in units of 8 elements: 32 bytes of fp32, 16 of bf16
+_MAX_PLANS = 8
+_WARN_UPLOADS = 8  # offset tables uploaded before a warning (set_to_none gradients may move now and then)
+
+_plans: dict = {}  # (device, pointers, sizes, dtypes) -> device tables, or why not
+_chunks: dict = {}  # (device, sizes) -> device chunk table
+STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
+_kernel = None  # the jitted kernel, imported at first use (triton is slow to import and CUDA-only)
+_unavailable: str | None = None  # why the kernel cannot be used in this process, once known
+_launched: set = set()  # (has_scale, has_inf, adamw, write_p) variants that compiled and launched
+
+LISTS = ("work", "grads", "exp_avgs", "exp_avg_sqs", "params")
+
+
+def enabled() -> bool:
+    """COSMOS_ADAM_KERNEL (default on)."""
+    return device.env_flag("COSMOS_ADAM_KERNEL", default=True)
+
+
+def _build_kernel():
+    global _kernel, _unavailable
+    if _kernel is not None or _unavailable is not None:
+        return _kernel
+    try:
+        from . import adamw_triton
+    except Exception as exc:  # no triton (CPU wheels), or a broken install: torch's kernel stays
+        _unavailable = f"triton not importable: {exc}"
+        return None
+    _kernel = adamw_triton.adam_chunks
+    return _kernel
+
+
+def plan(lists: list[list[torch.Tensor]]):
+    """Where each tensor lies: (offsets per list, numel) as Python lists, offsets in units of 8 elements from each
+    list's first tensor, empty tensors left out; or a string saying why these lists cannot take the kernel. The lists:
+    work (fp32), grads (bf16/fp16/fp32), exp_avgs and exp_avg_sqs (fp32), and optionally params (bf16/fp16) to write.
+    Host bookkeeping only: tests check it on CPU."""
+    n = len(lists[0])
+    if any(len(lst) != n for lst in lists):
+        return "lists of different lengths"
+    if n == 0:
+        return "empty lists"
+    firsts = [lst[0] for lst in lists]
+    want = [(torch.float32,), (torch.bfloat16, torch.float16, torch.float32), (torch.float32,), (torch.float32,),
+             (torch.bfloat16, torch.float16)]
+    for name, t, ok in zip(LISTS, firsts, want):
+        if t.dtype not in ok:
+            return f"{name} are {t.dtype} (the kernel takes {', '.join(str(d) for d in ok)})"
+    bases = [t.data_ptr() for t in firsts]
+    if any(b % 16 for b in bases):
+        return "first tensors not 16-byte aligned"
+    dev = firsts[0].device
+    plain = (torch.Tensor, torch.nn.Parameter)
+    offsets = [[] for _ in lists]
+    numel = []
+    for i in range(n):
+        row = [lst[i] for lst in lists]
+        shape = row[0].shape
+        for name, t, first, base in zip(LISTS, row, firsts, bases):
+            if type(t) not in plain:
+                return f"{name}[{i}] is a {type(t).__name__} (plain tensors only)"
+            if t.dtype != first.dtype or t.device != dev:
+                return f"{name}[{i}]: dtype or device differs from the first"
+            if t.shape != shape or not t.is_contiguous():
+                return f"{name}[{i}]: shape differs or not contiguous"
+            if (t.data_ptr() - base) % (_ALIGN * t.element_size()):
+                return f"{name}[{i}]: storage not aligned to {_ALIGN} elements"
+        if row[0].numel():
+            for k, (t, base) in enumerate(zip(row, bases)):
+                offsets[k].append((t.data_ptr() - base) // (_ALIGN * t.element_size()))
+            numel.append(row[0].numel())
+    if not numel:
+        return "no elements"
+    return offsets, numel
+
+
+def _upload(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """To the device without a stream synchronisation (a pageable copy waits for the device to catch up)."""
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
+def _device_plan(lists):
+    """(offset tables..., numel, chunk_tensor, chunk_index) on the device, or why not (a string). The chunk table is
+    cached by the tensors' sizes, the offsets by their storages (gradients set to None between steps usually come
+    back at the same addresses; when not, 5 small tables are uploaded again)."""
+    dev = lists[0][0].device
+    key = (dev, *(tuple(map(torch.Tensor.data_ptr, lst)) for lst in lists),
+           tuple(t.numel() for t in lists[0]), tuple(lst[0].dtype for lst in lists))
+    cached = _plans.get(key)
+    if cached is not None:
+        return cached
+    p = plan(lists)
+    if isinstance(p, str):
+        cached = p
+    else:
+        offsets, numel = p
+        ckey = (dev, tuple(numel))
+        chunks = _chunks.get(ckey)
+        if chunks is None:
+            if len(_chunks) >= _MAX_PLANS:
+                _chunks.clear()
+            chunks = _chunks[ckey] = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
+            STATS["tables"] += 1
+        cached = (*(_upload(torch.tensor(o, dtype=torch.int64), dev) for o in offsets),
+                  _upload(torch.tensor(numel, dtype=torch.int64), dev), *chunks)
+        STATS["offset_uploads"] += 1
+        if STATS["offset_uploads"] == _WARN_UPLOADS:
+            warnings.warn(f"portable/adamw_kernel.py: the optimizer's tensors moved {_WARN_UPLOADS} times; every "
+                          "move re-uploads the offset tables (host time each step). Set COSMOS_ADAM_KERNEL=0 if "
+                          "this keeps happening.", RuntimeWarning, stacklevel=3)
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = cached
+    return cached
+
+
+def _checked_plan(lists):
+    if not lists[0]:
+        return "empty lists"
+    if lists[0][0].device.type != "cuda":
+        return f"device {lists[0][0].device.type} (CUDA only)"
+    if not enabled():
+        return "COSMOS_ADAM_KERNEL=0"
+    if _build_kernel() is None or _unavailable is not None:
+        return _unavailable
+    return _device_plan(lists)
+
+
+def _lists(work, grads, exp_avgs, exp_avg_sqs, params):
+    return [work, grads, exp_avgs, exp_avg_sqs] + ([params] if params is not None else [])
+
+
+def why_not(work, grads, exp_avgs, exp_avg_sqs, params=None) -> str | None:
+    """None when `step_` would take these lists, else the reason (for tests and benchmarks)."""
+    p = _checked_plan(_lists(work, grads, exp_avgs, exp_avg_sqs, params))
+    return p if isinstance(p, str) else None
+
+
+@torch.no_grad()
+def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: float, beta2: float, eps: float,
+          weight_decay: float, adamw: bool, bias_correction1: float, bias_correction2: float,
+          grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None) -> bool:
+    """One Adam(W) step of fp32 `work` tensors (masters, or fp32 parameters) and their fp32 moments from `grads`
+    (times `grad_scale`, a 0-dim device tensor, when given), writing `params` (bf16/fp16, rounded once) when given;
+    nothing when `found_inf` (0-dim float on the device) is 1. True when done; False (nothing changed) when the lists
+    cannot take the kernel (see why_not): the caller then runs its own path."""
+    lists = _lists(work, grads, exp_avgs, exp_avg_sqs, params)
+    p = _checked_plan(lists)
+    if isinstance(p, str):
+        return False
+    if params is None:
+        w_off, g_off, m_off, v_off, numel, chunk_tensor, chunk_index = p
+        p_off, p0 = w_off, work[0]  # unused by the kernel (WRITE_P off)
+    else:
+        w_off, g_off, m_off, v_off, p_off, numel, chunk_tensor, chunk_index = p
+        p0 = params[0]
+    dev = work[0].device
+    variant = (grad_scale is not None, found_inf is not None, bool(adamw), params is not None)
+    scale = grad_scale if grad_scale is not None else numel  # a placeholder pointer when unused
+    inf = found_inf if found_inf is not None else numel
+    try:
+        with torch.cuda.device(dev):
+            _kernel[(chunk_tensor.numel(),)](
+                work[0], grads[0], exp_avgs[0], exp_avg_sqs[0], p0, w_off, g_off, m_off, v_off, p_off, numel,
+                chunk_tensor, chunk_index, scale, inf, float(lr) * float(weight_decay), float(weight_decay),
+                float(beta1), float(beta2), float(eps), float(lr) / float(bias_correction1),
+                float(bias_correction2) ** 0.5,
+                HAS_SCALE=variant[0], HAS_INF=variant[1], ADAMW=variant[2], WRITE_P=variant[3], CHUNK=CHUNK,
+                BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
+    except Exception as exc:  # noqa: BLE001 - see below
+        if variant in _launched:  # it ran before: a real error, not a toolchain one
+            raise
+        # The first launch of a variant compiles it: a missing or mismatched toolchain fails here, before anything
+        # is written. The run goes on with torch's kernel, as portable/lerp_kernel.py does.
+        global _unavailable
+        _unavailable = f"the kernel did not compile or launch ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        warnings.warn(f"portable/adamw_kernel.py: {_unavailable}; FusedAdam keeps torch's fused kernel.",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    _launched.add(variant)
+    STATS["launches"] += 1
+    return True

@@ -1,0 +1,164 @@
+"""portable/adamw_kernel.py (FusedAdam's one-launch update on CUDA) on CPU: the launch tables, what the kernel
+refuses, that CPU never takes it, and FusedAdam's gradient scale in the step (GradClip's coefficient) against the
+clip's in-place multiply before the step. The kernel itself runs on the card in tests/ops/test_cuda.py; where triton
+is importable, also here under Triton's CPU interpreter (TRITON_INTERPRET=1, a subprocess)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from portable_loader import PORTABLE_DIR
+
+
+def _views(buf, sizes):
+    out, off = [], 0
+    for n in sizes:  # views at offsets that are multiples of 8 elements
+        out.append(buf.narrow(0, off, n))
+        off += -(-max(n, 1) // 8) * 8
+    return out
+
+
+def test_adamw_kernel_plan_covers_every_element_once(portable):
+    ak = portable.adamw_kernel
+    sizes = [1, 7, 8, 20, 0, 33]
+    w, m, v = (_views(torch.zeros(1024), sizes) for _ in range(3))
+    g = _views(torch.zeros(1024, dtype=torch.bfloat16), sizes)
+    p = _views(torch.zeros(1024, dtype=torch.bfloat16), sizes)
+    plan = ak.plan([w, g, m, v, p])
+    assert not isinstance(plan, str), plan
+    offsets, numel = plan
+    assert numel == [n for n in sizes if n] and len(offsets) == 5 and all(o == offsets[0] for o in offsets)
+    chunk_tensor, chunk_index = portable.lerp_kernel.chunk_table(numel, chunk=8)
+    covered = []
+    for t, c in zip(chunk_tensor.tolist(), chunk_index.tolist()):
+        start = offsets[0][t] * 8 + c * 8
+        covered.extend(range(start, start + min(8, numel[t] - c * 8)))
+    expected = [i for t, n in zip(w, sizes) if n for i in range(t.storage_offset(), t.storage_offset() + n)]
+    assert sorted(covered) == expected and len(covered) == len(set(covered))
+    assert not isinstance(ak.plan([w, g, m, v]), str)  # fp32 parameters: no parameter list to write
+    # what it refuses (FusedAdam then keeps torch's kernel)
+    f32 = torch.zeros(64)
+    bf = torch.zeros(64, dtype=torch.bfloat16)
+    assert "aligned" in ak.plan([[f32[1:9]], [bf[:8]], [f32[16:24]], [f32[32:40]]])
+    assert "aligned" in ak.plan([[f32[:8], f32[12:20]], [bf[:8], bf[8:16]], [f32[24:32]] * 2, [f32[40:48]] * 2])
+    assert "work are torch.bfloat16" in ak.plan([[bf[:8]], [bf[8:16]], [f32[:8]], [f32[8:16]]])
+    assert "params are torch.float32" in ak.plan([[f32[:8]], [bf[:8]], [f32[8:16]], [f32[16:24]], [f32[24:32]]])
+    assert "dtype or device" in ak.plan([[f32[:8], f32[8:16]], [bf[:8], f32[16:24]], [f32[24:32]] * 2,
+                                         [f32[32:40]] * 2])
+    assert "not contiguous" in ak.plan([[torch.zeros(4, 4).t()], [torch.zeros(4, 4, dtype=torch.bfloat16)],
+                                        [torch.zeros(4, 4)], [torch.zeros(4, 4)]])
+    assert "different lengths" in ak.plan([[f32[:8]], [], [f32[8:16]], [f32[16:24]]])
+    assert ak.why_not(w, g, m, v, p) == "device cpu (CUDA only)"
+
+
+def test_fused_adam_on_cpu_does_not_take_the_kernel(portable, monkeypatch):
+    """CUDA only: on CPU FusedAdam(fused=True) never builds the kernel (it would fail without triton)."""
+    monkeypatch.setattr(portable.adamw_kernel, "_build_kernel", lambda: pytest.fail("kernel built on CPU"))
+    ps = [torch.nn.Parameter(torch.randn(10).bfloat16())]
+    opt = portable.optim.FusedAdam(ps, lr=1e-2, master_weights=True, fused=True)
+    ps[0].grad = torch.randn(10).bfloat16()
+    before = ps[0].detach().clone()
+    opt.step()
+    assert not torch.equal(ps[0], before)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_grad_scale_in_the_step_is_the_clip_before_it(portable, fused):
+    """scale_grads_in_next_step(coef): the next step's result equals an in-place multiply of the gradients by coef
+    followed by the step, bitwise (parameters, masters, moments, and the gradients themselves on these paths); the
+    scale is for one step only; a caller whose gradient count differs from the optimizer's is refused."""
+    torch.manual_seed(5)
+    start = [t.to(torch.bfloat16) for t in (torch.randn(33, 17), torch.randn(17), torch.randn(8, 4, 3))]
+    grads = [[torch.randn(t.shape).to(torch.bfloat16) for t in start] for _ in range(3)]
+    coefs = [torch.tensor(0.3).bfloat16(), torch.tensor(1.0).bfloat16(), torch.tensor(0.07).bfloat16()]
+
+    def run(in_step):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = portable.optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True, fused=fused)
+        seen = []
+        for gs, coef in zip(grads, coefs):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            if in_step:
+                assert opt.scale_grads_in_next_step(coef, len(ps))
+            else:
+                torch._foreach_mul_([p.grad for p in ps], coef)
+            opt.step()
+            seen.append([p.grad.clone() for p in ps])
+        state = [[p.detach() for p in ps], [opt._masters[p] for p in ps],
+                 [opt.state[p]["exp_avg"] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], seen[-1]]
+        return state, opt, ps
+
+    a, opt, ps = run(True)
+    b, _, _ = run(False)
+    for xs, ys in zip(a, b):
+        assert all(torch.equal(x, y) for x, y in zip(xs, ys))
+    assert opt._grad_scale is None  # consumed by the step
+    assert not opt.scale_grads_in_next_step(coefs[0], len(ps) + 1) and opt._grad_scale is None
+
+
+INTERPRETED = textwrap.dedent('''
+    import os, sys, importlib.util, types, torch
+    sys.path.insert(0, os.environ["PORTABLE_PARENT"])
+    pkg = types.ModuleType("pp")
+    pkg.__path__ = [os.environ["PORTABLE_DIR"]]
+    sys.modules["pp"] = pkg
+    from pp import adamw_triton as at, adamw_kernel as ak
+    from pp.lerp_kernel import chunk_table
+    torch.manual_seed(0)
+    C = 64
+    sizes = [1, 7, C - 1, C, C + 1, 3 * C + 5, 200, 33]
+    T = lambda x: torch.tensor(x, dtype=torch.int64)
+    lr, b1, b2, eps, step = 1e-2, 0.9, 0.99, 1e-8, 3
+    bc1, bc2 = 1 - b1 ** step, 1 - b2 ** step
+    worst = 0.0
+    for adamw, wd, scale, inf in ((True, 0.1, 0.37, None), (False, 0.1, None, 0.0), (True, 0.0, 0.5, 1.0)):
+        w = [torch.randn(n) for n in sizes]
+        g = [torch.randn(n) for n in sizes]
+        m = [torch.randn(n) * 0.1 for n in sizes]
+        v = [torch.rand(n) * 0.01 for n in sizes]
+        p = [torch.zeros(n, dtype=torch.bfloat16) for n in sizes]
+        ref = [[t.clone() for t in lst] for lst in (w, m, v)]
+        p0 = [t.clone() for t in p]
+        offs, numel = ak.plan([w, g, m, v, p])
+        ct, ci = chunk_table(numel, C)
+        at.adam_chunks[(ct.numel(),)](
+            w[0], g[0], m[0], v[0], p[0], *[T(o) for o in offs], T(numel), ct, ci,
+            torch.tensor(scale if scale is not None else 1.0), torch.tensor(inf if inf is not None else 0.0),
+            lr * wd, wd, b1, b2, eps, lr / bc1, bc2 ** 0.5, HAS_SCALE=scale is not None, HAS_INF=inf is not None,
+            ADAMW=adamw, WRITE_P=True, CHUNK=C, BLOCK=16)
+        if inf == 1.0:  # nothing written
+            assert all(torch.equal(a, b) for A, B in zip((w, m, v, p), ref + [p0]) for a, b in zip(A, B))
+            continue
+        rg = [x * scale for x in g] if scale is not None else g
+        kernel = torch._fused_adamw_ if adamw else torch._fused_adam_
+        kernel(ref[0], rg, ref[1], ref[2], [], [torch.tensor(float(step))] * len(sizes), lr=lr, beta1=b1,
+               beta2=b2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
+        for A, B in zip((w, m, v), ref):
+            for a, b in zip(A, B):
+                worst = max(worst, ((a - b).abs() / b.abs().max()).max().item())
+        # the interpreter rounds to bf16 toward zero (the GPU to nearest even): within one bf16 step of the master
+        for a, b in zip(p, w):
+            assert ((a.float() - b).abs() <= b.abs() * 2 ** -7 + 1e-30).all()
+    print("WORST", worst)
+''')
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CPU wheels lack it)")
+def test_adamw_kernel_under_the_triton_interpreter():
+    """The Triton kernel's arithmetic against torch's fused Adam(W) on CPU, run by Triton's interpreter: fp32
+    gradients with and without a scale, AdamW and L2 modes, tails and sizes around the chunk, and found_inf=1
+    writing nothing. Within fp32 rounding (torch computes a few products in double)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR),
+               PORTABLE_PARENT=str(PORTABLE_DIR.parent))
+    out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    worst = float(out.stdout.split("WORST")[-1])
+    assert worst < 1e-6, worst
