@@ -378,7 +378,9 @@ stage_t2i_gap_diff() {
   rm -f /tmp/bare_work.trace.json
   COSMOS_EMA_OVERLAP=0 t2i_bare_run t2i_bare_work_prof --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work \
     --profile --profile-steps $n --profile-trace /tmp/bare_work.trace.json
-  COSMOS_PROFILE_STEPS=$n COSMOS_PROFILE_WARMUP=${PROFILE_WARMUP:-12} \
+  # the experiment's own logging_iter unless E2E_LOGGING_ITER is given: at 1, DeviceMonitor (~14 ms of host) and
+  # GradClip's log (a host read of the norm) run every step, which the timed runs do not have
+  E2E_LOGGING_ITER=${E2E_LOGGING_ITER-} COSMOS_PROFILE_STEPS=$n COSMOS_PROFILE_WARMUP=${PROFILE_WARMUP:-12} \
     train_e2e t2i_gap_prof 1 $T2I $(( ${PROFILE_WARMUP:-12} + n + 3 )) $(t2i_cache_args)
   local tr; tr=$(find /tmp/e2e/t2i_gap_prof -name "*trace-rank0.json" | head -1)
   [ -n "$tr" ] && [ -s /tmp/bare_work.trace.json ] || { log "error: a trace is missing (t2i_gap_diff)"; return 1; }
@@ -394,9 +396,10 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
 # t2i_work_paths: the trainer's work (GradClip + EMA) with the EMA update as portable/lerp_kernel.py's one Triton
 # launch in line (new), as copy + foreach lerp (old, COSMOS_EMA_KERNEL=0) and as the kernel on a side stream
 # overlapped with the next forward (ovl, COSMOS_EMA_OVERLAP=1), the kernel with GradClip's finite check before the
-# optimizer step (late0, COSMOS_CLIP_LATE_CHECK=0), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
+# optimizer step (late0, COSMOS_CLIP_LATE_CHECK=0), with torch's fused AdamW kernel instead of portable/adamw_kernel.py
+# (tadam, COSMOS_ADAM_KERNEL=0; bare_tadam: the bare step so), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
 # default "bare old new"; SKIP_PATHS_BARE=1: none); then train.sh from the latent cache the same ways
-# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*, in the order given; none: no run); the breakdown times every 10th step,
+# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*|tadam*, in the order given; none: no run); the breakdown times every 10th step,
 # a name ending in _everyN every N-th (new_every1: every step, as train.sh by default)
 stage_t2i_work_paths() {
   ensure_site
