@@ -18,7 +18,8 @@ in-place multiply leaves it, so the clip before the step and the scale in the st
 `found_inf` (0-dim float, 1 = skip): nothing is written, as torch's kernel.
 
 Tables as portable/lerp_kernel.py: offsets from each list's first tensor in units of 8 elements, one program per
-CHUNK elements; a list it cannot take (unaligned or strided views, mixed dtypes, no triton, not CUDA) makes `step_`
+CHUNK elements; the gradients' table is kept apart (gradients set to None between steps come back at other
+addresses now and then: one small table is checked and uploaded again, not all five); a list it cannot take (unaligned or strided views, mixed dtypes, no triton, not CUDA) makes `step_`
 return False and FusedAdam keeps torch's kernel. COSMOS_ADAM_KERNEL=0 turns it off; a first launch that fails
 (Triton compiles there) turns it off for the process with one warning.
 """
@@ -36,11 +37,11 @@ CHUNK = 8192  # elements per program
 BLOCK = 1024  # elements per inner iteration of a program
 _ALIGN = 8  # offsets in units of 8 elements: 32 bytes of fp32, 16 of bf16
 _MAX_PLANS = 8
-_WARN_UPLOADS = 8  # offset tables uploaded before a warning (set_to_none gradients may move now and then)
 
-_plans: dict = {}  # (device, pointers, sizes, dtypes) -> device tables, or why not
+_plans: dict = {}  # (device, pointers and sizes of masters, moments, parameters) -> device tables, or why not
+_grad_tables: dict = {}  # (device, gradient pointers, sizes) -> the gradients' offset table, or why not
 _chunks: dict = {}  # (device, sizes) -> device chunk table
-STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
+STATS = {"launches": 0, "tables": 0, "offset_uploads": 0, "grad_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, imported at first use (triton is slow to import and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
 _launched: set = set()  # (has_scale, has_inf, adamw, write_p) variants that compiled and launched
@@ -66,47 +67,57 @@ def _build_kernel():
     return _kernel
 
 
+_WANT = {"work": (torch.float32,), "grads": (torch.bfloat16, torch.float16, torch.float32),
+         "exp_avgs": (torch.float32,), "exp_avg_sqs": (torch.float32,), "params": (torch.bfloat16, torch.float16)}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _list_offsets(name: str, lst: list[torch.Tensor], shapes):
+    """One list's offsets in units of 8 elements from its first tensor (empty tensors left out), or why not."""
+    if len(lst) != len(shapes):
+        return "lists of different lengths"
+    first = lst[0]
+    if first.dtype not in _WANT[name]:
+        return f"{name} are {first.dtype} (the kernel takes {', '.join(str(d) for d in _WANT[name])})"
+    base, dev, unit = first.data_ptr(), first.device, _ALIGN * first.element_size()
+    if base % 16:
+        return f"{name}: first tensor not 16-byte aligned"
+    out = []
+    for i, (t, shape) in enumerate(zip(lst, shapes)):
+        if type(t) not in _PLAIN:
+            return f"{name}[{i}] is a {type(t).__name__} (plain tensors only)"
+        if t.dtype != first.dtype or t.device != dev:
+            return f"{name}[{i}]: dtype or device differs from the first"
+        if t.shape != shape or not t.is_contiguous():
+            return f"{name}[{i}]: shape differs or not contiguous"
+        d = t.data_ptr() - base
+        if d % unit:
+            return f"{name}[{i}]: storage not aligned to {_ALIGN} elements"
+        if t.numel():
+            out.append(d // unit)
+    return out
+
+
 def plan(lists: list[list[torch.Tensor]]):
     """Where each tensor lies: (offsets per list, numel) as Python lists, offsets in units of 8 elements from each
     list's first tensor, empty tensors left out; or a string saying why these lists cannot take the kernel. The lists:
     work (fp32), grads (bf16/fp16/fp32), exp_avgs and exp_avg_sqs (fp32), and optionally params (bf16/fp16) to write.
     Host bookkeeping only: tests check it on CPU."""
-    n = len(lists[0])
-    if any(len(lst) != n for lst in lists):
-        return "lists of different lengths"
-    if n == 0:
+    if not lists[0]:
         return "empty lists"
-    firsts = [lst[0] for lst in lists]
-    want = [(torch.float32,), (torch.bfloat16, torch.float16, torch.float32), (torch.float32,), (torch.float32,),
-             (torch.bfloat16, torch.float16)]
-    for name, t, ok in zip(LISTS, firsts, want):
-        if t.dtype not in ok:
-            return f"{name} are {t.dtype} (the kernel takes {', '.join(str(d) for d in ok)})"
-    bases = [t.data_ptr() for t in firsts]
-    if any(b % 16 for b in bases):
-        return "first tensors not 16-byte aligned"
-    dev = firsts[0].device
-    plain = (torch.Tensor, torch.nn.Parameter)
-    offsets = [[] for _ in lists]
-    numel = []
-    for i in range(n):
-        row = [lst[i] for lst in lists]
-        shape = row[0].shape
-        for name, t, first, base in zip(LISTS, row, firsts, bases):
-            if type(t) not in plain:
-                return f"{name}[{i}] is a {type(t).__name__} (plain tensors only)"
-            if t.dtype != first.dtype or t.device != dev:
-                return f"{name}[{i}]: dtype or device differs from the first"
-            if t.shape != shape or not t.is_contiguous():
-                return f"{name}[{i}]: shape differs or not contiguous"
-            if (t.data_ptr() - base) % (_ALIGN * t.element_size()):
-                return f"{name}[{i}]: storage not aligned to {_ALIGN} elements"
-        if row[0].numel():
-            for k, (t, base) in enumerate(zip(row, bases)):
-                offsets[k].append((t.data_ptr() - base) // (_ALIGN * t.element_size()))
-            numel.append(row[0].numel())
+    shapes = [t.shape for t in lists[0]]
+    offsets = []
+    for name, lst in zip(LISTS, lists):
+        o = _list_offsets(name, lst, shapes) if lst else "lists of different lengths"
+        if isinstance(o, str):
+            return o
+        offsets.append(o)
+    numel = [t.numel() for t in lists[0] if t.numel()]
     if not numel:
         return "no elements"
+    dev = lists[0][0].device
+    if any(lst[0].device != dev for lst in lists):
+        return "lists on different devices"
     return offsets, numel
 
 
@@ -115,39 +126,73 @@ def _upload(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
     return t.pin_memory().to(dev, non_blocking=True)
 
 
+def _table(values: list[int], dev: torch.device) -> torch.Tensor:
+    return _upload(torch.tensor(values, dtype=torch.int64), dev)
+
+
+def _cache_put(cache: dict, key, value) -> None:
+    if len(cache) >= _MAX_PLANS:
+        cache.clear()
+    cache[key] = value
+
+
 def _device_plan(lists):
-    """(offset tables..., numel, chunk_tensor, chunk_index) on the device, or why not (a string). The chunk table is
-    cached by the tensors' sizes, the offsets by their storages (gradients set to None between steps usually come
-    back at the same addresses; when not, 5 small tables are uploaded again)."""
+    """(offset tables in LISTS order, numel, chunk_tensor, chunk_index) on the device, or why not (a string). Cached
+    in two parts: the masters, moments and parameters by their storages (they stay for the run), with the chunk
+    table by the sizes; the gradients' table by theirs (set to None between steps, gradients often come back at
+    other addresses: then one table is checked and uploaded, not five)."""
+    if any(len(lst) != len(lists[0]) for lst in lists):
+        return "lists of different lengths"
     dev = lists[0][0].device
-    key = (dev, *(tuple(map(torch.Tensor.data_ptr, lst)) for lst in lists),
-           tuple(t.numel() for t in lists[0]), tuple(lst[0].dtype for lst in lists))
-    cached = _plans.get(key)
-    if cached is not None:
-        return cached
-    p = plan(lists)
-    if isinstance(p, str):
-        cached = p
-    else:
-        offsets, numel = p
-        ckey = (dev, tuple(numel))
-        chunks = _chunks.get(ckey)
-        if chunks is None:
-            if len(_chunks) >= _MAX_PLANS:
-                _chunks.clear()
-            chunks = _chunks[ckey] = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
-            STATS["tables"] += 1
-        cached = (*(_upload(torch.tensor(o, dtype=torch.int64), dev) for o in offsets),
-                  _upload(torch.tensor(numel, dtype=torch.int64), dev), *chunks)
-        STATS["offset_uploads"] += 1
-        if STATS["offset_uploads"] == _WARN_UPLOADS:
-            warnings.warn(f"portable/adamw_kernel.py: the optimizer's tensors moved {_WARN_UPLOADS} times; every "
-                          "move re-uploads the offset tables (host time each step). Set COSMOS_ADAM_KERNEL=0 if "
-                          "this keeps happening.", RuntimeWarning, stacklevel=3)
-    if len(_plans) >= _MAX_PLANS:
-        _plans.clear()
-    _plans[key] = cached
-    return cached
+    static = [lists[0], *lists[2:]]
+    skey = (dev, *(tuple(map(torch.Tensor.data_ptr, lst)) for lst in static),
+            tuple(t.numel() for t in lists[0]), tuple(lst[0].dtype for lst in static))
+    fixed = _plans.get(skey)
+    if fixed is None:
+        shapes = [t.shape for t in lists[0]]
+        names = ("work", "exp_avgs", "exp_avg_sqs", "params")
+        offsets = []
+        for name, lst in zip(names, static):
+            o = _list_offsets(name, lst, shapes)
+            if isinstance(o, str):
+                fixed = o
+                break
+            if lst[0].device != dev:
+                fixed = f"{name} on another device"
+                break
+            offsets.append(o)
+        numel = [t.numel() for t in lists[0] if t.numel()]
+        if fixed is None and not numel:
+            fixed = "no elements"
+        if fixed is None:
+            ckey = (dev, tuple(numel))
+            chunks = _chunks.get(ckey)
+            if chunks is None:
+                chunks = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
+                _cache_put(_chunks, ckey, chunks)
+                STATS["tables"] += 1
+            fixed = ([_table(o, dev) for o in offsets], _table(numel, dev), *chunks)
+            STATS["offset_uploads"] += 1
+        _cache_put(_plans, skey, fixed)
+    if isinstance(fixed, str):
+        return fixed
+    grads = lists[1]
+    gkey = (dev, tuple(map(torch.Tensor.data_ptr, grads)), skey[-2], grads[0].dtype)
+    gtable = _grad_tables.get(gkey)
+    if gtable is None:
+        o = _list_offsets("grads", grads, [t.shape for t in lists[0]])
+        if isinstance(o, str):
+            gtable = o
+        elif grads[0].device != dev:
+            gtable = "grads on another device"
+        else:
+            gtable = _table(o, dev)
+            STATS["grad_uploads"] += 1
+        _cache_put(_grad_tables, gkey, gtable)
+    if isinstance(gtable, str):
+        return gtable
+    tables, numel, chunk_tensor, chunk_index = fixed
+    return (tables[0], gtable, *tables[1:], numel, chunk_tensor, chunk_index)
 
 
 def _checked_plan(lists):
