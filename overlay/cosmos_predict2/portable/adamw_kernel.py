@@ -19,8 +19,9 @@ in-place multiply leaves it, so the clip before the step and the scale in the st
 
 Tables as portable/lerp_kernel.py: offsets from each list's first tensor in units of 8 elements, one program per
 CHUNK elements; the gradients' table is kept apart (gradients set to None between steps come back at other
-addresses now and then: one small table is checked and uploaded again, not all five); a list it cannot take (unaligned or strided views, mixed dtypes, no triton, not CUDA) makes `step_`
-return False and FusedAdam keeps torch's kernel. COSMOS_ADAM_KERNEL=0 turns it off; a first launch that fails
+addresses now and then: one small table is checked and uploaded again, not all five). A list it cannot take
+(unaligned or strided views, mixed dtypes, no triton, not CUDA) makes `step_` return False and FusedAdam keeps
+torch's kernel. COSMOS_ADAM_KERNEL=0 turns it off; a first launch that fails
 (Triton compiles there) turns it off for the process with one warning.
 """
 

@@ -229,17 +229,18 @@ class FusedAdam(torch.optim.Optimizer):
             by_device.setdefault(e[0].device, []).append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
         for dev, dev_entries in by_device.items():
+            scale = grad_scale.to(dev) if grad_scale is not None else None
             if found_inf is not None and not (self.uses_fused_kernel(dev) and fused_step is not None):
                 raise UserRuntimeError(f"FusedAdam: a skip flag was given for {dev.type} parameters, where the "
                                        "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
             if self.uses_fused_kernel(dev):  # one Triton launch per (master?, dtypes) set where it applies
                 dev_entries = self._kernel_update(dev_entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf,
-                                                  grad_scale)
+                                                  scale)
                 if not dev_entries:
                     continue
-            if grad_scale is not None:  # the other paths: GradClip's in-place multiply, here (per dtype, as it)
+            if scale is not None:  # the other paths: GradClip's in-place multiply, here (per dtype, as it)
                 for ts in _by_dtype([e[1] for e in dev_entries]):
-                    torch._foreach_mul_(ts, grad_scale.to(dev))
+                    torch._foreach_mul_(ts, scale)
             # torch's fused kernel's step count: one 0-dim tensor per device and step, shared by the buckets (it only
             # reads it), not a fill per bucket
             steps = None

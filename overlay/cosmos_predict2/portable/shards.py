@@ -158,14 +158,14 @@ class LateFiniteClip:
     forward than without them (BENCHMARKS.md 3n). Here:
     - `clip()` scales on the device by the clip coefficient when the total is finite and by 1 when not (gradients
       left as they are): FusedAdam takes the coefficient into its step (scale_grads_in_next_step), other optimizers
-      get the gradients scaled in place here; and it tells the optimizer (FusedAdam.skip_next_step_if) to skip its step on the device when
-      not finite; the host goes on to launch the step;
+      get the gradients scaled in place here. It tells the optimizer (FusedAdam.skip_next_step_if) to skip its step
+      on the device when not finite; the host goes on to launch the step;
     - `settle()`, after the step's launch and before anything reads the parameters (GradClip calls it first thing
       in on_before_zero_grad, before the EMA update), reads the flag. Finite (the normal case): nothing more, and
       every value is the one of the check before the step, bitwise (where FusedAdam took the coefficient, the
-      gradients themselves stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment then, from the
-      untouched gradients (NaN/inf set to 0, the norm taken again, the scale), and the skipped step redone with its
-      step count and learning rate: the same values as the check before the step.
+      gradients themselves stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment
+      then, from the untouched gradients (NaN/inf set to 0, the norm taken again, the scale), and the skipped step
+      redone with its step count and learning rate: the same values as the check before the step.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
 
