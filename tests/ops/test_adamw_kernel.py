@@ -135,6 +135,56 @@ def test_grad_scale_in_the_step_is_the_clip_before_it(portable, fused):
     assert not opt.scale_grads_in_next_step(coefs[0], len(ps) + 1) and opt._grad_scale is None
 
 
+def test_adamw_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch):
+    """A first launch that fails (Triton compiles there) turns the kernel off for the process with one warning
+    naming the error, and FusedAdam's step then runs torch's path with the same result as without the kernel; a
+    variant that launched before raises. Simulated on CPU: the device check and the tables are stubbed, the kernel
+    is a stand-in that raises (the guard is lerp_kernel.guarded_launch, shared with the EMA kernel)."""
+    ak = portable.adamw_kernel
+    calls = []
+
+    class _Failing:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs["HAS_SCALE"])
+                raise self.exc
+            return launch
+
+    monkeypatch.setattr(ak, "_kernel", _Failing(RuntimeError("ptxas not found\nmore")))
+    monkeypatch.setattr(ak, "_unavailable", None)
+    monkeypatch.setattr(ak, "_launched", set())
+    monkeypatch.setattr(ak, "_checked_plan", lambda lists: ak._unavailable or (
+        (None,) * 6 + (torch.zeros(3, dtype=torch.int32),) * 2))
+    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    torch.manual_seed(0)
+    start, grad = torch.randn(10).bfloat16(), torch.randn(10).bfloat16()
+
+    def run():
+        ps = [torch.nn.Parameter(start.clone())]
+        opt = portable.optim.FusedAdam(ps, lr=1e-2, master_weights=True, fused=True)
+        ps[0].grad = grad.clone()
+        opt.step()
+        return ps[0].detach()
+
+    with pytest.warns(RuntimeWarning, match="adamw_kernel.py: the kernel did not compile or launch .RuntimeError: "
+                                            "ptxas not found.; FusedAdam keeps torch's fused kernel"):
+        after = run()
+    assert "ptxas not found" in ak._unavailable and calls == [False]
+    assert torch.equal(run(), after) and calls == [False]  # off for the process: not tried again
+    monkeypatch.setattr(ak, "_checked_plan", lambda lists: "off")
+    assert torch.equal(run(), after)  # torch's path, as without the kernel
+    # a variant that launched before: its failure is raised
+    monkeypatch.setattr(ak, "_unavailable", None)
+    monkeypatch.setattr(ak, "_checked_plan", lambda lists: (None,) * 6 + (torch.zeros(3, dtype=torch.int32),) * 2)
+    monkeypatch.setattr(ak, "_launched", {(False, False, True, True)})
+    monkeypatch.setattr(ak, "_kernel", _Failing(RuntimeError("illegal memory access")))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run()
+
+
 INTERPRETED = textwrap.dedent('''
     import os, sys, importlib.util, types, torch
     sys.path.insert(0, os.environ["PORTABLE_PARENT"])

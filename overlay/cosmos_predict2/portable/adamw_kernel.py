@@ -27,12 +27,10 @@ torch's kernel. COSMOS_ADAM_KERNEL=0 turns it off; a first launch that fails
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import device
-from .lerp_kernel import chunk_table
+from .lerp_kernel import _upload, chunk_table, guarded_launch  # the tables' helpers and the first-launch guard
 
 CHUNK = 8192  # elements per program
 BLOCK = 1024  # elements per inner iteration of a program
@@ -120,11 +118,6 @@ def plan(lists: list[list[torch.Tensor]]):
     if any(lst[0].device != dev for lst in lists):
         return "lists on different devices"
     return offsets, numel
-
-
-def _upload(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
-    """To the device without a stream synchronisation (a pageable copy waits for the device to catch up)."""
-    return t.pin_memory().to(dev, non_blocking=True)
 
 
 def _table(values: list[int], dev: torch.device) -> torch.Tensor:
@@ -236,29 +229,21 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
     else:
         w_off, g_off, m_off, v_off, p_off, numel, chunk_tensor, chunk_index = p
         p0 = params[0]
-    dev = work[0].device
     variant = (grad_scale is not None, found_inf is not None, bool(adamw), params is not None)
     scale = grad_scale if grad_scale is not None else numel  # a placeholder pointer when unused
     inf = found_inf if found_inf is not None else numel
-    try:
-        with torch.cuda.device(dev):
-            _kernel[(chunk_tensor.numel(),)](
-                work[0], grads[0], exp_avgs[0], exp_avg_sqs[0], p0, w_off, g_off, m_off, v_off, p_off, numel,
-                chunk_tensor, chunk_index, scale, inf, float(lr) * float(weight_decay), float(weight_decay),
-                float(beta1), float(beta2), float(eps), float(lr) / float(bias_correction1),
-                float(bias_correction2) ** 0.5,
-                HAS_SCALE=variant[0], HAS_INF=variant[1], ADAMW=variant[2], WRITE_P=variant[3], CHUNK=CHUNK,
-                BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False)
-    except Exception as exc:  # noqa: BLE001 - see below
-        if variant in _launched:  # it ran before: a real error, not a toolchain one
-            raise
-        # The first launch of a variant compiles it: a missing or mismatched toolchain fails here, before anything
-        # is written. The run goes on with torch's kernel, as portable/lerp_kernel.py does.
+    why = guarded_launch(
+        lambda: _kernel[(chunk_tensor.numel(),)](
+            work[0], grads[0], exp_avgs[0], exp_avg_sqs[0], p0, w_off, g_off, m_off, v_off, p_off, numel,
+            chunk_tensor, chunk_index, scale, inf, float(lr) * float(weight_decay), float(weight_decay),
+            float(beta1), float(beta2), float(eps), float(lr) / float(bias_correction1),
+            float(bias_correction2) ** 0.5,
+            HAS_SCALE=variant[0], HAS_INF=variant[1], ADAMW=variant[2], WRITE_P=variant[3], CHUNK=CHUNK,
+            BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False),
+        work[0].device, variant, _launched, "adamw_kernel.py", "FusedAdam keeps torch's fused kernel")
+    if why is not None:
         global _unavailable
-        _unavailable = f"the kernel did not compile or launch ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        warnings.warn(f"portable/adamw_kernel.py: {_unavailable}; FusedAdam keeps torch's fused kernel.",
-                      RuntimeWarning, stacklevel=3)
+        _unavailable = why
         return False
-    _launched.add(variant)
     STATS["launches"] += 1
     return True

@@ -203,22 +203,33 @@ def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: floa
     tgt_off, src_off, numel, chunk_tensor, chunk_index = p
     weight = float(weight)
     low = abs(weight) < 0.5
-    try:
-        with torch.cuda.device(targets[0].device):
-            _kernel[(chunk_tensor.numel(),)](
-                targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
-                LOW_WEIGHT=low, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4)
-    except Exception as exc:  # noqa: BLE001 - see below
-        if low in _launched:  # it ran before: a real error, not a toolchain one
-            raise
-        # The first launch of a variant compiles it: a missing or mismatched toolchain (ptxas, an unsupported GPU)
-        # fails here, before anything is written. The run goes on with the foreach path, as compiled blocks fall
-        # back to eager (portable/block_compile.py).
+    why = guarded_launch(
+        lambda: _kernel[(chunk_tensor.numel(),)](
+            targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
+            LOW_WEIGHT=low, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4),
+        targets[0].device, low, _launched, "lerp_kernel.py", "the EMA update keeps the foreach path")
+    if why is not None:
         global _unavailable
-        _unavailable = f"the kernel did not compile or launch ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        warnings.warn(f"portable/lerp_kernel.py: {_unavailable}; the EMA update keeps the foreach path.",
-                      RuntimeWarning, stacklevel=3)
+        _unavailable = why
         return False
-    _launched.add(low)
     STATS["launches"] += 1
     return True
+
+
+def guarded_launch(launch, dev: torch.device, variant, launched: set, owner: str, fallback: str) -> str | None:
+    """Run `launch()` on `dev`; None when it ran. The first launch of a variant compiles it: a missing or mismatched
+    toolchain (ptxas, an unsupported GPU) fails there, before anything is written, and the caller then turns its
+    kernel off for the process and runs its own path, as compiled blocks fall back to eager
+    (portable/block_compile.py): that failure is returned as the reason, with one warning. A variant that launched
+    before (in `launched`) raises: a real error, not a toolchain one. Shared by this module and adamw_kernel.py."""
+    try:
+        with torch.cuda.device(dev):
+            launch()
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        if variant in launched:
+            raise
+        why = f"the kernel did not compile or launch ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        warnings.warn(f"portable/{owner}: {why}; {fallback}.", RuntimeWarning, stacklevel=4)
+        return why
+    launched.add(variant)
+    return None
