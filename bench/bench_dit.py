@@ -298,6 +298,8 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
             marks.append([])
         mark("start")
         net.zero_grad(set_to_none=True)
+        if clip_ema is not None and clip_ema.late.settles_next_step():
+            clip_ema.late.settle()  # as GradClip: the last step's check at this step's start, before the forward
         out = net(x, **kw)
         loss = (out.float() - target.float()).pow(2).mean()
         mark("fwd")
@@ -318,8 +320,9 @@ def run_variant(args, dev, res, variant, peak_tflops, flops_cache):
             opt.step()
             mark("opt")
         if clip_ema is not None:
-            clip_ema.late.settle()
-            clip_ema.ema.update_average(net, clip_ema.ema_net, beta=0.9999)
+            if not clip_ema.late.settles_next_step():  # COSMOS_CLIP_SETTLE_NEXT_STEP=0: before the EMA update
+                clip_ema.late.settle()
+            clip_ema.ema.update_average(net, clip_ema.ema_net, beta=0.9999)  # skips on the device flag if pending
             mark("ema")
         return loss.detach()
 

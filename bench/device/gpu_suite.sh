@@ -397,9 +397,10 @@ stage_t2i_work_bare() {  # the bare step with FusedAdam's default kernel, withou
 # launch in line (new), as copy + foreach lerp (old, COSMOS_EMA_KERNEL=0) and as the kernel on a side stream
 # overlapped with the next forward (ovl, COSMOS_EMA_OVERLAP=1), the kernel with GradClip's finite check before the
 # optimizer step (late0, COSMOS_CLIP_LATE_CHECK=0), with torch's fused AdamW kernel instead of portable/adamw_kernel.py
-# (tadam, COSMOS_ADAM_KERNEL=0; bare_tadam: the bare step so), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
+# (tadam, COSMOS_ADAM_KERNEL=0; bare_tadam: the bare step so), the check settled before zero_grad rather than at the
+# next step's start (zg, COSMOS_CLIP_SETTLE_NEXT_STEP=0), beside the bare step (bare), one process each (PATHS_BARE_RUNS,
 # default "bare old new"; SKIP_PATHS_BARE=1: none); then train.sh from the latent cache the same ways
-# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*|tadam*, in the order given; none: no run); the breakdown times every 10th step,
+# (PATHS_E2E_RUNS: new*|old*|ovl*|late0*|tadam*|zg*, in the order given; none: no run); the breakdown times every 10th step,
 # a name ending in _everyN every N-th (new_every1: every step, as train.sh by default)
 stage_t2i_work_paths() {
   ensure_site
@@ -409,13 +410,13 @@ stage_t2i_work_paths() {
     if [ $v = bare ]; then t2i_bare_run t2i_bare --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50; continue; fi
     if [ $v = bare_tadam ]; then  # the bare step with torch's fused AdamW kernel (portable/adamw_kernel.py off)
       COSMOS_ADAM_KERNEL=0 t2i_bare_run t2i_bare_tadam --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50; continue; fi
-    case $v in old|new|ovl|late0|tadam) env=$(t2i_paths_env $v) ;;
-      *) log "error: unknown bare run $v (bare|bare_tadam|old|new|ovl|late0|tadam)"; continue ;; esac
+    case $v in old|new|ovl|late0|tadam|zg) env=$(t2i_paths_env $v) ;;
+      *) log "error: unknown bare run $v (bare|bare_tadam|old|new|ovl|late0|tadam|zg)"; continue ;; esac
     (export $env; t2i_bare_run t2i_work_$v --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50 --trainer-work)
   done
   for v in ${PATHS_E2E_RUNS:-new old}; do
     [ $v = none ] && continue
-    env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|tadam*|none)"; continue; }
+    env=$(t2i_paths_env $v) || { log "error: unknown run $v (new*|old*|ovl*|late0*|tadam*|zg*|none)"; continue; }
     local every=10; case $v in *_every[0-9]*) every=${v##*_every} ;; esac  # e.g. new_every1: every step timed
     (export $env; COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
     breakdown t2i_paths_$v
@@ -429,6 +430,7 @@ t2i_paths_env() {
     ovl*) echo COSMOS_EMA_OVERLAP=1 ;;
     late0*) echo COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_LATE_CHECK=0 ;;
     tadam*) echo COSMOS_EMA_OVERLAP=0 COSMOS_ADAM_KERNEL=0 ;;  # torch's fused AdamW kernel, not adamw_kernel.py
+    zg*) echo COSMOS_EMA_OVERLAP=0 COSMOS_CLIP_SETTLE_NEXT_STEP=0 ;;  # GradClip's check settled before zero_grad
     *) return 1 ;;
   esac
 }

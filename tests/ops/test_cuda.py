@@ -375,6 +375,57 @@ def test_cuda_late_finite_clip_skips_and_redoes_on_the_device(cuda_portable):
         assert not diff, (what, diff)  # (tensor, max abs difference, elements that differ)
 
 
+def test_cuda_late_finite_clip_settled_next_step_skips_the_ema_on_the_device(cuda_portable):
+    """GradClip's order with the check settled at the next step's start (COSMOS_CLIP_SETTLE_NEXT_STEP, default):
+    clip, step, scheduler, the EMA update (portable/upcast.py), zero_grad(set_to_none), settle. The EMA update takes
+    portable/lerp_kernel.py with the step's device flag (no host read: the check stays pending); a flagged step
+    leaves parameters and EMA as they were until settle() redoes the step from the gradients the check held and then
+    the EMA update. Parameters, masters, moments, EMA and norms equal bitwise to the check before the step."""
+    sh, optim, up, lk = cuda_portable.shards, cuda_portable.optim, cuda_portable.upcast, cuda_portable.lerp_kernel
+    torch.manual_seed(0)
+    start = [torch.randn(s, device=DEV).bfloat16() for s in ((300, 72), (72,), (5000,))]
+    grads = [[torch.randn(t.shape, device=DEV).bfloat16() for t in start] for _ in range(3)]
+    grads[1][0][3, 4] = float("nan")
+    grads[1][2][7] = float("inf")
+
+    def run(late):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        ema = [t.float() for t in start]
+        opt = optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (1 + i))
+        clip, norms = sh.LateFiniteClip(), []
+        for it, gs in enumerate(grads):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            if late:
+                assert clip.clip([p.grad for p in ps], 0.5, opt, params=ps) is not None
+                before = [t.detach().clone() for t in ps + ema]
+                opt.step()
+                sched.step()
+                launches = lk.STATS["launches"]
+                up.ema_update_(ema, ps, 0.99)
+                assert lk.STATS["launches"] == launches + 1 and sh.unsettled_skip() is not None  # still pending
+                if it == 1:  # the flagged step and its EMA update wrote nothing
+                    torch.cuda.synchronize()
+                    assert all(torch.equal(a, b) for a, b in zip(ps + ema, before))
+                opt.zero_grad(set_to_none=True)
+                norms.append(clip.settle())
+                assert sh.unsettled_skip() is None and all(p.grad is None for p in ps)
+            else:
+                norms.append(sh.clip_grad_norm_local([p.grad for p in ps], 0.5, True))
+                opt.step()
+                sched.step()
+                up.ema_update_(ema, ps, 0.99)
+                opt.zero_grad(set_to_none=True)
+        return ps, [opt._masters[p] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], ema, norms
+
+    a, b = run(True), run(False)
+    for what, xs, ys in zip(("params", "masters", "exp_avg_sq", "ema", "norms"), a, b):
+        diff = [(i, (x.float() - y.float()).abs().max().item(), (x != y).sum().item())
+                for i, (x, y) in enumerate(zip(xs, ys)) if not torch.equal(x, y)]
+        assert not diff, (what, diff)  # (tensor, max abs difference, elements that differ)
+
+
 def test_cuda_step_phases_from_events_do_not_wait(cuda_portable):
     """portable/step_timing.py on CUDA (the applied tree's, COSMOS_TEST_TREE): the phase marks are timing events, so
     no step synchronizes the device; a loader wait hidden behind queued device work counts ~0, one that outlasts

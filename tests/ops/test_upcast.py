@@ -265,7 +265,60 @@ def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch
     assert torch.equal(ema[0], torch.zeros(8))
     # a variant that launched before: its failure is raised
     monkeypatch.setattr(lk, "_unavailable", None)
-    monkeypatch.setattr(lk, "_launched", {True})
+    monkeypatch.setattr(lk, "_launched", {(True, False)})  # (LOW_WEIGHT, HAS_SKIP)
     monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("illegal memory access")))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         lk.lerp_(ema, src, 1e-3)
+
+
+LERP_INTERPRETED = '''
+import os, sys, types, torch
+pkg = types.ModuleType("pp")
+pkg.__path__ = [os.environ["PORTABLE_DIR"]]
+sys.modules["pp"] = pkg
+from pp import lerp_kernel as lk
+k = lk._build_kernel()
+assert k is not None, lk._unavailable
+torch.manual_seed(0)
+C = 64
+sizes = [1, 7, C - 1, C, C + 1, 3 * C + 5, 33]
+T = lambda x: torch.tensor(x, dtype=torch.int64)
+for weight in (1e-3, 0.75):
+    start = [torch.randn(n) for n in sizes]
+    src = [torch.randn(n).bfloat16() for n in sizes]
+    plain = None
+    for skip in (None, 0.0, 1.0):
+        ema = [t.clone() for t in start]
+        tgt_off, src_off, numel = lk.plan(ema, src)
+        ct, ci = lk.chunk_table(numel, C)
+        flag = torch.tensor(skip if skip is not None else 0.0)
+        k[(ct.numel(),)](ema[0], src[0], T(tgt_off), T(src_off), T(numel), ct, ci, weight, flag,
+                         LOW_WEIGHT=abs(weight) < 0.5, HAS_SKIP=skip is not None, CHUNK=C, BLOCK=16)
+        if skip is None:  # torch.lerp's values to fp32 rounding (CPU torch may contract to an FMA)
+            plain = ema
+            for a, e, s in zip(ema, start, src):
+                ref = torch.lerp(e, s.float(), weight)
+                assert ((a - ref).abs() <= ref.abs() * 2 ** -22 + 1e-30).all(), (weight, (a - ref).abs().max())
+        else:  # flag 0: the unflagged launch's values, bitwise; flag 1: nothing written
+            for a, b in zip(ema, plain if skip == 0.0 else start):
+                assert torch.equal(a, b), (weight, skip, (a - b).abs().max().item())
+print("LERP OK")
+'''
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("triton") is None,
+                    reason="triton not installed (CPU wheels lack it)")
+def test_lerp_kernel_skip_flag_under_the_triton_interpreter():
+    """portable/lerp_kernel.py's kernel run by Triton's CPU interpreter (TRITON_INTERPRET=1, a subprocess): torch.lerp's
+    values for both weight formulas over tails and sizes around the chunk (to fp32 rounding); with the skip flag 0
+    the same values bitwise, with 1 nothing written (the EMA update of an optimizer step skipped on the device, settled later)."""
+    import os
+    import subprocess
+    import sys
+
+    from portable_loader import PORTABLE_DIR
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR))
+    out = subprocess.run([sys.executable, "-c", LERP_INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LERP OK" in out.stdout

@@ -122,7 +122,7 @@ def late_case(mesh, dtype, poison=False):
     """Patch grad-clip-finite-check-after-the-step: GradClip, FusedAdam's fused kernel (forced on; gloo, CPU) and
     the trainer's order, with the finite check before the step and after its launch: the same parameters after
     the step, bitwise, on every rank (a poisoned step on rank 0 only: the all-reduced norm is not finite everywhere,
-    so every rank skips and redoes)."""
+    so every rank skips and, after zero_grad set the gradients to None, redoes from the ones the check held)."""
     import os
 
     from cosmos_predict2.portable.optim import FusedAdam
@@ -137,6 +137,8 @@ def late_case(mesh, dtype, poison=False):
         late_used.append(cb._late._pending is not None)
         opt.step()
         cb.on_before_zero_grad(m, opt, None, iteration=1)
+        opt.zero_grad(set_to_none=True)
+        cb.on_train_end(m, iteration=1)  # settles (the next step's start in training): the redo after zero_grad
         results.append([shards.local_shard(p).detach().clone() for p in m.net.parameters()])
     os.environ.pop("COSMOS_CLIP_LATE_CHECK")
     return dict(late_used=late_used, bitwise=all(torch.equal(a, b) for a, b in zip(*results)),

@@ -14,6 +14,8 @@ foreach path.
 
 Arithmetic: torch.lerp's (self + w * (end - self) for |w| < 0.5, else end - (end - self) * (1 - w)) in fp32, the
 same formula as the foreach path's `_foreach_lerp_`, so the same values to fp32 rounding (tests/ops/test_cuda.py).
+With a skip flag (a 0-dim device float) the launch writes nothing where it is nonzero: the EMA update of an optimizer
+step that GradClip's pending finite check may have skipped on the device (portable/shards.py LateFiniteClip).
 CUDA only, with triton importable; COSMOS_EMA_KERNEL=0 turns it off. A first launch that fails (Triton compiles
 there: no ptxas, an unsupported GPU) turns it off for the process with one warning, and the caller's path runs.
 """
@@ -38,7 +40,7 @@ _chunks: dict = {}  # (device, sizes) -> device chunk table
 STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, built at first use (importing triton is slow and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
-_launched: set = set()  # LOW_WEIGHT variants that compiled and launched
+_launched: set = set()  # (LOW_WEIGHT, HAS_SKIP) variants that compiled and launched
 
 
 def enabled() -> bool:
@@ -58,12 +60,14 @@ def _build_kernel():
         return None
 
     @triton.jit
-    def _lerp_chunks(tgt, src, tgt_off, src_off, numel, chunk_tensor, chunk_index, weight, LOW_WEIGHT: tl.constexpr,
-                     CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    def _lerp_chunks(tgt, src, tgt_off, src_off, numel, chunk_tensor, chunk_index, weight, skip,
+                     LOW_WEIGHT: tl.constexpr, HAS_SKIP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_index + pid).to(tl.int64) * CHUNK
         rem = tl.load(numel + t) - start
+        if HAS_SKIP:  # skip (0-dim float, 1 = the optimizer step was skipped): no element left, nothing written
+            rem = tl.where(tl.load(skip) != 0, 0, rem)
         tp = tgt + tl.load(tgt_off + t) * 8 + start  # * 8: Triton then knows the 16-byte alignment
         sp = src + tl.load(src_off + t) * 8 + start
         offs = tl.arange(0, BLOCK)
@@ -194,20 +198,27 @@ def why_not(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> str | N
 
 
 @torch.no_grad()
-def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> bool:
+def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float,
+          skip: torch.Tensor | None = None) -> bool:
     """targets <- lerp(targets, sources.float(), weight) in one launch on the current stream. True when done; False
-    (nothing changed) when the lists cannot take the kernel (see why_not): the caller then runs its own path."""
+    (nothing changed) when the lists cannot take the kernel (see why_not): the caller then runs its own path.
+    `skip`: a 0-dim float on the targets' device; where it is nonzero the launch writes nothing (the EMA update of
+    an optimizer step skipped on the device, portable/shards.py LateFiniteClip)."""
     p = _checked_plan(targets, sources)
     if isinstance(p, str):
+        return False
+    if skip is not None and (skip.device != targets[0].device or skip.numel() != 1):
         return False
     tgt_off, src_off, numel, chunk_tensor, chunk_index = p
     weight = float(weight)
     low = abs(weight) < 0.5
+    has_skip = skip is not None
     why = guarded_launch(
         lambda: _kernel[(chunk_tensor.numel(),)](
             targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
-            LOW_WEIGHT=low, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4),
-        targets[0].device, low, _launched, "lerp_kernel.py", "the EMA update keeps the foreach path")
+            skip if has_skip else targets[0], LOW_WEIGHT=low, HAS_SKIP=has_skip, CHUNK=CHUNK, BLOCK=BLOCK,
+            num_warps=4),
+        targets[0].device, (low, has_skip), _launched, "lerp_kernel.py", "the EMA update keeps the foreach path")
     if why is not None:
         global _unavailable
         _unavailable = why

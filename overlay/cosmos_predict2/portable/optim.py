@@ -43,6 +43,7 @@ from itertools import chain
 import torch
 
 from . import adamw_kernel, device, upcast
+from . import shards
 from .shards import local_shard  # no DTensor dispatch per parameter and step
 from .user_error import UserRuntimeError, UserValueError
 
@@ -147,6 +148,14 @@ class FusedAdam(torch.optim.Optimizer):
             return False
         self._grad_scale = coef
         return True
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad. Zeroing in place would leave a step whose finite check is still pending
+        (portable/shards.py LateFiniteClip) nothing to redo from: that check is settled first. Setting to None (the
+        trainer's way) needs no wait: the pending check holds its own references to the gradients."""
+        if not set_to_none:
+            shards.settle_unsettled()
+        super().zero_grad(set_to_none=set_to_none)
 
     @torch.no_grad()
     def redo_skipped_step(self) -> None:

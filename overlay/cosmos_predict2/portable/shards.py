@@ -149,6 +149,30 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
     return total
 
 
+_unsettled = None  # the LateFiniteClip whose finite flag the host has not read yet (one trainer per process)
+
+
+def unsettled_skip() -> torch.Tensor | None:
+    """The device flag (0-dim float, 1 = the optimizer step was skipped: the total norm was not finite) of a step
+    whose finite check is not settled yet, or None. An update that reads the parameters after the step (the EMA
+    update, portable/upcast.py) skips on this flag on the device and registers its redo (redo_after_settle), or, when
+    it cannot skip on the device, calls settle_unsettled() first."""
+    return None if _unsettled is None else _unsettled.skip_flag()
+
+
+def redo_after_settle(fn) -> None:
+    """Run `fn()` when the unsettled step turns out skipped, after its redo (an update that skipped on the flag)."""
+    if _unsettled is not None:
+        _unsettled.redo.append(fn)
+
+
+def settle_unsettled() -> None:
+    """Read the unsettled step's flag now (redo the step if it was skipped); no-op when every step is settled."""
+    if _unsettled is not None:
+        clip = _unsettled
+        clip.unclaimed = clip.settle()  # for its owner's next settle() (GradClip records and logs the norm)
+
+
 class LateFiniteClip:
     """clip_grad_norm_local with force_finite, its host read moved after the optimizer step's launch.
 
@@ -160,18 +184,26 @@ class LateFiniteClip:
       left as they are): FusedAdam takes the coefficient into its step (scale_grads_in_next_step), other optimizers
       get the gradients scaled in place here. It tells the optimizer (FusedAdam.skip_next_step_if) to skip its step
       on the device when not finite; the host goes on to launch the step;
-    - `settle()`, after the step's launch and before anything reads the parameters (GradClip calls it first thing
-      in on_before_zero_grad, before the EMA update), reads the flag. Finite (the normal case): nothing more, and
-      every value is the one of the check before the step, bitwise (where FusedAdam took the coefficient, the
-      gradients themselves stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment
-      then, from the untouched gradients (NaN/inf set to 0, the norm taken again, the scale), and the skipped step
-      redone with its step count and learning rate: the same values as the check before the step.
+    - `settle()` reads the flag, after the step's launch and before anything reads the parameters for something
+      other than the EMA update. GradClip calls it at the next step's start (on_training_step_start), and before a
+      checkpoint save, a validation and the end of training; with COSMOS_CLIP_SETTLE_NEXT_STEP=0, in
+      on_before_zero_grad instead (before the EMA update). Finite (the normal case): nothing more, and every value is
+      the one of the check before the step, bitwise (where FusedAdam took the coefficient, the gradients themselves
+      stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment then, from the untouched
+      gradients (NaN/inf set to 0, the norm taken again, the scale; gradients that zero_grad set to None are put
+      back for it and taken away again), the skipped step redone with its step count and learning rate, then the
+      updates that skipped on the flag (the EMA update) redone: the same values as the check before the step.
+    Between clip() and settle() the EMA update skips on the same device flag (unsettled_skip) or, where it cannot,
+    settles first. The host's one wait is then at the next step's start, for a norm the device computed before the
+    optimizer step and the EMA update: the host prepares the next batch and the step's callbacks while those run.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
 
     def __init__(self) -> None:
-        self._pending = None  # (grads, max_norm, total, finite flag, event, optimizer) between clip() and settle()
+        self._pending = None  # (params, grads, max_norm, total, flag, event, optimizer, skip) between clip() and settle()
         self._host_flag = None  # pinned host copy of the flag (CUDA), reused every step
+        self.redo: list = []  # updates to run again when the pending step turns out skipped (redo_after_settle)
+        self.unclaimed = None  # the total of a settle someone else asked for (settle_unsettled)
 
     @staticmethod
     def enabled() -> bool:
@@ -179,8 +211,22 @@ class LateFiniteClip:
 
         return device.env_flag("COSMOS_CLIP_LATE_CHECK", default=True)
 
-    def clip(self, grads: list[torch.Tensor], max_norm: float, optimizer) -> torch.Tensor | None:
-        """The total norm (maybe not finite), the gradients scaled if it is; None when this path does not apply."""
+    @staticmethod
+    def settles_next_step() -> bool:
+        """COSMOS_CLIP_SETTLE_NEXT_STEP (default on): settle at the next step's start rather than before zero_grad."""
+        from . import device
+
+        return device.env_flag("COSMOS_CLIP_SETTLE_NEXT_STEP", default=True)
+
+    def skip_flag(self) -> torch.Tensor | None:
+        return None if self._pending is None else self._pending[7]
+
+    def clip(self, grads: list[torch.Tensor], max_norm: float, optimizer,
+             params: list[torch.Tensor] | None = None) -> torch.Tensor | None:
+        """The total norm (maybe not finite), the gradients scaled if it is; None when this path does not apply.
+        `params`: the parameters whose `.grad` the gradients are (same order), so that a redo after zero_grad can
+        give them back."""
+        global _unsettled
         if not grads or not self.enabled():
             return None
         can_skip = getattr(optimizer, "can_skip_on_device", None)
@@ -189,6 +235,7 @@ class LateFiniteClip:
         found = _local_total_norm(grads)
         if found is None:
             return None
+        settle_unsettled()  # a step still unsettled (no settle point ran since): its flag first
         _, groups, total_norm = found
         total = total_norm()
         finite = torch.isfinite(total)
@@ -197,8 +244,7 @@ class LateFiniteClip:
         if in_step is None or not in_step(coef, len(grads)):
             _scale(groups, coef)
         # The flag goes to the host right behind the norm, so settle() waits for the norm, not for the optimizer's
-        # kernels queued after it (a plain bool(finite) there would wait for those too, and the device would idle
-        # while the host then launched the EMA update)
+        # kernels queued after it (a plain bool(finite) there would wait for those too)
         flag, event = finite, None
         if finite.device.type == "cuda":
             if self._host_flag is None:
@@ -207,21 +253,39 @@ class LateFiniteClip:
             flag.copy_(finite, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        optimizer.skip_next_step_if((~finite).float())
-        self._pending = (grads, max_norm, total, flag, event, optimizer)
+        skip = (~finite).float()
+        optimizer.skip_next_step_if(skip)
+        self._pending = (params, grads, max_norm, total, flag, event, optimizer, skip)
+        self.redo = []
+        _unsettled = self
         return total
 
     def settle(self) -> torch.Tensor | None:
         """After the optimizer step's launch: the step's total norm as the check before the step gives it (None when
-        clip() did not run this step)."""
+        clip() did not run this step). Where settle_unsettled() settled the step first, its total."""
+        global _unsettled
         if self._pending is None:
-            return None
-        grads, max_norm, total, flag, event, optimizer = self._pending
+            total, self.unclaimed = self.unclaimed, None
+            return total
+        params, grads, max_norm, total, flag, event, optimizer, _ = self._pending
         self._pending = None
+        if _unsettled is self:
+            _unsettled = None
+        redo, self.redo = self.redo, []
         if event is not None:
             event.synchronize()
         if bool(flag):  # the one host read, after the step was launched
             return total
-        total = clip_grad_norm_local(grads, max_norm, force_finite=True)  # gradients untouched by clip(): upstream
-        optimizer.redo_skipped_step()
+        given_back = [p for p, g in zip(params or [], grads) if p.grad is None]  # zero_grad(set_to_none) ran
+        for p, g in zip(params or [], grads):
+            if p.grad is None:
+                p.grad = g
+        try:
+            total = clip_grad_norm_local(grads, max_norm, force_finite=True)  # untouched by clip(): upstream
+            optimizer.redo_skipped_step()
+        finally:
+            for p in given_back:
+                p.grad = None
+        for fn in redo:
+            fn()
         return total

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from . import lerp_kernel
+from . import lerp_kernel, shards
 
 _buffers: dict = {}  # (owner, device) -> flat fp32 buffer, grown on demand, kept for the run
 _views: dict = {}  # (owner, device, shapes) -> views of that buffer, one per tensor
@@ -94,9 +94,19 @@ def ema_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], beta: 
     Sources in fp32, or a device without the foreach-copy path: upstream's two foreach ops as they were. bf16 sources
     on CUDA: portable/lerp_kernel.py, one launch that reads them in registers (20 bytes per element against 36 for
     copy + lerp). Otherwise upcast per bucket, then one multi-tensor lerp (targets + (1 - beta) * (sources - targets):
-    the same update to fp32 rounding, and one pass over the EMA instead of two)."""
+    the same update to fp32 rounding, and one pass over the EMA instead of two).
+
+    While GradClip's finite check of the step is pending (LateFiniteClip settles at the next step's start), the
+    kernel skips on the step's device flag and the update is redone after the step's redo; the other paths settle
+    the check first."""
     if not targets:
         return
+    skip = shards.unsettled_skip()  # the step's finite check is still pending (portable/shards.py LateFiniteClip)
+    if skip is not None:
+        if lerp_kernel.lerp_(targets, sources, 1.0 - beta, skip=skip):  # nothing written if the step was skipped
+            shards.redo_after_settle(lambda: ema_update_(targets, sources, beta))
+            return
+        shards.settle_unsettled()  # this path cannot skip on the device: the step's parameters first
     if not supported(targets[0].device) or all(s.dtype == torch.float32 for s in sources):
         torch._foreach_mul_(targets, beta)
         torch._foreach_add_(targets, sources, alpha=1.0 - beta)
