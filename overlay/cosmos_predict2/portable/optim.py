@@ -316,6 +316,13 @@ class FusedAdam(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ state dict
 
+    def state_dict(self) -> dict:
+        """torch's state_dict, with a finite check still pending (portable/shards.py LateFiniteClip) settled first:
+        a step skipped on the device is redone before its state is read (GradClip settles before a checkpoint save
+        itself; this covers savers that do not tell the callbacks)."""
+        shards.settle_unsettled()
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict) -> None:
         # torch casts floating state to the parameter dtype on load, which would round our fp32 moments to bf16:
         # keep the incoming tensors aside and put them back in fp32 afterwards.
