@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 
+from failing_kernel import FailingKernel, stub_first_launch
 from portable_loader import PORTABLE_DIR
 
 
@@ -142,23 +143,8 @@ def test_adamw_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatc
     is a stand-in that raises (the guard is lerp_kernel.guarded_launch, shared with the EMA kernel)."""
     ak = portable.adamw_kernel
     calls = []
-
-    class _Failing:
-        def __init__(self, exc):
-            self.exc = exc
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                calls.append(kwargs["HAS_SCALE"])
-                raise self.exc
-            return launch
-
-    monkeypatch.setattr(ak, "_kernel", _Failing(RuntimeError("ptxas not found\nmore")))
-    monkeypatch.setattr(ak, "_unavailable", None)
-    monkeypatch.setattr(ak, "_launched", set())
-    monkeypatch.setattr(ak, "_checked_plan", lambda lists: ak._unavailable or (
-        (None,) * 6 + (torch.zeros(3, dtype=torch.int32),) * 2))
-    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    tables = (None,) * 6 + (torch.zeros(3, dtype=torch.int32),) * 2
+    stub_first_launch(monkeypatch, ak, RuntimeError("ptxas not found\nmore"), calls, "HAS_SCALE", tables)
     torch.manual_seed(0)
     start, grad = torch.randn(10).bfloat16(), torch.randn(10).bfloat16()
 
@@ -178,9 +164,9 @@ def test_adamw_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatc
     assert torch.equal(run(), after)  # torch's path, as without the kernel
     # a variant that launched before: its failure is raised
     monkeypatch.setattr(ak, "_unavailable", None)
-    monkeypatch.setattr(ak, "_checked_plan", lambda lists: (None,) * 6 + (torch.zeros(3, dtype=torch.int32),) * 2)
+    monkeypatch.setattr(ak, "_checked_plan", lambda lists: tables)
     monkeypatch.setattr(ak, "_launched", {(False, False, True, True)})
-    monkeypatch.setattr(ak, "_kernel", _Failing(RuntimeError("illegal memory access")))
+    monkeypatch.setattr(ak, "_kernel", FailingKernel(RuntimeError("illegal memory access"), calls, "HAS_SCALE"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         run()
 

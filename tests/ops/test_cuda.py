@@ -334,16 +334,32 @@ def test_cuda_adamw_kernel_matches_torch_fused_path(cuda_portable):
     assert ak.STATS["launches"] == before
 
 
+def _late_clip_inputs(width: int):
+    """Start values of three bf16 parameters and three steps of their gradients, the second step's not finite: the
+    LateFiniteClip tests' inputs."""
+    torch.manual_seed(0)
+    start = [torch.randn(s, device=DEV).bfloat16() for s in ((300, width), (width,), (5000,))]
+    grads = [[torch.randn(t.shape, device=DEV).bfloat16() for t in start] for _ in range(3)]
+    grads[1][0][3, 4] = float("nan")
+    grads[1][2][7] = float("inf")
+    return start, grads
+
+
+def _assert_bitwise(names, a, b) -> None:
+    """Each named list of tensors in `a` equals its twin in `b` bitwise; else, per tensor that differs: (index, max
+    abs difference, elements that differ)."""
+    for what, xs, ys in zip(names, a, b):
+        diff = [(i, (x.float() - y.float()).abs().max().item(), (x != y).sum().item())
+                for i, (x, y) in enumerate(zip(xs, ys)) if not torch.equal(x, y)]
+        assert not diff, (what, diff)
+
+
 def test_cuda_late_finite_clip_skips_and_redoes_on_the_device(cuda_portable):
     """portable/shards.py LateFiniteClip with FusedAdam's fused kernel on CUDA (its found_inf flag): finite and
     non-finite gradients end with the same parameters, masters, moments and norms as the check before the step,
     and the flagged step writes nothing before settle() redoes it."""
     sh, optim = cuda_portable.shards, cuda_portable.optim
-    torch.manual_seed(0)
-    start = [torch.randn(s, device=DEV).bfloat16() for s in ((300, 70), (70,), (5000,))]
-    grads = [[torch.randn(t.shape, device=DEV).bfloat16() for t in start] for _ in range(3)]
-    grads[1][0][3, 4] = float("nan")
-    grads[1][2][7] = float("inf")
+    start, grads = _late_clip_inputs(70)
 
     def run(late):
         ps = [torch.nn.Parameter(t.clone()) for t in start]
@@ -368,11 +384,7 @@ def test_cuda_late_finite_clip_skips_and_redoes_on_the_device(cuda_portable):
                 sched.step()
         return ps, [opt._masters[p] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], norms
 
-    a, b = run(True), run(False)
-    for what, xs, ys in zip(("params", "masters", "exp_avg_sq", "norms"), a, b):
-        diff = [(i, (x.float() - y.float()).abs().max().item(), (x != y).sum().item())
-                for i, (x, y) in enumerate(zip(xs, ys)) if not torch.equal(x, y)]
-        assert not diff, (what, diff)  # (tensor, max abs difference, elements that differ)
+    _assert_bitwise(("params", "masters", "exp_avg_sq", "norms"), run(True), run(False))
 
 
 def test_cuda_late_finite_clip_settled_next_step_skips_the_ema_on_the_device(cuda_portable):
@@ -382,11 +394,7 @@ def test_cuda_late_finite_clip_settled_next_step_skips_the_ema_on_the_device(cud
     leaves parameters and EMA as they were until settle() redoes the step from the gradients the check held and then
     the EMA update. Parameters, masters, moments, EMA and norms equal bitwise to the check before the step."""
     sh, optim, up, lk = cuda_portable.shards, cuda_portable.optim, cuda_portable.upcast, cuda_portable.lerp_kernel
-    torch.manual_seed(0)
-    start = [torch.randn(s, device=DEV).bfloat16() for s in ((300, 72), (72,), (5000,))]
-    grads = [[torch.randn(t.shape, device=DEV).bfloat16() for t in start] for _ in range(3)]
-    grads[1][0][3, 4] = float("nan")
-    grads[1][2][7] = float("inf")
+    start, grads = _late_clip_inputs(72)
 
     def run(late):
         ps = [torch.nn.Parameter(t.clone()) for t in start]
@@ -419,11 +427,7 @@ def test_cuda_late_finite_clip_settled_next_step_skips_the_ema_on_the_device(cud
                 opt.zero_grad(set_to_none=True)
         return ps, [opt._masters[p] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], ema, norms
 
-    a, b = run(True), run(False)
-    for what, xs, ys in zip(("params", "masters", "exp_avg_sq", "ema", "norms"), a, b):
-        diff = [(i, (x.float() - y.float()).abs().max().item(), (x != y).sum().item())
-                for i, (x, y) in enumerate(zip(xs, ys)) if not torch.equal(x, y)]
-        assert not diff, (what, diff)  # (tensor, max abs difference, elements that differ)
+    _assert_bitwise(("params", "masters", "exp_avg_sq", "ema", "norms"), run(True), run(False))
 
 
 def test_cuda_step_phases_from_events_do_not_wait(cuda_portable):

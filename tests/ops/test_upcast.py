@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from failing_kernel import FailingKernel, stub_first_launch
+
 
 class _Ops(TorchDispatchMode):
     """Records (op name, dtypes of each tensor-list argument) of every aten op dispatched."""
@@ -240,23 +242,8 @@ def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch
     device check and the tables are stubbed, the kernel is a stand-in that raises."""
     lk = portable.lerp_kernel
     calls = []
-
-    class _Failing:
-        def __init__(self, exc):
-            self.exc = exc
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                calls.append(kwargs["LOW_WEIGHT"])
-                raise self.exc
-            return launch
-
-    monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("ptxas not found\nmore")))
-    monkeypatch.setattr(lk, "_unavailable", None)
-    monkeypatch.setattr(lk, "_launched", set())
-    monkeypatch.setattr(lk, "_checked_plan", lambda t, s: lk._unavailable or (
-        (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2))
-    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    stub_first_launch(monkeypatch, lk, RuntimeError("ptxas not found\nmore"), calls, "LOW_WEIGHT",
+                      (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2)
     ema, src = [torch.zeros(8)], [torch.ones(8, dtype=torch.bfloat16)]
     with pytest.warns(RuntimeWarning, match="did not compile or launch .RuntimeError: ptxas not found."):
         assert lk.lerp_(ema, src, 1e-3) is False
@@ -266,7 +253,7 @@ def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch
     # a variant that launched before: its failure is raised
     monkeypatch.setattr(lk, "_unavailable", None)
     monkeypatch.setattr(lk, "_launched", {(True, False)})  # (LOW_WEIGHT, HAS_SKIP)
-    monkeypatch.setattr(lk, "_kernel", _Failing(RuntimeError("illegal memory access")))
+    monkeypatch.setattr(lk, "_kernel", FailingKernel(RuntimeError("illegal memory access"), calls, "LOW_WEIGHT"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         lk.lerp_(ema, src, 1e-3)
 

@@ -42,8 +42,7 @@ from itertools import chain
 
 import torch
 
-from . import adamw_kernel, device, upcast
-from . import shards
+from . import adamw_kernel, device, shards, upcast
 from .shards import local_shard  # no DTensor dispatch per parameter and step
 from .user_error import UserRuntimeError, UserValueError
 

@@ -10,6 +10,8 @@ update), no autograd edge, no dispatch. Only for code that runs under no_grad an
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:
@@ -152,6 +154,19 @@ def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finit
 _unsettled = None  # the LateFiniteClip whose finite flag the host has not read yet (one trainer per process)
 
 
+class _Pending(NamedTuple):
+    """What settle() needs of the step clip() flagged."""
+
+    params: list | None  # the parameters whose .grad the gradients are (None: not given)
+    grads: list
+    max_norm: float
+    total: torch.Tensor  # the total norm, maybe not finite
+    flag: torch.Tensor  # is it finite: a pinned host copy on CUDA (read after `event`), else the device tensor
+    event: object  # torch.cuda.Event recorded behind the copy, or None
+    optimizer: object
+    skip: torch.Tensor  # the device flag the optimizer and the EMA update skip on (1.0 = not finite)
+
+
 def unsettled_skip() -> torch.Tensor | None:
     """The device flag (0-dim float, 1 = the optimizer step was skipped: the total norm was not finite) of a step
     whose finite check is not settled yet, or None. An update that reads the parameters after the step (the EMA
@@ -200,7 +215,7 @@ class LateFiniteClip:
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
 
     def __init__(self) -> None:
-        self._pending = None  # (params, grads, max_norm, total, flag, event, optimizer, skip) between clip() and settle()
+        self._pending: _Pending | None = None  # between clip() and settle()
         self._host_flag = None  # pinned host copy of the flag (CUDA), reused every step
         self.redo: list = []  # updates to run again when the pending step turns out skipped (redo_after_settle)
         self.unclaimed = None  # the total of a settle someone else asked for (settle_unsettled)
@@ -219,7 +234,7 @@ class LateFiniteClip:
         return device.env_flag("COSMOS_CLIP_SETTLE_NEXT_STEP", default=True)
 
     def skip_flag(self) -> torch.Tensor | None:
-        return None if self._pending is None else self._pending[7]
+        return None if self._pending is None else self._pending.skip
 
     def clip(self, grads: list[torch.Tensor], max_norm: float, optimizer,
              params: list[torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -255,7 +270,7 @@ class LateFiniteClip:
             event.record()
         skip = (~finite).float()
         optimizer.skip_next_step_if(skip)
-        self._pending = (params, grads, max_norm, total, flag, event, optimizer, skip)
+        self._pending = _Pending(params, grads, max_norm, total, flag, event, optimizer, skip)
         self.redo = []
         _unsettled = self
         return total
@@ -267,24 +282,23 @@ class LateFiniteClip:
         if self._pending is None:
             total, self.unclaimed = self.unclaimed, None
             return total
-        params, grads, max_norm, total, flag, event, optimizer, _ = self._pending
-        self._pending = None
+        pending, self._pending = self._pending, None
         if _unsettled is self:
             _unsettled = None
         redo, self.redo = self.redo, []
-        if event is not None:
-            event.synchronize()
-        if bool(flag):  # the one host read, after the step was launched
-            return total
-        given_back = [p for p, g in zip(params or [], grads) if p.grad is None]  # zero_grad(set_to_none) ran
-        for p, g in zip(params or [], grads):
-            if p.grad is None:
-                p.grad = g
-        try:
-            total = clip_grad_norm_local(grads, max_norm, force_finite=True)  # untouched by clip(): upstream
-            optimizer.redo_skipped_step()
+        if pending.event is not None:
+            pending.event.synchronize()
+        if bool(pending.flag):  # the one host read, after the step was launched
+            return pending.total
+        # zero_grad(set_to_none) ran since clip(): the gradients go back for the redo, and away again after it
+        given_back = [(p, g) for p, g in zip(pending.params or [], pending.grads) if p.grad is None]
+        for p, g in given_back:
+            p.grad = g
+        try:  # upstream's treatment, from gradients untouched by clip()
+            total = clip_grad_norm_local(pending.grads, pending.max_norm, force_finite=True)
+            pending.optimizer.redo_skipped_step()
         finally:
-            for p in given_back:
+            for p, _ in given_back:
                 p.grad = None
         for fn in redo:
             fn()

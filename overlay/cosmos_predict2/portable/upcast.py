@@ -102,16 +102,16 @@ def ema_update_(targets: list[torch.Tensor], sources: list[torch.Tensor], beta: 
     if not targets:
         return
     skip = shards.unsettled_skip()  # the step's finite check is still pending (portable/shards.py LateFiniteClip)
-    if skip is not None:
-        if lerp_kernel.lerp_(targets, sources, 1.0 - beta, skip=skip):  # nothing written if the step was skipped
+    plain = not supported(targets[0].device) or all(s.dtype == torch.float32 for s in sources)
+    if not plain and lerp_kernel.lerp_(targets, sources, 1.0 - beta, skip=skip):  # skipped: nothing written
+        if skip is not None:
             shards.redo_after_settle(lambda: ema_update_(targets, sources, beta))
-            return
-        shards.settle_unsettled()  # this path cannot skip on the device: the step's parameters first
-    if not supported(targets[0].device) or all(s.dtype == torch.float32 for s in sources):
+        return
+    if skip is not None:
+        shards.settle_unsettled()  # the paths below cannot skip on the device: the step's parameters first
+    if plain:
         torch._foreach_mul_(targets, beta)
         torch._foreach_add_(targets, sources, alpha=1.0 - beta)
-        return
-    if lerp_kernel.lerp_(targets, sources, 1.0 - beta):
         return
     for a, b in buckets(sources):
         torch._foreach_lerp_(targets[a:b], upcast(sources[a:b], STEP), 1.0 - beta)
