@@ -84,13 +84,18 @@ train_e2e() {  # train_e2e NAME NPROC EXP ITERS overrides...  (E2E_LOGGING_ITER=
   # about four runs; their logs and metrics stay
   find /tmp/e2e -mindepth 2 -type d -name checkpoints -prune -exec rm -rf {} + 2>/dev/null
   mkdir -p /tmp/e2e/$name
+  local stop_rows=$iters; [ -n "${E2E_KEEP_SAVE:-}" ] && stop_rows=$((iters + 1))  # one more: never reached
+  # stopped once the last iteration's metrics line is written (before the final checkpoint save, which the suite
+  # does not measure and which takes a 2B run longer than its iterations): rc 0 then; E2E_KEEP_SAVE=1 keeps the save
   (cd $TREE && COSMOS_TRAIN_METRICS=/tmp/e2e/$name/metrics.jsonl IMAGINAIRE_OUTPUT_ROOT=/tmp/e2e/$name \
-     timeout ${E2E_TIMEOUT:-400} bash train.sh --EXP=$exp --nproc_per_node=$nproc --fresh -- \
+     python3 $REPO/bench/device/run_until_rows.py --metrics-dir /tmp/e2e/$name --rows $stop_rows \
+       --timeout ${E2E_TIMEOUT:-400} -- \
+     bash train.sh --EXP=$exp --nproc_per_node=$nproc --fresh -- \
      model.config.model_manager_config.dit_path="" model.config.pipe_config.tokenizer.vae_pth=checkpoints/smoke/tokenizer.pth \
      trainer.max_iter=$iters ${logit:+trainer.logging_iter=$logit} checkpoint.save_iter=100000 dataloader_train.num_workers=${E2E_WORKERS:-2} "$@") \
      > /tmp/e2e/$name/log.txt 2>&1
   local rc=$?
-  grep -a -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error|error:|latents:|training loader:" /tmp/e2e/$name/log.txt \
+  grep -a -E "Iteration [0-9]+:|peak_gpu_mem|out of memory|Error|error:|latents:|training loader:|run_until_rows:" /tmp/e2e/$name/log.txt \
     | tail -40 >> "$LOG"
   tail -c 60000 /tmp/e2e/$name/log.txt > "$OUT/$name.log.txt"  # the run's own log (binary-safe), for failures
   local mfile; mfile=$(find /tmp/e2e/$name -name "*.metrics.jsonl" | head -1)  # train.sh's per-run metrics file
@@ -244,34 +249,6 @@ stage_t2i_gc_ab() {  # Python's GC policy (portable/gc_policy.py) off and on: ba
   COSMOS_GC_EVERY=0 train_e2e t2i_cache_gc0 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc0
   train_e2e t2i_cache_gc50 1 $T2I ${E2E_ITERS:-20} $(t2i_cache_args) ${E2E_T2I_EXTRA:-}; breakdown t2i_cache_gc50
 }
-# t2i_ratio: the Text2Image target (train.sh mean step <= 1.04x the bare step) measured against this host's
-# process-to-process spread: RATIO_REPS alternating rounds of the bare step (bench_dit, the GC policy train.sh uses)
-# and train.sh from the latent cache with every step timed and with every 10th, then the ratio of the means over all
-# rounds with each run's mean (run stage encode_t2i first).
-stage_t2i_ratio() {
-  ensure_site
-  local r
-  for r in $(seq 1 ${RATIO_REPS:-2}); do
-    t2i_bare_run ratio_bare_$r --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
-    local ev
-    for ev in ${RATIO_EVERY:-1 10}; do
-      COSMOS_STEP_TIMING_EVERY=$ev train_e2e ratio_t2i_every${ev}_$r 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args)
-    done
-  done
-  python3 - "$RES" <<'PY' | tee -a "$LOG"
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-bare = [statistics.fmean(r["step_s_all"]) for r in rows if r.get("bench") == "dit" and r.get("gc_every") == 50]
-runs = {}
-for r in rows:
-    if r.get("bench") == "e2e" and r["name"].startswith("ratio_t2i_") and r["step_s_all"]:
-        runs.setdefault(r["name"].rsplit("_", 1)[0], []).append(statistics.fmean(r["step_s_all"][3:]))
-out = dict(bench="t2i_ratio", bare_means=bare, **{k: v for k, v in runs.items()})
-if bare:
-    out.update({f"ratio_{k[len('ratio_t2i_'):]}": statistics.fmean(v) / statistics.fmean(bare) for k, v in runs.items()})
-print(json.dumps(out))
-PY
-}
 # t2i_nosac: Text2Image 2B without activation checkpointing (upstream's experiment uses mm_only; on CPU that doubles
 # the step's host work, BENCHMARKS 3f): the bare step both ways in one process, and train.sh from the latent cache
 # both ways (run stage encode_t2i first).
@@ -421,6 +398,27 @@ stage_t2i_work_paths() {
     (export $env; COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_paths_$v 1 $T2I ${E2E_ITERS:-40} $(t2i_cache_args))
     breakdown t2i_paths_$v
   done
+}
+# t2i_ratio: the Text2Image target (train.sh's mean step <= 1.04x the bare step): train.sh from the latent cache with
+# its defaults (every step timed; RATIO_EVERY=10: every 10th) against the bare step (bench_dit, FusedAdam, the GC
+# policy train.sh uses, no GradClip/EMA), alternated RATIO_ROUNDS times (default 3) in one call so that each pair
+# sees the same card state; then one row (bench t2i_ratio, bench/device/ratio_rows.py): each round's ratio of
+# train.sh's mean steady step (after its first 5) to the bare step's mean, and the rounds pooled (run stage
+# encode_t2i first).
+stage_t2i_ratio() {
+  ensure_site
+  local i
+  # a first bench_dit process in a call pays the compile and ran 5-10 % slower than later ones (3q, call 1): a
+  # short warm-up run, not paired with anything
+  T2I_STEPS=5 t2i_bare_run t2i_ratio_warm --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+  for i in $(seq 1 ${RATIO_ROUNDS:-3}); do
+    t2i_bare_run t2i_ratio_bare$i --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
+    (COSMOS_STEP_TIMING_EVERY=${RATIO_EVERY:-1} train_e2e t2i_ratio_e2e$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args))
+    breakdown t2i_ratio_e2e$i
+  done
+  python3 $REPO/bench/device/ratio_rows.py "$RES" --e2e-prefix t2i_ratio_e2e --bare-variant ${RATIO_VARIANT:-ours_cb} \
+    2>&1 | tee -a "$LOG"
+  grep -h '^{' "$LOG" > "$RES"
 }
 # the environment of one t2i_work_paths run, by its name (a suffix allowed: new2, old2, ...)
 t2i_paths_env() {

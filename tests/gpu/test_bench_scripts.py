@@ -195,6 +195,104 @@ def test_gpu_suite_is_valid_bash():
     assert r.returncode == 0, r.stderr
 
 
+# a stand-in for train.sh: writes a metrics line every 50 ms into a nested run folder after a child of its own
+# (like torchrun's workers) has started, then keeps going for minutes as a final checkpoint save would
+_WRITER = r"""
+import os, subprocess, sys, time
+d, n, then = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+open(os.path.join(d, "child.pid"), "w").write(str(child.pid))
+os.makedirs(os.path.join(d, "run", "logs"), exist_ok=True)
+for i in range(n):
+    with open(os.path.join(d, "run", "logs", "job.metrics.jsonl"), "a") as fh:
+        fh.write('{"iteration": %d}\n' % (i + 1))
+    time.sleep(0.05)
+if then == "exit3":
+    sys.exit(3)
+time.sleep(300)
+"""
+
+
+def _alive(pid: int, within: float = 5.0) -> bool:
+    """Still running after `within` seconds (a SIGKILL takes effect when the process is next scheduled)."""
+    import time
+
+    end = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:  # a zombie (killed, not yet reaped by init) counts as gone
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+        except FileNotFoundError:
+            return False
+        if time.monotonic() > end:
+            return True
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("lines, then, timeout, rc, said", [
+    (6, "save", 120, 0, "6 metrics lines"),  # stopped once the wanted lines are there, child processes too
+    (3, "exit3", 120, 3, None),  # the command ends first: its own status
+    (2, "save", 3, 124, "2 of 6 metrics lines after 3 s"),  # never reaches the lines: timed out, as timeout(1)
+])
+def test_run_until_rows_stops_the_whole_run_once_the_metrics_are_written(tmp_path, lines, then, timeout, rc, said):
+    import time
+
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "run_until_rows.py"), "--metrics-dir", str(tmp_path),
+                        "--rows", "6", "--timeout", str(timeout), "--grace", "2", "--poll", "0.1", "--",
+                        sys.executable, "-c", _WRITER, str(tmp_path), str(lines), then],
+                       capture_output=True, text=True, timeout=200)
+    assert r.returncode == rc, r.stderr[-2000:]
+    assert time.monotonic() - start < 60  # not the writer's 300 s
+    if said:
+        assert said in r.stderr, r.stderr
+    else:
+        assert "run_until_rows" not in r.stderr
+    # the run's own children stopped with it, also when it ended by itself (a crashed run's workers hold GPU memory)
+    assert not _alive(int((tmp_path / "child.pid").read_text()))
+    assert (tmp_path / "run/logs/job.metrics.jsonl").read_text().count("\n") == lines
+
+
+def test_gpu_suite_stops_train_sh_runs_after_their_last_metrics_line():
+    """train_e2e runs train.sh through run_until_rows.py (the final 2B save is not what the suite measures)."""
+    text = (DEVICE_RUNS / "gpu_suite.sh").read_text()
+    body = text.split("train_e2e() {")[1].split("\n}\n")[0]
+    assert "run_until_rows.py" in body and "--rows $stop_rows" in body and "stop_rows=$iters;" in body and "bash train.sh" in body
+
+
+def _dit(steps, mode="fwd+bwd+opt", variant="ours_cb"):
+    return dict(bench="dit", mode=mode, variant=variant, step_s=sorted(steps)[len(steps) // 2], step_s_all=steps)
+
+
+def _e2e(name, steps):
+    return dict(bench="e2e", name=name, rc=0, step_s_all=steps)
+
+
+def test_ratio_rows_pairs_each_train_sh_run_with_the_bare_step_run_before_it(tmp_path):
+    rows = [{"bench": "env"}, _dit([9.0] * 5),  # the warm-up run: replaced by the round's own bare run
+            _dit([1.0, 1.2]), _dit([5.0], mode="fwd+bwd+opt+clip+ema"),  # another mode: not a bare step
+            _e2e("t2i_ratio_e2e1", [30.0] + [1.0] * 4 + [1.1, 1.1, 1.2]),  # the first 5 steps left out
+            _e2e("other", [7.0] * 8),
+            _dit([1.0, 1.0]), _e2e("t2i_ratio_e2e2", [1.0] * 5 + [1.0, 1.1])]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "ratio_rows.py"), str(path), "--e2e-prefix", "t2i_ratio_e2e"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    one, two = out["rounds"]
+    assert (one["bare_mean_s"], one["e2e_steps"]) == (pytest.approx(1.1), 3)
+    assert one["ratio_mean"] == pytest.approx((3.4 / 3) / 1.1) and one["e2e_max_over_min"] == pytest.approx(1.2 / 1.1)
+    assert (two["bare_mean_s"], two["e2e_mean_s"], two["ratio_mean"]) == (1.0, pytest.approx(1.05), pytest.approx(1.05))
+    assert out["ratio_mean_pooled"] == pytest.approx(((3.4 / 3) + 1.05) / 2 / 1.05)
+    # a train.sh run without its own bare run before it: one line, exit 1 (no pairing with an older round's)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + [_e2e("t2i_ratio_e2e3", [1.0] * 8)]))
+    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "ratio_rows.py"), str(path), "--e2e-prefix", "t2i_ratio_e2e"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: train.sh run t2i_ratio_e2e3 has no bare-step row"), r.stderr
+
+
 def test_cp_parity_worker_self_check_on_cpu(applied_tree):
     """bench/parity/cp_parity_cuda.py --cpu (gloo, smoke DiT): CP=2 reproduces CP=1, the CP-ignoring op does not."""
     import socket

@@ -84,6 +84,33 @@ def test_a_run_that_dies_still_writes_its_last_line(launch_tree, tmp_path):
     assert "last metrics line was not written" not in r.stderr
 
 
+SAVES = DRIVE.split("group.on_train_start")[0] + r"""
+group.on_train_start(None, iteration=0)
+seen = lambda: [json.loads(ln)["iteration"] for ln in open(out)] if os.path.exists(out) else []
+for it in (1, 2, 3):
+    group.on_training_step_end(None, {}, {}, torch.tensor(4.0 - it), iteration=it)
+print(json.dumps(seen()), flush=True)  # before the save: the last step's line is still held back
+group.on_save_checkpoint_start(None, iteration=3)  # the trainer's final save, as ImaginaireTrainer.train calls it
+print(json.dumps(seen()), flush=True)  # written before the save's work starts
+group.on_train_end(None, iteration=3)
+print(json.dumps(seen()), flush=True)
+"""
+
+
+def test_the_last_line_is_written_before_the_final_checkpoint_save(launch_tree, tmp_path):
+    """A 2B run's final save takes minutes: its last step's line is in the file as the save starts (once, not again
+    at the end of training), so a run stopped or failing during the save keeps every iteration."""
+    out = str(tmp_path / "metrics.jsonl")
+    env = {**os.environ, "PYTHONPATH": launch_tree, "COSMOS_DEVICE": "cpu"}
+    env.pop("COSMOS_TRAIN_METRICS", None)
+    r = subprocess.run([sys.executable, "-c", SAVES, out], cwd=launch_tree, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    before, at_save, at_end = (json.loads(ln) for ln in r.stdout.strip().splitlines()[-3:])
+    assert (before, at_save, at_end) == ([1, 2], [1, 2, 3], [1, 2, 3])
+    assert [row["loss"] for row in map(json.loads, open(out))] == [3.0, 2.0, 1.0]
+
+
 def test_callback_reports_run_peak_not_interval_peak(launch_tree, tmp_path):
     """DeviceMonitor resets the device's peak counter at its logs; the metrics must report the run's peak."""
     out = str(tmp_path / "m" / "metrics.jsonl")

@@ -14,8 +14,9 @@ saw it (a timing event at each step end; a host stamp on CPU), so it covers data
 optimizer, any checkpoint save of that step and any time the device waited for the host. The ends come from
 `step_clock`, the one clock of the run: upstream's IterSpeed (patched) reads the same stamps, so the log's
 per-iteration times and the report's are one definition. A step's line is written at the end of the next logged
-step (the last at the end of training), so that no step end waits for the device. Loss and memory are gathered
-from every rank with one small all_gather per logged step (all ranks call this hook).
+step (the last before the final checkpoint save, else at the end of training), so that no step end waits for
+the device. Loss and memory are gathered from every rank with one small all_gather per logged step (all ranks
+call this hook).
 """
 
 from __future__ import annotations
@@ -298,6 +299,13 @@ class TrainMetricsCallback(Callback):
         }
         self._pending.append(_Pending(int(iteration), host_loss, done, fields))
         while len(self._pending) > 1:
+            self._write(self._pending.pop(0))
+
+    def on_save_checkpoint_start(self, model, iteration: int = 0) -> None:
+        """The held-back line is written before a checkpoint save: the final save of a 2B run takes minutes, and a
+        run's last line is then in the file while it writes (or if the save fails). A save waits for the device
+        anyway; every rank calls this hook, as the line's all-gather needs."""
+        while self._pending:
             self._write(self._pending.pop(0))
 
     def on_train_end(self, model, iteration: int = 0) -> None:
