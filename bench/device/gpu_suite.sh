@@ -404,20 +404,26 @@ stage_t2i_work_paths() {
 # policy train.sh uses, no GradClip/EMA), alternated RATIO_ROUNDS times (default 3) in one call so that each pair
 # sees the same card state; then one row (bench t2i_ratio, bench/device/ratio_rows.py): each round's ratio of
 # train.sh's mean steady step (after its first 5) to the bare step's mean, and the rounds pooled (run stage
-# encode_t2i first).
+# encode_t2i first). RATIO_RUNS (default "e2e"): train.sh runs per round, by name: e2e (the defaults), noclip
+# (GradClip's callback taken out: what its finite check's host wait costs), everyN (steps timed every N-th).
 stage_t2i_ratio() {
   ensure_site
-  local i
+  local i v
   # a first bench_dit process in a call pays the compile and ran 5-10 % slower than later ones (3q, call 1): a
   # short warm-up run, not paired with anything
   T2I_STEPS=5 t2i_bare_run t2i_ratio_warm --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
   for i in $(seq 1 ${RATIO_ROUNDS:-3}); do
     t2i_bare_run t2i_ratio_bare$i --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
-    (COSMOS_STEP_TIMING_EVERY=${RATIO_EVERY:-1} train_e2e t2i_ratio_e2e$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args))
-    breakdown t2i_ratio_e2e$i
+    for v in ${RATIO_RUNS:-e2e}; do
+      local every=${RATIO_EVERY:-1} extra=
+      case $v in e2e) ;; noclip) extra='~trainer.callbacks.grad_clip' ;; every[0-9]*) every=${v#every} ;;
+        *) log "error: unknown run $v (e2e|noclip|everyN)"; continue ;; esac
+      (COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
+      breakdown t2i_ratio_${v}_r$i
+    done
   done
-  python3 $REPO/bench/device/ratio_rows.py "$RES" --e2e-prefix t2i_ratio_e2e --bare-variant ${RATIO_VARIANT:-ours_cb} \
-    2>&1 | tee -a "$LOG"
+  python3 $REPO/bench/device/ratio_rows.py "$RES" $(for v in ${RATIO_RUNS:-e2e}; do echo --e2e-prefix t2i_ratio_${v}_r; done) \
+    --bare-variant ${RATIO_VARIANT:-ours_cb} 2>&1 | tee -a "$LOG"
   grep -h '^{' "$LOG" > "$RES"
 }
 # the environment of one t2i_work_paths run, by its name (a suffix allowed: new2, old2, ...)

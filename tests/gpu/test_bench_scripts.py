@@ -269,28 +269,31 @@ def _e2e(name, steps):
     return dict(bench="e2e", name=name, rc=0, step_s_all=steps)
 
 
-def test_ratio_rows_pairs_each_train_sh_run_with_the_bare_step_run_before_it(tmp_path):
+def test_ratio_rows_pairs_each_train_sh_run_with_the_last_bare_step_before_it(tmp_path):
     rows = [{"bench": "env"}, _dit([9.0] * 5),  # the warm-up run: replaced by the round's own bare run
             _dit([1.0, 1.2]), _dit([5.0], mode="fwd+bwd+opt+clip+ema"),  # another mode: not a bare step
             _e2e("t2i_ratio_e2e1", [30.0] + [1.0] * 4 + [1.1, 1.1, 1.2]),  # the first 5 steps left out
-            _e2e("other", [7.0] * 8),
-            _dit([1.0, 1.0]), _e2e("t2i_ratio_e2e2", [1.0] * 5 + [1.0, 1.1])]
+            _e2e("t2i_ratio_noclip1", [7.0] * 5 + [1.21]),  # another prefix, the same round's bare step
+            _dit([1.0, 1.0]), _e2e("t2i_ratio_e2e2", [1.0] * 5 + [1.0, 1.1]),
+            _e2e("t2i_ratio_noclip2", [7.0] * 5 + [1.0])]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
-    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "ratio_rows.py"), str(path), "--e2e-prefix", "t2i_ratio_e2e"],
-                       capture_output=True, text=True, timeout=60)
+    cmd = [sys.executable, str(DEVICE_RUNS / "ratio_rows.py"), str(path), "--e2e-prefix", "t2i_ratio_e2e",
+           "--e2e-prefix", "t2i_ratio_noclip"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    out, noclip = _rows(r.stdout)
     one, two = out["rounds"]
     assert (one["bare_mean_s"], one["e2e_steps"]) == (pytest.approx(1.1), 3)
     assert one["ratio_mean"] == pytest.approx((3.4 / 3) / 1.1) and one["e2e_max_over_min"] == pytest.approx(1.2 / 1.1)
     assert (two["bare_mean_s"], two["e2e_mean_s"], two["ratio_mean"]) == (1.0, pytest.approx(1.05), pytest.approx(1.05))
     assert out["ratio_mean_pooled"] == pytest.approx(((3.4 / 3) + 1.05) / 2 / 1.05)
-    # a train.sh run without its own bare run before it: one line, exit 1 (no pairing with an older round's)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows + [_e2e("t2i_ratio_e2e3", [1.0] * 8)]))
-    r = subprocess.run([sys.executable, str(DEVICE_RUNS / "ratio_rows.py"), str(path), "--e2e-prefix", "t2i_ratio_e2e"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.startswith("error: train.sh run t2i_ratio_e2e3 has no bare-step row"), r.stderr
+    assert [x["ratio_mean"] for x in noclip["rounds"]] == [pytest.approx(1.1), 1.0]
+    assert (out["e2e_prefix"], noclip["e2e_prefix"]) == ("t2i_ratio_e2e", "t2i_ratio_noclip")
+    # a train.sh run with no bare run before it: one line, exit 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in [_e2e("t2i_ratio_e2e0", [1.0] * 8)] + rows))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: train.sh run t2i_ratio_e2e0 has no bare-step row"), r.stderr
 
 
 def test_cp_parity_worker_self_check_on_cpu(applied_tree):
