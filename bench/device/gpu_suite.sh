@@ -405,8 +405,7 @@ stage_t2i_work_paths() {
 # sees the same card state; then one row (bench t2i_ratio, bench/device/ratio_rows.py): each round's ratio of
 # train.sh's mean steady step (after its first 5) to the bare step's mean, and the rounds pooled (run stage
 # encode_t2i first). RATIO_RUNS (default "e2e"): train.sh runs per round, by name: e2e (the defaults), noclip
-# (GradClip's callback taken out: what its finite check's host wait costs), start (GradClip's check settled at the
-# step's start, COSMOS_CLIP_SETTLE_AT_FORWARD=0, not as the network's forward starts), everyN (steps timed every N-th).
+# (GradClip's callback taken out: what its finite check's host wait costs), everyN (steps timed every N-th).
 stage_t2i_ratio() {
   ensure_site
   local i v
@@ -416,12 +415,10 @@ stage_t2i_ratio() {
   for i in $(seq 1 ${RATIO_ROUNDS:-3}); do
     t2i_bare_run t2i_ratio_bare$i --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
     for v in ${RATIO_RUNS:-e2e}; do
-      local every=${RATIO_EVERY:-1} extra= envs=
+      local every=${RATIO_EVERY:-1} extra=
       case $v in e2e) ;; noclip) extra='~trainer.callbacks.grad_clip' ;; every[0-9]*) every=${v#every} ;;
-        start) envs=COSMOS_CLIP_SETTLE_AT_FORWARD=0 ;;
-        *) log "error: unknown run $v (e2e|noclip|start|everyN)"; continue ;; esac
-      (if [ -n "$envs" ]; then export $envs; fi
-       COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
+        *) log "error: unknown run $v (e2e|noclip|everyN)"; continue ;; esac
+      (COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
       breakdown t2i_ratio_${v}_r$i
     done
   done

@@ -4,8 +4,7 @@ moves after the step's launch. Checked on upstream's callback, a small bf16 net,
 an LR scheduler, in the trainer's order (on_training_step_start, on_before_optimizer_step, step, scheduler,
 on_before_zero_grad, the EMA update, zero_grad(set_to_none)), three steps, the second with NaN/inf gradients:
 - no host read (bool/item/float of a tensor) from the callback's start through zero_grad with the late check
-  settled at the next step (as its forward of the network starts, or at its start with
-  COSMOS_CLIP_SETTLE_AT_FORWARD=0: the test sees which), and at least one when it settles in on_before_zero_grad
+  settled at the next step's start, and at least one when it settles in on_before_zero_grad
   (COSMOS_CLIP_SETTLE_NEXT_STEP=0) or before the step (COSMOS_CLIP_LATE_CHECK=0), so the test sees the difference;
 - parameters, fp32 masters, moments, step counts, gradients, the logged norm and an fp32 EMA equal bitwise to the
   check before the step, on finite and on non-finite steps (upstream's zeroing, the norm taken again, the step
@@ -48,10 +47,9 @@ PROBE = textwrap.dedent('''
         def is_image_batch(self, data_batch):
             return True
 
-    def run(late, fused=True, defer=True, ema=False, at_forward=True):
+    def run(late, fused=True, defer=True, ema=False):
         os.environ["COSMOS_CLIP_LATE_CHECK"] = "1" if late else "0"
         os.environ["COSMOS_CLIP_SETTLE_NEXT_STEP"] = "1" if defer else "0"
-        os.environ["COSMOS_CLIP_SETTLE_AT_FORWARD"] = "1" if at_forward else "0"
         torch.manual_seed(0)
         model = Model()
         ps = list(model.parameters())
@@ -61,15 +59,10 @@ PROBE = textwrap.dedent('''
         cb.config = types.SimpleNamespace(trainer=types.SimpleNamespace(logging_iter=1000))
         ema_w = [p.detach().float().clone() for p in ps]
         x = torch.randn(4, 8, dtype=torch.bfloat16)
-        out = dict(reads_in_step=[], reads_at_start=[], reads_in_forward=[], grads=[])
+        out = dict(reads_in_step=[], grads=[])
         for it in (1, 2, 3):  # the trainer's order
-            reads[0] = 0
             cb.on_training_step_start(model, {}, iteration=it)
-            out["reads_at_start"].append(reads[0])
-            reads[0] = 0
-            y = model.net(x)
-            out["reads_in_forward"].append(reads[0])
-            y.float().pow(2).sum().backward()
+            model.net(x).float().pow(2).sum().backward()
             if it == 2:
                 g = model.net[2].weight.grad
                 g[0, 0], g[1, 1], g[2, 2] = float("nan"), float("inf"), -float("inf")
@@ -93,11 +86,9 @@ PROBE = textwrap.dedent('''
         out["ema"] = [t.tolist() for t in ema_w]
         out["can_skip"] = opt.can_skip_on_device(ps[0].device)
         out["grads_left"] = [p.grad is None for p in ps]
-        out["hooks_left"] = len(model.net._forward_pre_hooks)
         return out
 
     print(json.dumps(dict(late=run(True), zero_grad=run(True, defer=False), before=run(False),
-                          at_start=run(True, at_forward=False),
                           foreach=run(True, fused=False), late_ema=run(True, ema=True), before_ema=run(False, ema=True))))
 ''')
 
@@ -114,20 +105,13 @@ def test_grad_clip_checks_after_the_step_with_the_same_values(smoke_tree):
     assert late["reads_in_step"] == [0, 0, 0], late["reads_in_step"]
     for run in (zero, before, foreach):
         assert all(n >= 1 for n in run["reads_in_step"]), run["reads_in_step"]
-    # the host's one read: as the next forward of the network starts (a one-shot pre-hook), not at the step's start;
-    # at the step's start with COSMOS_CLIP_SETTLE_AT_FORWARD=0; step 1 has no check pending
-    at_start = out["at_start"]
-    assert (late["reads_at_start"], at_start["reads_in_forward"]) == ([0, 0, 0], [0, 0, 0])
-    assert late["reads_in_forward"][0] == 0 and all(n >= 1 for n in late["reads_in_forward"][1:]), late
-    assert at_start["reads_at_start"][0] == 0 and all(n >= 1 for n in at_start["reads_at_start"][1:]), at_start
-    assert late["hooks_left"] == at_start["hooks_left"] == 0
-    for run in (late, zero, at_start, out["late_ema"]):
+    for run in (late, zero, out["late_ema"]):
         ref = out["before_ema"] if run is out["late_ema"] else before
         for key in ("params", "masters", "moments", "norm", "steps", "ema"):
             assert run[key] == ref[key], (key, [k for k, v in out.items() if v is run])  # bitwise (JSON floats of the same fp32/bf16 values)
         # the gradients as zero_grad found them; settled at the next step's start, the non-finite step's were still
         # untouched then (the redo zeroes them later)
-        finite_steps = [0, 2] if run in (late, at_start) else [0, 1, 2]
+        finite_steps = [0, 2] if run is late else [0, 1, 2]
         assert [run["grads"][i] for i in finite_steps] == [ref["grads"][i] for i in finite_steps]
     assert late["steps"] == [3] and late["norm"][1] == 3 and all(late["grads_left"])  # set to None again after a redo
     # the non-finite step was redone after zero_grad had set the gradients to None: from the gradients the check

@@ -200,18 +200,16 @@ class LateFiniteClip:
       get the gradients scaled in place here. It tells the optimizer (FusedAdam.skip_next_step_if) to skip its step
       on the device when not finite; the host goes on to launch the step;
     - `settle()` reads the flag, after the step's launch and before anything reads the parameters for something
-      other than the EMA update. GradClip calls it as the next step's forward of the network starts (a one-shot
-      forward pre-hook, `settle_at_forward`: the host meanwhile takes the next batch and its conditioning while the
-      device finishes the optimizer step and the EMA update), and before a checkpoint save, a validation and the end
-      of training; with COSMOS_CLIP_SETTLE_AT_FORWARD=0 at the next step's start (on_training_step_start); with
-      COSMOS_CLIP_SETTLE_NEXT_STEP=0 in on_before_zero_grad (before the EMA update). Finite (the normal case): nothing more, and every value is
+      other than the EMA update. GradClip calls it at the next step's start (on_training_step_start), and before a
+      checkpoint save, a validation and the end of training; with COSMOS_CLIP_SETTLE_NEXT_STEP=0, in
+      on_before_zero_grad instead (before the EMA update). Finite (the normal case): nothing more, and every value is
       the one of the check before the step, bitwise (where FusedAdam took the coefficient, the gradients themselves
       stay unscaled: only zero_grad comes after the step). Not finite: upstream's treatment then, from the untouched
       gradients (NaN/inf set to 0, the norm taken again, the scale; gradients that zero_grad set to None are put
       back for it and taken away again), the skipped step redone with its step count and learning rate, then the
       updates that skipped on the flag (the EMA update) redone: the same values as the check before the step.
     Between clip() and settle() the EMA update skips on the same device flag (unsettled_skip) or, where it cannot,
-    settles first. The host's one wait is then as the next forward starts, for a norm the device computed before the
+    settles first. The host's one wait is then at the next step's start, for a norm the device computed before the
     optimizer step and the EMA update: the host prepares the next batch and the step's callbacks while those run.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
@@ -221,7 +219,6 @@ class LateFiniteClip:
         self._host_flag = None  # pinned host copy of the flag (CUDA), reused every step
         self.redo: list = []  # updates to run again when the pending step turns out skipped (redo_after_settle)
         self.unclaimed = None  # the total of a settle someone else asked for (settle_unsettled)
-        self._armed = None  # the handle of settle_at_forward's hook, until it fires or a settle comes first
 
     @staticmethod
     def enabled() -> bool:
@@ -235,37 +232,6 @@ class LateFiniteClip:
         from . import device
 
         return device.env_flag("COSMOS_CLIP_SETTLE_NEXT_STEP", default=True)
-
-    @staticmethod
-    def settles_at_forward() -> bool:
-        """COSMOS_CLIP_SETTLE_AT_FORWARD (default on): settle_at_forward waits for the network's forward."""
-        from . import device
-
-        return device.env_flag("COSMOS_CLIP_SETTLE_AT_FORWARD", default=True)
-
-    def settle_at_forward(self, module, settle_fn) -> None:
-        """Run `settle_fn` (the owner's settle and log) just before `module`'s next forward, or now: when nothing is
-        pending, `module` is None or COSMOS_CLIP_SETTLE_AT_FORWARD=0. The hook goes first among the module's
-        pre-hooks (before FSDP2's parameter all-gather, which reads the shards a redo may change), runs once, and is
-        taken away by any settle that comes before it (a save, a validation, the next clip)."""
-        self._disarm()
-        if self._pending is None or module is None or not self.settles_at_forward():
-            settle_fn()
-            return
-        dev_type = self._pending.total.device.type
-
-        def hook(_module, _args):
-            self._disarm()
-            # the forward may run under autocast or with grad enabled: the redo's norm and in-place updates not
-            with torch.no_grad(), torch.autocast(dev_type, enabled=False):
-                settle_fn()
-
-        self._armed = module.register_forward_pre_hook(hook, prepend=True)
-
-    def _disarm(self) -> None:
-        if self._armed is not None:
-            self._armed.remove()
-            self._armed = None
 
     def skip_flag(self) -> torch.Tensor | None:
         return None if self._pending is None else self._pending.skip
@@ -313,7 +279,6 @@ class LateFiniteClip:
         """After the optimizer step's launch: the step's total norm as the check before the step gives it (None when
         clip() did not run this step). Where settle_unsettled() settled the step first, its total."""
         global _unsettled
-        self._disarm()
         if self._pending is None:
             total, self.unclaimed = self.unclaimed, None
             return total
