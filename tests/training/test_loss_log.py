@@ -1,7 +1,8 @@
-"""LossLog without a host read per step (patch loss-log-no-host-read-per-step), driven through upstream's own
-CallBackGroup in the patched tree, one gloo process: non-finite losses are left out of the average exactly as
-upstream's skip did, each is reported (upstream's message) at the next logging iteration or at the end of training,
-and steps between logging iterations read nothing on the host."""
+"""LossLog without a host read per step (patches loss-log-no-host-read-per-step, loss-log-reads-one-step-late),
+driven through upstream's own CallBackGroup in the patched tree, one gloo process: non-finite losses are left out of
+the average exactly as upstream's skip did, each is reported (upstream's message) at the step after the next logging
+iteration or at the end of training, no step reads anything on the host before its backward, and only the step
+after a logging iteration reads at its end (the logging step's figures, which the device is past by then)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,21 @@ cfg = NS(trainer=NS(callbacks={"loss_log": L(LossLog)()}, logging_iter=4))
 group = CallBackGroup(cfg, trainer=None)
 model = NS(is_image_batch=lambda batch: True)
 losses = [1.0, float("nan"), 3.0, 5.0, float("inf"), 2.0]
-reads = []
+reads, reads_before_backward, logged = [], [], []
 for it, v in enumerate(losses, 1):
     loss = torch.tensor(v)
     Reads.n = 0
     with Reads():
+        group.on_before_backward(model, loss, iteration=it)
+    reads_before_backward.append(Reads.n)
+    Reads.n = 0
+    with Reads():
         group.on_training_step_end(model, {}, {"loss": torch.tensor([v, v])}, loss, iteration=it)
     reads.append(Reads.n)
+    logged.append((sum(m.startswith("Unstable") for m in messages), len(stats)))
 group.on_train_end(model, iteration=len(losses))
-print(json.dumps(dict(messages=messages, stats=stats, reads=reads)))
+print(json.dumps(dict(messages=messages, stats=stats, reads=reads, reads_before_backward=reads_before_backward,
+                      logged=logged)))
 """
 
 
@@ -57,10 +64,14 @@ def test_loss_log_keeps_nonfinite_losses_out_without_a_read_per_step(smoke_tree,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    # iterations 1-4 logged at 4: the nan of iteration 2 left out, mean of 1, 3, 5; 3 finite steps counted
+    # iterations 1-4 logged for 4: the nan of iteration 2 left out, mean of 1, 3, 5; 3 finite steps counted
     assert got["stats"] == [[3.0, 3]], got
-    # no read on the steps between logs (1-3, 5-6); at the log: the finite flags, the count and the average
-    assert got["reads"][:3] == [0, 0, 0] and got["reads"][4:] == [0, 0], got
+    # no read before any backward (upstream read the loss there on logging iterations); at step ends only at 5, the
+    # step after the log: the finite flags, the count and the average of iterations 1-4, one step late
+    assert got["reads_before_backward"] == [0] * 6, got
+    assert got["reads"][:4] == [0, 0, 0, 0] and got["reads"][4] > 0 and got["reads"][5] == 0, got
+    assert [n_stats for _, n_stats in got["logged"]] == [0, 0, 0, 0, 1, 1], got
+    assert [n_msgs for n_msgs, _ in got["logged"]][3:5] == [0, 1], got  # iteration 2's nan reported at step 5
     unstable = [m for m in got["messages"] if m.startswith("Unstable loss")]
     assert len(unstable) == 2, got
     assert unstable[0].startswith("Unstable loss nan at iteration 2 with is_image_batch: True"), unstable
