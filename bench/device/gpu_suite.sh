@@ -405,7 +405,8 @@ stage_t2i_work_paths() {
 # sees the same card state; then one row (bench t2i_ratio, bench/device/ratio_rows.py): each round's ratio of
 # train.sh's mean steady step (after its first 5) to the bare step's mean, and the rounds pooled (run stage
 # encode_t2i first). RATIO_RUNS (default "e2e"): train.sh runs per round, by name: e2e (the defaults), noclip
-# (GradClip's callback taken out: what its finite check's host wait costs), everyN (steps timed every N-th).
+# (GradClip's callback taken out: what its finite check's host wait costs), ondev (COSMOS_CLIP_ON_DEVICE=1: its
+# non-finite treatment on the device, no host wait), everyN (steps timed every N-th).
 stage_t2i_ratio() {
   ensure_site
   local i v
@@ -415,10 +416,12 @@ stage_t2i_ratio() {
   for i in $(seq 1 ${RATIO_ROUNDS:-3}); do
     t2i_bare_run t2i_ratio_bare$i --variants ${RATIO_VARIANT:-ours_cb} --gc-every 50
     for v in ${RATIO_RUNS:-e2e}; do
-      local every=${RATIO_EVERY:-1} extra=
+      local every=${RATIO_EVERY:-1} extra= envs=
       case $v in e2e) ;; noclip) extra='~trainer.callbacks.grad_clip' ;; every[0-9]*) every=${v#every} ;;
-        *) log "error: unknown run $v (e2e|noclip|everyN)"; continue ;; esac
-      (COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
+        ondev) envs=COSMOS_CLIP_ON_DEVICE=1 ;;
+        *) log "error: unknown run $v (e2e|noclip|ondev|everyN)"; continue ;; esac
+      (if [ -n "$envs" ]; then export $envs; fi
+       COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
       breakdown t2i_ratio_${v}_r$i
     done
   done

@@ -165,7 +165,7 @@ def test_adamw_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatc
     # a variant that launched before: its failure is raised
     monkeypatch.setattr(ak, "_unavailable", None)
     monkeypatch.setattr(ak, "_checked_plan", lambda lists: tables)
-    monkeypatch.setattr(ak, "_launched", {(False, False, True, True)})
+    monkeypatch.setattr(ak, "_launched", {(False, False, True, True, False)})
     monkeypatch.setattr(ak, "_kernel", FailingKernel(RuntimeError("illegal memory access"), calls, "HAS_SCALE"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         run()
@@ -268,3 +268,128 @@ def test_adamw_kernel_under_the_triton_interpreter():
     worst = float(out.stdout.split("WORST ")[1].split()[0])
     worst2 = float(out.stdout.split("WORST2 ")[1].split()[0])
     assert worst < 1e-6 and worst2 < 1e-5, (worst, worst2)
+
+
+CLIP_ON_DEVICE = textwrap.dedent('''
+    import contextlib, os, sys, types, torch
+    sys.path.insert(0, os.environ["PORTABLE_PARENT"])
+    pkg = types.ModuleType("pp")
+    pkg.__path__ = [os.environ["PORTABLE_DIR"]]
+    sys.modules["pp"] = pkg
+    from pp import adamw_triton as at, adamw_kernel as ak, optim, shards
+    from pp.lerp_kernel import chunk_table
+    torch.manual_seed(0)
+    C = 64
+    T = lambda x: torch.tensor(x, dtype=torch.int64)
+    sizes = [1, 7, C - 1, C, C + 1, 3 * C + 5, 200]
+
+    # 1. SANITIZE: NaN/inf gradient elements as 0 before the scale, finite ones untouched (bitwise)
+    def launch(g, sanitize, scale=0.37):
+        w = [torch.linspace(-1, 1, n) for n in sizes]
+        m = [torch.full((n,), 0.01) for n in sizes]
+        v = [torch.full((n,), 0.001) for n in sizes]
+        p = [torch.zeros(n, dtype=torch.bfloat16) for n in sizes]
+        offs, numel = ak.plan([w, g, m, v, p])
+        ct, ci = chunk_table(numel, C)
+        at.adam_chunks[(ct.numel(),)](w[0], g[0], m[0], v[0], p[0], *[T(o) for o in offs], T(numel), ct, ci,
+                                      torch.tensor(scale), torch.tensor(0.0), 1e-3, 0.1, 0.9, 0.99, 1e-8, 0.1, 0.3,
+                                      HAS_SCALE=True, HAS_INF=False, ADAMW=True, WRITE_P=True, CHUNK=C, BLOCK=16,
+                                      SANITIZE=sanitize)
+        return [t for lst in (w, m, v, p) for t in lst]
+
+    buf = torch.randn(sum(-(-n // 8) * 8 for n in sizes)).bfloat16()
+    g, off = [], 0
+    for n in sizes:
+        g.append(buf.narrow(0, off, n))
+        off += -(-n // 8) * 8
+    same = all(torch.equal(a, b) for a, b in zip(launch(g, True), launch(g, False)))
+    bad = [t.clone() for t in g]
+    bad[2][5], bad[4][0], bad[5][-1] = float("nan"), float("inf"), -float("inf")
+    bad_buf = torch.cat([torch.nn.functional.pad(t, (0, -(-t.numel() // 8) * 8 - t.numel())) for t in bad])
+    gb, gz, off = [], [], 0
+    zero_buf = torch.nan_to_num(bad_buf, nan=0.0, posinf=0.0, neginf=0.0)
+    for n in sizes:
+        gb.append(bad_buf.narrow(0, off, n)); gz.append(zero_buf.narrow(0, off, n))
+        off += -(-n // 8) * 8
+    sanitized = all(torch.equal(a, b) for a, b in zip(launch(gb, True), launch(gz, False)))
+    print("SANITIZE", same, sanitized)
+
+    # 2. sumsq_if_chunks: nothing when the flag is 0; the sum of squares with NaN/inf as 0 when it is 1
+    numel = [n for n in sizes]
+    ct, ci = chunk_table(numel, C)
+    offs = ak._list_offsets("grads", gb, [t.shape for t in gb])
+    sums = []
+    for flag in (0.0, 1.0):
+        out = torch.zeros(())
+        at.sumsq_if_chunks[(ct.numel(),)](gb[0], T(offs), T(numel), ct, ci, torch.tensor(flag), out, CHUNK=C,
+                                          BLOCK=16)
+        sums.append(out.item())
+    ref = sum(t.float().pow(2).sum().item() for t in gz)
+    print("SUMSQ", sums[0], abs(sums[1] - ref) / ref)
+
+    # 3. GradClip's clip in the on-device mode (COSMOS_CLIP_ON_DEVICE=1) with FusedAdam through the kernel, the
+    # interpreter standing in for the GPU, against upstream's treatment done on the host (nan_to_num in place, the
+    # norm taken again) with the clip's scale in the step as well (the interpreter rounds the kernel's bf16 scale
+    # toward zero, torch's in-place multiply to nearest even: tests/ops/test_cuda.py compares those on the card):
+    # three steps, the second with NaN/inf gradients
+    ak._upload = lambda t, dev: t
+    ak._checked_plan = lambda lists: ak._device_plan(lists)
+    ak._sumsq_plan = lambda grads: ak._sumsq_device_plan(grads)
+    ak._kernel = at.adam_chunks
+    ak._sumsq_kernel = lambda: at.sumsq_if_chunks
+    torch.cuda.device = lambda d: contextlib.nullcontext()
+    optim.FusedAdam.can_sanitize_on_device = lambda self, dev: self.can_skip_on_device(dev)
+    os.environ["COSMOS_CLIP_ON_DEVICE"] = "1"
+    start = [torch.randn(n).bfloat16() for n in sizes]
+    grads = [[torch.randn(t.shape).bfloat16() for t in start] for _ in range(3)]
+    grads[1][3][2], grads[1][5][0], grads[1][6][9] = float("nan"), float("inf"), -float("inf")
+    runs = []
+    for on_device in (True, False):
+        ps = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True, fused=True)
+        clip = shards.LateFiniteClip()
+        norms, launches = [], ak.STATS["launches"]
+        for gs in grads:
+            for p_, g_ in zip(ps, gs):
+                p_.grad = g_.clone()
+            if on_device:
+                total = clip.clip([p_.grad for p_ in ps], 0.05, opt, params=ps)
+                opt.step()
+                assert clip.settle() is total  # nothing to read or redo
+            else:  # upstream's treatment (nan_to_num in place, the norm of what is left) with the scale in the step
+                gl = [p_.grad for p_ in ps]
+                for g_ in gl:
+                    torch.nan_to_num(g_, nan=0.0, posinf=0.0, neginf=0.0, out=g_)
+                total = shards._local_total_norm(gl)[2]()
+                assert opt.scale_grads_in_next_step(shards._clip_coef(total, 0.05), len(gl))
+                opt.step()
+            norms.append(float(total))
+        runs.append((ps, opt, norms, ak.STATS["launches"] - launches))
+    (pa, oa, na, la), (pb, ob, nb, lb) = runs
+    worst = 0.0
+    for x, y in zip(pa, pb):
+        for a, b in [(oa.state[x][k], ob.state[y][k]) for k in ("exp_avg", "exp_avg_sq")] + [(oa._masters[x], ob._masters[y])]:
+            worst = max(worst, ((a - b).abs() / b.abs().max()).max().item())
+    print("CLIP", la, lb, worst, max(abs(a - b) / b for a, b in zip(na, nb)))
+''')
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (CPU wheels lack it)")
+def test_clip_on_device_under_the_triton_interpreter():
+    """COSMOS_CLIP_ON_DEVICE's parts under Triton's interpreter: the kernel's SANITIZE variant takes NaN/inf gradient
+    elements as 0 before the scale and leaves finite gradients' steps bitwise as they were; sumsq_if_chunks does
+    nothing on a 0 flag and gives the sum of squares with NaN/inf as 0 on a 1; LateFiniteClip's on-device mode with
+    FusedAdam through the kernel matches upstream's treatment done on the host (the norm after nan_to_num) over
+    three steps, the second non-finite, with nothing to settle."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR),
+               PORTABLE_PARENT=str(PORTABLE_DIR.parent))
+    out = subprocess.run([sys.executable, "-c", CLIP_ON_DEVICE], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = {ln.split()[0]: ln.split()[1:] for ln in out.stdout.splitlines() if ln.split()}
+    assert lines["SANITIZE"] == ["True", "True"], out.stdout
+    assert float(lines["SUMSQ"][0]) == 0.0 and float(lines["SUMSQ"][1]) < 1e-5, out.stdout
+    launches_on, launches_ref, worst, norm_rel = lines["CLIP"]
+    assert int(launches_on) == 3 + 3 and int(launches_ref) == 3, out.stdout  # sumsq + step per step: all kernel
+    # bitwise here: the sanitized sum of squares rounds to the same bf16 norm as torch's norms for these gradients
+    # (another summation order, so in general to the norm's rounding)
+    assert float(worst) == 0.0 and float(norm_rel) == 0.0, out.stdout

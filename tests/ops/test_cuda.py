@@ -430,6 +430,46 @@ def test_cuda_late_finite_clip_settled_next_step_skips_the_ema_on_the_device(cud
     _assert_bitwise(("params", "masters", "exp_avg_sq", "ema", "norms"), run(True), run(False))
 
 
+def test_cuda_clip_on_device_treats_a_non_finite_step_without_the_host(cuda_portable):
+    """COSMOS_CLIP_ON_DEVICE=1: LateFiniteClip sums the norm after nan_to_num on the device only for a non-finite
+    step (adamw_kernel.sumsq_if_) and FusedAdam's kernel takes NaN/inf elements as 0 (SANITIZE); settle() reads
+    nothing. Against the default skip-and-redo mode (bitwise the check before the step): the same norms to one bf16
+    step of the non-finite one (another summation order), and then the same parameters, masters and moments,
+    bitwise where the norms came out equal."""
+    sh, optim, ak = cuda_portable.shards, cuda_portable.optim, cuda_portable.adamw_kernel
+    start, grads = _late_clip_inputs(74)
+
+    def run(on_device):
+        with _env("COSMOS_CLIP_ON_DEVICE", "1" if on_device else "0"):
+            ps = [torch.nn.Parameter(t.clone()) for t in start]
+            opt = optim.FusedAdam(ps, lr=1e-2, weight_decay=0.1, master_weights=True)
+            assert opt.can_sanitize_on_device(ps[0].device)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 / (1 + i))
+            clip, norms, launches = sh.LateFiniteClip(), [], ak.STATS["launches"]
+            for gs in grads:
+                for p, g in zip(ps, gs):
+                    p.grad = g.clone()
+                assert clip.clip([p.grad for p in ps], 0.5, opt, params=ps) is not None
+                opt.step()
+                sched.step()
+                for p in ps:
+                    p.grad = None  # zero_grad(set_to_none) before the settle, as in training
+                norms.append(clip.settle())
+            return (ps, [opt._masters[p] for p in ps], [opt.state[p]["exp_avg_sq"] for p in ps], norms,
+                    ak.STATS["launches"] - launches)
+
+    *on, launches_on = run(True)
+    *ref, launches_ref = run(False)
+    assert launches_on == 6 and launches_ref == 4, (launches_on, launches_ref)  # sumsq + step; 3 steps + the redo
+    assert torch.equal(on[3][0], ref[3][0]) and torch.equal(on[3][2], ref[3][2])  # the finite steps' norms
+    assert abs(on[3][1].float() - ref[3][1].float()) <= ref[3][1].float() * 2**-7
+    if torch.equal(on[3][1], ref[3][1]):
+        _assert_bitwise(("params", "masters", "exp_avg_sq", "norms"), on, ref)
+    else:  # one bf16 step apart in the non-finite step's norm: its clip coefficient and what follows, slightly
+        for xs, ys in zip(on[1], ref[1]):
+            assert ((xs - ys).abs() <= 1e-2 * ys.abs().max()).all()
+
+
 def test_cuda_step_phases_from_events_do_not_wait(cuda_portable):
     """portable/step_timing.py on CUDA (the applied tree's, COSMOS_TEST_TREE): the phase marks are timing events, so
     no step synchronizes the device; a loader wait hidden behind queued device work counts ~0, one that outlasts

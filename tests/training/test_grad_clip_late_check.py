@@ -47,9 +47,10 @@ PROBE = textwrap.dedent('''
         def is_image_batch(self, data_batch):
             return True
 
-    def run(late, fused=True, defer=True, ema=False):
+    def run(late, fused=True, defer=True, ema=False, on_device=False):
         os.environ["COSMOS_CLIP_LATE_CHECK"] = "1" if late else "0"
         os.environ["COSMOS_CLIP_SETTLE_NEXT_STEP"] = "1" if defer else "0"
+        os.environ["COSMOS_CLIP_ON_DEVICE"] = "1" if on_device else "0"
         torch.manual_seed(0)
         model = Model()
         ps = list(model.parameters())
@@ -89,6 +90,7 @@ PROBE = textwrap.dedent('''
         return out
 
     print(json.dumps(dict(late=run(True), zero_grad=run(True, defer=False), before=run(False),
+                          on_device=run(True, on_device=True),
                           foreach=run(True, fused=False), late_ema=run(True, ema=True), before_ema=run(False, ema=True))))
 ''')
 
@@ -113,6 +115,8 @@ def test_grad_clip_checks_after_the_step_with_the_same_values(smoke_tree):
         # untouched then (the redo zeroes them later)
         finite_steps = [0, 2] if run is late else [0, 1, 2]
         assert [run["grads"][i] for i in finite_steps] == [ref["grads"][i] for i in finite_steps]
+    # COSMOS_CLIP_ON_DEVICE=1 needs portable/adamw_kernel.py (CUDA): on CPU the skip-and-redo mode runs, the same
+    assert out["on_device"] == late
     assert late["steps"] == [3] and late["norm"][1] == 3 and all(late["grads_left"])  # set to None again after a redo
     # the non-finite step was redone after zero_grad had set the gradients to None: from the gradients the check
     # held (the parameters moved on all three steps)

@@ -43,7 +43,8 @@ _chunks: dict = {}  # (device, sizes) -> device chunk table
 STATS = {"launches": 0, "tables": 0, "offset_uploads": 0, "grad_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, imported at first use (triton is slow to import and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
-_launched: set = set()  # (has_scale, has_inf, adamw, write_p) variants that compiled and launched
+_launched: set = set()  # (has_scale, has_inf, adamw, write_p, sanitize) variants that compiled and launched
+_sumsq_tables: dict = {}  # (device, gradient pointers, sizes) -> (offsets, numel, chunk tables) or why not
 
 LISTS = ("work", "grads", "exp_avgs", "exp_avg_sqs", "params")
 
@@ -214,10 +215,12 @@ def why_not(work, grads, exp_avgs, exp_avg_sqs, params=None) -> str | None:
 @torch.no_grad()
 def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: float, beta2: float, eps: float,
           weight_decay: float, adamw: bool, bias_correction1: float, bias_correction2: float,
-          grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None) -> bool:
+          grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
+          sanitize: bool = False) -> bool:
     """One Adam(W) step of fp32 `work` tensors (masters, or fp32 parameters) and their fp32 moments from `grads`
     (times `grad_scale`, a 0-dim device tensor, when given), writing `params` (bf16/fp16, rounded once) when given;
-    nothing when `found_inf` (0-dim float on the device) is 1. True when done; False (nothing changed) when the lists
+    nothing when `found_inf` (0-dim float on the device) is 1. `sanitize`: NaN/inf gradient elements count as 0
+    (upstream GradClip's nan_to_num, before the scale). True when done; False (nothing changed) when the lists
     cannot take the kernel (see why_not): the caller then runs its own path."""
     lists = _lists(work, grads, exp_avgs, exp_avg_sqs, params)
     p = _checked_plan(lists)
@@ -229,7 +232,7 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
     else:
         w_off, g_off, m_off, v_off, p_off, numel, chunk_tensor, chunk_index = p
         p0 = params[0]
-    variant = (grad_scale is not None, found_inf is not None, bool(adamw), params is not None)
+    variant = (grad_scale is not None, found_inf is not None, bool(adamw), params is not None, bool(sanitize))
     scale = grad_scale if grad_scale is not None else numel  # a placeholder pointer when unused
     inf = found_inf if found_inf is not None else numel
     why = guarded_launch(
@@ -239,7 +242,7 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
             float(beta1), float(beta2), float(eps), float(lr) / float(bias_correction1),
             float(bias_correction2) ** 0.5,
             HAS_SCALE=variant[0], HAS_INF=variant[1], ADAMW=variant[2], WRITE_P=variant[3], CHUNK=CHUNK,
-            BLOCK=BLOCK, num_warps=4, enable_fp_fusion=False),
+            BLOCK=BLOCK, SANITIZE=variant[4], num_warps=4, enable_fp_fusion=False),
         work[0].device, variant, _launched, "adamw_kernel.py", "FusedAdam keeps torch's fused kernel")
     if why is not None:
         global _unavailable
@@ -247,3 +250,64 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
         return False
     STATS["launches"] += 1
     return True
+
+
+def _sumsq_plan(grads: list[torch.Tensor]):
+    """(offsets, numel, chunk_tensor, chunk_index) on the device for sumsq_if_, or why not (a string)."""
+    if not grads:
+        return "empty lists"
+    dev = grads[0].device
+    if dev.type != "cuda":
+        return f"device {dev.type} (CUDA only)"
+    if not enabled():
+        return "COSMOS_ADAM_KERNEL=0"
+    if _build_kernel() is None or _unavailable is not None:
+        return _unavailable
+    return _sumsq_device_plan(grads)
+
+
+def _sumsq_device_plan(grads: list[torch.Tensor]):
+    dev = grads[0].device
+    key = (dev, tuple(map(torch.Tensor.data_ptr, grads)), tuple(t.numel() for t in grads), grads[0].dtype)
+    got = _sumsq_tables.get(key)
+    if got is None:
+        o = _list_offsets("grads", grads, [t.shape for t in grads])
+        numel = [t.numel() for t in grads if t.numel()]
+        if isinstance(o, str):
+            got = o
+        elif not numel:
+            got = "no elements"
+        else:
+            chunks = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
+            got = (_table(o, dev), _table(numel, dev), *chunks)
+        _cache_put(_sumsq_tables, key, got)
+    return got
+
+
+@torch.no_grad()
+def sumsq_if_(grads: list[torch.Tensor], flag: torch.Tensor, out: torch.Tensor) -> bool:
+    """out (0-dim fp32 on the device) += the sum of squares of `grads` with NaN/inf elements as 0, computed only when
+    the 0-dim float `flag` is not 0, read on the device (a finite step costs one launch whose programs stop at once).
+    GradClip's norm after upstream's nan_to_num, for portable/shards.py LateFiniteClip's on-device mode: the same
+    value as torch's norms to fp32 rounding (another summation order). True when launched; False (nothing done)
+    when the list cannot take the kernel."""
+    p = _sumsq_plan(grads)
+    if isinstance(p, str):
+        return False
+    offsets, numel, chunk_tensor, chunk_index = p
+    why = guarded_launch(
+        lambda: _sumsq_kernel()[(chunk_tensor.numel(),)](
+            grads[0], offsets, numel, chunk_tensor, chunk_index, flag, out, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4),
+        grads[0].device, ("sumsq",), _launched, "adamw_kernel.py", "GradClip keeps its host check")
+    if why is not None:
+        global _unavailable
+        _unavailable = why
+        return False
+    STATS["launches"] += 1
+    return True
+
+
+def _sumsq_kernel():
+    from . import adamw_triton
+
+    return adamw_triton.sumsq_if_chunks

@@ -31,9 +31,12 @@ def _st(ptr, value, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def _adam_block(wp, gp, mp, vp, pp, mask, coef, lrwd, wd, beta1, beta2, eps, step_size, bc2_sqrt,
-                HAS_SCALE: tl.constexpr, ADAMW: tl.constexpr, WRITE_P: tl.constexpr, MASKED: tl.constexpr):
+                HAS_SCALE: tl.constexpr, ADAMW: tl.constexpr, WRITE_P: tl.constexpr, MASKED: tl.constexpr,
+                SANITIZE: tl.constexpr):
     g_raw = _ld(gp, mask, MASKED)
     g = g_raw.to(tl.float32)
+    if SANITIZE:  # upstream's nan_to_num(nan=0, posinf=0, neginf=0): g * 0 is 0 for finite g only
+        g = tl.where(g * 0.0 == 0.0, g, 0.0)
     if HAS_SCALE:
         g = (g * coef).to(g_raw.dtype).to(tl.float32)
     w = _ld(wp, mask, MASKED)
@@ -58,7 +61,7 @@ def _adam_block(wp, gp, mp, vp, pp, mask, coef, lrwd, wd, beta1, beta2, eps, ste
 def adam_chunks(w_ptr, g_ptr, m_ptr, v_ptr, p_ptr, w_off, g_off, m_off, v_off, p_off, numel, chunk_tensor,
                 chunk_index, scale_ptr, inf_ptr, lrwd, wd, beta1, beta2, eps, step_size, bc2_sqrt,
                 HAS_SCALE: tl.constexpr, HAS_INF: tl.constexpr, ADAMW: tl.constexpr, WRITE_P: tl.constexpr,
-                CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                CHUNK: tl.constexpr, BLOCK: tl.constexpr, SANITIZE: tl.constexpr = False):
     pid = tl.program_id(0)
     run = True
     if HAS_INF:  # found_inf (a 0-dim float, 1 when a gradient is not finite): nothing is written
@@ -81,9 +84,31 @@ def adam_chunks(w_ptr, g_ptr, m_ptr, v_ptr, p_ptr, w_off, g_off, m_off, v_off, p
         if rem >= CHUNK:  # a full chunk: no masks, vector loads
             for i in range(0, CHUNK, BLOCK):
                 _adam_block(wp + i + offs, gp + i + offs, mp + i + offs, vp + i + offs, pp + i + offs, None, coef,
-                            lrwd, wd, beta1, beta2, eps, step_size, bc2_sqrt, HAS_SCALE, ADAMW, WRITE_P, False)
+                            lrwd, wd, beta1, beta2, eps, step_size, bc2_sqrt, HAS_SCALE, ADAMW, WRITE_P, False,
+                            SANITIZE)
         else:  # the tensor's last chunk
             for i in range(0, CHUNK, BLOCK):
                 _adam_block(wp + i + offs, gp + i + offs, mp + i + offs, vp + i + offs, pp + i + offs,
                             i + offs < rem, coef, lrwd, wd, beta1, beta2, eps, step_size, bc2_sqrt, HAS_SCALE,
-                            ADAMW, WRITE_P, True)
+                            ADAMW, WRITE_P, True, SANITIZE)
+
+
+@triton.jit
+def sumsq_if_chunks(g_ptr, g_off, numel, chunk_tensor, chunk_index, flag_ptr, out_ptr, CHUNK: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """out += the sum of squares of the gradients with NaN/inf as 0 (in fp32), only when the 0-dim float flag is not
+    0: GradClip's norm after upstream's nan_to_num, which a finite step never needs (each program then reads the
+    flag and stops)."""
+    pid = tl.program_id(0)
+    if tl.load(flag_ptr) != 0:
+        t = tl.load(chunk_tensor + pid)
+        start = tl.load(chunk_index + pid).to(tl.int64) * CHUNK
+        rem = tl.load(numel + t) - start
+        gp = g_ptr + tl.load(g_off + t) * 8 + start
+        offs = tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for i in range(0, CHUNK, BLOCK):
+            g = tl.load(gp + i + offs, mask=i + offs < rem, other=0.0).to(tl.float32)
+            g = tl.where(g * 0.0 == 0.0, g, 0.0)
+            acc += g * g
+        tl.atomic_add(out_ptr, tl.sum(acc, axis=0))

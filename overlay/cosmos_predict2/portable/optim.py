@@ -108,6 +108,7 @@ class FusedAdam(torch.optim.Optimizer):
         self._masters: dict = {}
         self._found_inf: torch.Tensor | None = None  # for the next step() only (skip_next_step_if)
         self._grad_scale: torch.Tensor | None = None  # for the next step() only (scale_grads_in_next_step)
+        self._sanitize = False  # for the next step() only (sanitize_next_step)
         self._skippable: list = []  # (group, step count before, lr) of the last step() taken with a flag
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
@@ -132,6 +133,18 @@ class FusedAdam(torch.optim.Optimizer):
     def can_skip_on_device(self, dev: torch.device) -> bool:
         """Whether skip_next_step_if works for parameters on `dev`: only the fused kernel reads the flag."""
         return self.uses_fused_kernel(dev) and all(g.get("bias_correction", True) for g in self.param_groups)
+
+    def can_sanitize_on_device(self, dev: torch.device) -> bool:
+        """Whether sanitize_next_step runs in portable/adamw_kernel.py's update for parameters on `dev` (CUDA with
+        the kernel on; parameters it cannot take get the in-place nan_to_num instead)."""
+        return self.can_skip_on_device(dev) and dev.type == "cuda" and adamw_kernel.enabled()
+
+    def sanitize_next_step(self) -> None:
+        """The next step() takes NaN/inf gradient elements as 0 (upstream GradClip's nan_to_num, before the scale of
+        scale_grads_in_next_step): in registers where portable/adamw_kernel.py runs (the gradients stay as they are),
+        by an in-place nan_to_num elsewhere. Finite gradients are unchanged by it, so a step that needed nothing is
+        the same step bitwise."""
+        self._sanitize = True
 
     def skip_next_step_if(self, found_inf: torch.Tensor) -> None:
         """The next step() leaves parameters, masters and moments as they are when the 0-dim float tensor
@@ -198,15 +211,16 @@ class FusedAdam(torch.optim.Optimizer):
                 loss = closure()
         found_inf, self._found_inf = self._found_inf, None
         grad_scale, self._grad_scale = self._grad_scale, None
+        sanitize, self._sanitize = self._sanitize, False
         self._skippable = []
         for group in self.param_groups:
             if found_inf is not None:
                 self._skippable.append((group, group.get("step", 0), _scalar(group["lr"])))
-            self._step_group(group, found_inf=found_inf, grad_scale=grad_scale)
+            self._step_group(group, found_inf=found_inf, grad_scale=grad_scale, sanitize=sanitize)
         return loss
 
     def _step_group(self, group: dict, lr: float | None = None, found_inf: torch.Tensor | None = None,
-                    grad_scale: torch.Tensor | None = None) -> None:
+                    grad_scale: torch.Tensor | None = None, sanitize: bool = False) -> None:
         entries = []  # (param local, grad local, exp_avg, exp_avg_sq, master or None)
         for p in group["params"]:
             if p.grad is None:
@@ -243,9 +257,12 @@ class FusedAdam(torch.optim.Optimizer):
                                        "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
             if self.uses_fused_kernel(dev):  # one Triton launch per (master?, dtypes) set where it applies
                 dev_entries = self._kernel_update(dev_entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf,
-                                                  scale)
+                                                  scale, sanitize)
                 if not dev_entries:
                     continue
+            if sanitize:  # the entries the kernel did not take: upstream's in-place nan_to_num, before the scale
+                for e in dev_entries:
+                    torch.nan_to_num(e[1], nan=0.0, posinf=0.0, neginf=0.0, out=e[1])
             if scale is not None:  # the other paths: GradClip's in-place multiply, here (per dtype, as it)
                 for ts in _by_dtype([e[1] for e in dev_entries]):
                     torch._foreach_mul_(ts, scale)
@@ -257,7 +274,8 @@ class FusedAdam(torch.optim.Optimizer):
             for a, b in upcast.buckets([e[0] for e in dev_entries]):
                 self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps, found_inf)
 
-    def _kernel_update(self, entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf, grad_scale) -> list:
+    def _kernel_update(self, entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf, grad_scale,
+                       sanitize: bool = False) -> list:
         """portable/adamw_kernel.py for the entries it takes (fp32 work tensors: masters, or fp32 parameters); the
         entries left for the other paths are returned."""
         sets: dict = {}
@@ -271,7 +289,8 @@ class FusedAdam(torch.optim.Optimizer):
             if adamw_kernel.step_(work, [e[1] for e in es], [e[2] for e in es], [e[3] for e in es],
                                   [e[0] for e in es] if has_master else None, lr=lr, beta1=beta1, beta2=beta2,
                                   eps=eps, weight_decay=wd, adamw=self.adam_w_mode, bias_correction1=bc1,
-                                  bias_correction2=bc2, grad_scale=grad_scale, found_inf=found_inf):
+                                  bias_correction2=bc2, grad_scale=grad_scale, found_inf=found_inf,
+                                  sanitize=sanitize):
                 done.update(id(e) for e in es)
         return [e for e in entries if id(e) not in done] if done else entries
 

@@ -114,6 +114,7 @@ def _local_total_norm(grads: list[torch.Tensor]):
             torch.distributed.all_reduce(sq, group=pg)
         return sq.sqrt()
 
+    total_norm.groups_to_sum = groups_to_sum  # the process groups a sum over the local shards is all-reduced over
     return local, groups, total_norm
 
 
@@ -161,10 +162,12 @@ class _Pending(NamedTuple):
     grads: list
     max_norm: float
     total: torch.Tensor  # the total norm, maybe not finite
-    flag: torch.Tensor  # is it finite: a pinned host copy on CUDA (read after `event`), else the device tensor
+    flag: torch.Tensor | None  # is it finite: a pinned host copy on CUDA (read after `event`), else the device
+    # tensor; None in the on-device mode (nothing to read)
     event: object  # torch.cuda.Event recorded behind the copy, or None
     optimizer: object
-    skip: torch.Tensor  # the device flag the optimizer and the EMA update skip on (1.0 = not finite)
+    skip: torch.Tensor | None  # the device flag the optimizer and the EMA update skip on (1.0 = not finite); None
+    # in the on-device mode (nothing skipped)
 
 
 def unsettled_skip() -> torch.Tensor | None:
@@ -212,7 +215,10 @@ class LateFiniteClip:
     settles first. The host's one wait is then at the next step's start, for a norm the device computed before the
     optimizer step and the EMA update: the host prepares the next batch and the step's callbacks while those run.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
-    `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off."""
+    `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off.
+    COSMOS_CLIP_ON_DEVICE=1 (off by default until measured on a card; CUDA with portable/adamw_kernel.py) takes the
+    non-finite treatment itself to the device instead of skipping and redoing (`_clip_on_device`): no host wait at
+    all, a non-finite step matching upstream to the rounding of its second norm."""
 
     def __init__(self) -> None:
         self._pending: _Pending | None = None  # between clip() and settle()
@@ -225,6 +231,13 @@ class LateFiniteClip:
         from . import device
 
         return device.env_flag("COSMOS_CLIP_LATE_CHECK", default=True)
+
+    @staticmethod
+    def on_device() -> bool:
+        """COSMOS_CLIP_ON_DEVICE (default off until measured on a card): the non-finite treatment on the device."""
+        from . import device
+
+        return device.env_flag("COSMOS_CLIP_ON_DEVICE", default=False)
 
     @staticmethod
     def settles_next_step() -> bool:
@@ -251,9 +264,14 @@ class LateFiniteClip:
         if found is None:
             return None
         settle_unsettled()  # a step still unsettled (no settle point ran since): its flag first
-        _, groups, total_norm = found
+        local, groups, total_norm = found
         total = total_norm()
         finite = torch.isfinite(total)
+        if self.on_device():
+            used = self._clip_on_device(local, groups, total_norm.groups_to_sum, total, finite, max_norm, optimizer,
+                                        params, grads)
+            if used is not None:
+                return used
         coef = torch.where(finite, _clip_coef(total, max_norm), 1.0)
         in_step = getattr(optimizer, "scale_grads_in_next_step", None)  # FusedAdam: the scale inside its update
         if in_step is None or not in_step(coef, len(grads)):
@@ -275,6 +293,38 @@ class LateFiniteClip:
         _unsettled = self
         return total
 
+    def _clip_on_device(self, local, groups, groups_to_sum, total, finite, max_norm, optimizer, params, grads):
+        """COSMOS_CLIP_ON_DEVICE=1: upstream's treatment of a non-finite total without the host knowing. The norm
+        after nan_to_num is summed on the device only when the total is not finite (adamw_kernel.sumsq_if_: a
+        finite step pays one launch whose programs stop at once), the coefficient taken from whichever total
+        applies, and the optimizer takes NaN/inf gradient elements as 0 (FusedAdam.sanitize_next_step). No step is
+        skipped, so nothing is redone and settle() reads nothing. A finite step is the same step bitwise; a
+        non-finite one matches upstream to fp32 rounding of its second norm (another summation order). None when
+        this optimizer or these gradients cannot take it (the skip-and-redo path then runs)."""
+        global _unsettled
+        can = getattr(optimizer, "can_sanitize_on_device", None)
+        if can is None or not can(local[0].device):
+            return None
+        from . import adamw_kernel
+
+        bad = (~finite).float()
+        sq = torch.zeros((), dtype=torch.float32, device=total.device)
+        for (dev, _), ts in groups.items():
+            if dev != total.device or not adamw_kernel.sumsq_if_(ts, bad, sq):
+                return None
+        for pg in groups_to_sum:
+            torch.distributed.all_reduce(sq, group=pg)
+        used = torch.where(finite, total, sq.sqrt().to(total.dtype))  # the dtype torch's norms give (bf16 grads: bf16)
+        coef = _clip_coef(used, max_norm)
+        in_step = getattr(optimizer, "scale_grads_in_next_step", None)
+        if in_step is None or not in_step(coef, len(grads)):
+            _scale(groups, coef)  # NaN/inf stay NaN/inf (or become NaN): the optimizer's sanitize takes them as 0
+        optimizer.sanitize_next_step()
+        self._pending = _Pending(params, grads, max_norm, used, None, None, optimizer, None)
+        self.redo = []
+        _unsettled = self
+        return used
+
     def settle(self) -> torch.Tensor | None:
         """After the optimizer step's launch: the step's total norm as the check before the step gives it (None when
         clip() did not run this step). Where settle_unsettled() settled the step first, its total."""
@@ -286,6 +336,8 @@ class LateFiniteClip:
         if _unsettled is self:
             _unsettled = None
         redo, self.redo = self.redo, []
+        if pending.flag is None:  # on-device mode (_clip_on_device): treated already, nothing to read or redo
+            return pending.total
         if pending.event is not None:
             pending.event.synchronize()
         if bool(pending.flag):  # the one host read, after the step was launched
