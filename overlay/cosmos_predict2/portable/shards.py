@@ -299,7 +299,7 @@ class LateFiniteClip:
         finite step pays one launch whose programs stop at once), the coefficient taken from whichever total
         applies, and the optimizer takes NaN/inf gradient elements as 0 (FusedAdam.sanitize_next_step). No step is
         skipped, so nothing is redone and settle() reads nothing. A finite step is the same step bitwise; a
-        non-finite one matches upstream to fp32 rounding of its second norm (another summation order). None when
+        non-finite one matches upstream to the rounding of its second norm (another summation order). None when
         this optimizer or these gradients cannot take it (the skip-and-redo path then runs)."""
         global _unsettled
         can = getattr(optimizer, "can_sanitize_on_device", None)
