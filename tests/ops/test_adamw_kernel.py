@@ -171,12 +171,24 @@ def test_adamw_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatc
         run()
 
 
-INTERPRETED = textwrap.dedent('''
-    import os, sys, importlib.util, types, torch
+# the portable package as "pp" in a subprocess under TRITON_INTERPRET=1 (the scripts below start with it)
+INTERPRETER_PREAMBLE = textwrap.dedent('''
+    import contextlib, os, sys, types, torch
     sys.path.insert(0, os.environ["PORTABLE_PARENT"])
     pkg = types.ModuleType("pp")
     pkg.__path__ = [os.environ["PORTABLE_DIR"]]
     sys.modules["pp"] = pkg
+''')
+
+
+def _run_interpreted(script: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR),
+               PORTABLE_PARENT=str(PORTABLE_DIR.parent))
+    return subprocess.run([sys.executable, "-c", INTERPRETER_PREAMBLE + script], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+INTERPRETED = textwrap.dedent('''
     from pp import adamw_triton as at, adamw_kernel as ak
     from pp.lerp_kernel import chunk_table
     torch.manual_seed(0)
@@ -218,7 +230,6 @@ INTERPRETED = textwrap.dedent('''
 
     # FusedAdam end to end through adamw_kernel.step_ (its tables, their order, the two dtype sets), the interpreter
     # standing in for the GPU: against the same optimizer on torch's CPU fused kernel
-    import contextlib
     from pp import optim
     ak._upload = lambda t, dev: t
     ak._checked_plan = lambda lists: ak._device_plan(lists) if ak.enabled() else "COSMOS_ADAM_KERNEL=0"
@@ -261,9 +272,7 @@ def test_adamw_kernel_under_the_triton_interpreter():
     writing nothing, within fp32 rounding (torch computes a few products in double); then FusedAdam through
     adamw_kernel.step_ (tables, the bf16-with-master and fp32 sets, a scaled step) against FusedAdam on torch's CPU
     kernel over three steps."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR),
-               PORTABLE_PARENT=str(PORTABLE_DIR.parent))
-    out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    out = _run_interpreted(INTERPRETED)
     assert out.returncode == 0, out.stderr[-3000:]
     worst = float(out.stdout.split("WORST ")[1].split()[0])
     worst2 = float(out.stdout.split("WORST2 ")[1].split()[0])
@@ -271,11 +280,6 @@ def test_adamw_kernel_under_the_triton_interpreter():
 
 
 CLIP_ON_DEVICE = textwrap.dedent('''
-    import contextlib, os, sys, types, torch
-    sys.path.insert(0, os.environ["PORTABLE_PARENT"])
-    pkg = types.ModuleType("pp")
-    pkg.__path__ = [os.environ["PORTABLE_DIR"]]
-    sys.modules["pp"] = pkg
     from pp import adamw_triton as at, adamw_kernel as ak, optim, shards
     from pp.lerp_kernel import chunk_table
     torch.manual_seed(0)
@@ -381,9 +385,7 @@ def test_clip_on_device_under_the_triton_interpreter():
     nothing on a 0 flag and gives the sum of squares with NaN/inf as 0 on a 1; LateFiniteClip's on-device mode with
     FusedAdam through the kernel matches upstream's treatment done on the host (the norm after nan_to_num) over
     three steps, the second non-finite, with nothing to settle."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PORTABLE_DIR=str(PORTABLE_DIR),
-               PORTABLE_PARENT=str(PORTABLE_DIR.parent))
-    out = subprocess.run([sys.executable, "-c", CLIP_ON_DEVICE], env=env, capture_output=True, text=True, timeout=600)
+    out = _run_interpreted(CLIP_ON_DEVICE)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = {ln.split()[0]: ln.split()[1:] for ln in out.stdout.splitlines() if ln.split()}
     assert lines["SANITIZE"] == ["True", "True"], out.stdout

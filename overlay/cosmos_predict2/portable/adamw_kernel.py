@@ -131,6 +131,17 @@ def _cache_put(cache: dict, key, value) -> None:
     cache[key] = value
 
 
+def _chunk_tables(numel: list[int], dev: torch.device) -> tuple:
+    """(chunk_tensor, chunk_index) on the device for tensors of these sizes, cached by the sizes."""
+    key = (dev, tuple(numel))
+    chunks = _chunks.get(key)
+    if chunks is None:
+        chunks = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
+        _cache_put(_chunks, key, chunks)
+        STATS["tables"] += 1
+    return chunks
+
+
 def _device_plan(lists):
     """(offset tables in LISTS order, numel, chunk_tensor, chunk_index) on the device, or why not (a string). Cached
     in two parts: the masters, moments and parameters by their storages (they stay for the run), with the chunk
@@ -160,13 +171,7 @@ def _device_plan(lists):
         if fixed is None and not numel:
             fixed = "no elements"
         if fixed is None:
-            ckey = (dev, tuple(numel))
-            chunks = _chunks.get(ckey)
-            if chunks is None:
-                chunks = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
-                _cache_put(_chunks, ckey, chunks)
-                STATS["tables"] += 1
-            fixed = ([_table(o, dev) for o in offsets], _table(numel, dev), *chunks)
+            fixed = ([_table(o, dev) for o in offsets], _table(numel, dev), *_chunk_tables(numel, dev))
             STATS["offset_uploads"] += 1
         _cache_put(_plans, skey, fixed)
     if isinstance(fixed, str):
@@ -190,16 +195,21 @@ def _device_plan(lists):
     return (tables[0], gtable, *tables[1:], numel, chunk_tensor, chunk_index)
 
 
-def _checked_plan(lists):
-    if not lists[0]:
+def _why_unavailable(tensors: list[torch.Tensor]) -> str | None:
+    """Why the kernels cannot take tensors like these here (empty, not CUDA, switched off, no triton), or None."""
+    if not tensors:
         return "empty lists"
-    if lists[0][0].device.type != "cuda":
-        return f"device {lists[0][0].device.type} (CUDA only)"
+    if tensors[0].device.type != "cuda":
+        return f"device {tensors[0].device.type} (CUDA only)"
     if not enabled():
         return "COSMOS_ADAM_KERNEL=0"
     if _build_kernel() is None or _unavailable is not None:
         return _unavailable
-    return _device_plan(lists)
+    return None
+
+
+def _checked_plan(lists):
+    return _why_unavailable(lists[0]) or _device_plan(lists)
 
 
 def _lists(work, grads, exp_avgs, exp_avg_sqs, params):
@@ -235,7 +245,7 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
     variant = (grad_scale is not None, found_inf is not None, bool(adamw), params is not None, bool(sanitize))
     scale = grad_scale if grad_scale is not None else numel  # a placeholder pointer when unused
     inf = found_inf if found_inf is not None else numel
-    why = guarded_launch(
+    return _launch(
         lambda: _kernel[(chunk_tensor.numel(),)](
             work[0], grads[0], exp_avgs[0], exp_avg_sqs[0], p0, w_off, g_off, m_off, v_off, p_off, numel,
             chunk_tensor, chunk_index, scale, inf, float(lr) * float(weight_decay), float(weight_decay),
@@ -243,9 +253,15 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
             float(bias_correction2) ** 0.5,
             HAS_SCALE=variant[0], HAS_INF=variant[1], ADAMW=variant[2], WRITE_P=variant[3], CHUNK=CHUNK,
             BLOCK=BLOCK, SANITIZE=variant[4], num_warps=4, enable_fp_fusion=False),
-        work[0].device, variant, _launched, "adamw_kernel.py", "FusedAdam keeps torch's fused kernel")
+        work[0].device, variant, "FusedAdam keeps torch's fused kernel")
+
+
+def _launch(launch, dev: torch.device, variant, fallback: str) -> bool:
+    """guarded_launch for this module's kernels: a first launch that fails turns them all off for the process
+    (False); True when launched."""
+    global _unavailable
+    why = guarded_launch(launch, dev, variant, _launched, "adamw_kernel.py", fallback)
     if why is not None:
-        global _unavailable
         _unavailable = why
         return False
     STATS["launches"] += 1
@@ -254,16 +270,7 @@ def step_(work, grads, exp_avgs, exp_avg_sqs, params=None, *, lr: float, beta1: 
 
 def _sumsq_plan(grads: list[torch.Tensor]):
     """(offsets, numel, chunk_tensor, chunk_index) on the device for sumsq_if_, or why not (a string)."""
-    if not grads:
-        return "empty lists"
-    dev = grads[0].device
-    if dev.type != "cuda":
-        return f"device {dev.type} (CUDA only)"
-    if not enabled():
-        return "COSMOS_ADAM_KERNEL=0"
-    if _build_kernel() is None or _unavailable is not None:
-        return _unavailable
-    return _sumsq_device_plan(grads)
+    return _why_unavailable(grads) or _sumsq_device_plan(grads)
 
 
 def _sumsq_device_plan(grads: list[torch.Tensor]):
@@ -278,8 +285,7 @@ def _sumsq_device_plan(grads: list[torch.Tensor]):
         elif not numel:
             got = "no elements"
         else:
-            chunks = tuple(_upload(t, dev) for t in chunk_table(numel, CHUNK))
-            got = (_table(o, dev), _table(numel, dev), *chunks)
+            got = (_table(o, dev), _table(numel, dev), *_chunk_tables(numel, dev))
         _cache_put(_sumsq_tables, key, got)
     return got
 
@@ -295,16 +301,10 @@ def sumsq_if_(grads: list[torch.Tensor], flag: torch.Tensor, out: torch.Tensor) 
     if isinstance(p, str):
         return False
     offsets, numel, chunk_tensor, chunk_index = p
-    why = guarded_launch(
+    return _launch(
         lambda: _sumsq_kernel()[(chunk_tensor.numel(),)](
             grads[0], offsets, numel, chunk_tensor, chunk_index, flag, out, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4),
-        grads[0].device, ("sumsq",), _launched, "adamw_kernel.py", "GradClip keeps its host check")
-    if why is not None:
-        global _unavailable
-        _unavailable = why
-        return False
-    STATS["launches"] += 1
-    return True
+        grads[0].device, ("sumsq",), "GradClip keeps its host check")
 
 
 def _sumsq_kernel():

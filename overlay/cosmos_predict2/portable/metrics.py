@@ -256,8 +256,7 @@ class TrainMetricsCallback(Callback):
         without the all-gather (other ranks may be gone), best effort (the device may be what failed)."""
         gather, self.gather = self.gather, False
         try:
-            while self._pending:
-                self._write(self._pending.pop(0))
+            self._write_pending()
         except Exception as exc:  # noqa: BLE001 - at exit: report, never mask the error that ended the run
             print(f"warning: the last metrics line was not written ({type(exc).__name__}: {exc}) "
                   "(portable.metrics)", file=sys.stderr)
@@ -305,11 +304,13 @@ class TrainMetricsCallback(Callback):
         """The held-back line is written before a checkpoint save: the final save of a 2B run takes minutes, and a
         run's last line is then in the file while it writes (or if the save fails). A save waits for the device
         anyway; every rank calls this hook, as the line's all-gather needs."""
-        while self._pending:
-            self._write(self._pending.pop(0))
+        self._write_pending()
 
     def on_train_end(self, model, iteration: int = 0) -> None:
         atexit.unregister(self._flush_at_exit)
+        self._write_pending()
+
+    def _write_pending(self) -> None:
         while self._pending:
             self._write(self._pending.pop(0))
 

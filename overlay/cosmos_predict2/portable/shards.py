@@ -128,6 +128,14 @@ def _scale(groups: dict, coef: torch.Tensor) -> None:
         torch._foreach_mul_(ts, coef.to(d))
 
 
+def _scale_for(optimizer, groups: dict, coef: torch.Tensor, n_grads: int) -> None:
+    """The gradients times `coef`: inside the optimizer's next update where it takes that (FusedAdam's
+    scale_grads_in_next_step), else in place now."""
+    in_step = getattr(optimizer, "scale_grads_in_next_step", None)
+    if in_step is None or not in_step(coef, n_grads):
+        _scale(groups, coef)
+
+
 def clip_grad_norm_local(grads: list[torch.Tensor], max_norm: float, force_finite: bool = True):
     """GradClip's `nan_to_num` + `clip_grad_norm_` (2-norm) on the local shards: one fused norm per (device, dtype)
     group, one sum of squares (all-reduced over the shard groups when sharded), one host read (is the total finite?),
@@ -217,7 +225,7 @@ class LateFiniteClip:
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off.
     COSMOS_CLIP_ON_DEVICE=1 (off by default until measured on a card; CUDA with portable/adamw_kernel.py) takes the
-    non-finite treatment itself to the device instead of skipping and redoing (`_clip_on_device`): no host wait at
+    non-finite treatment itself to the device instead of skipping and redoing (`_total_on_device`): no host wait at
     all, a non-finite step matching upstream to the rounding of its second norm."""
 
     def __init__(self) -> None:
@@ -254,7 +262,6 @@ class LateFiniteClip:
         """The total norm (maybe not finite), the gradients scaled if it is; None when this path does not apply.
         `params`: the parameters whose `.grad` the gradients are (same order), so that a redo after zero_grad can
         give them back."""
-        global _unsettled
         if not grads or not self.enabled():
             return None
         can_skip = getattr(optimizer, "can_skip_on_device", None)
@@ -268,14 +275,13 @@ class LateFiniteClip:
         total = total_norm()
         finite = torch.isfinite(total)
         if self.on_device():
-            used = self._clip_on_device(local, groups, total_norm.groups_to_sum, total, finite, max_norm, optimizer,
-                                        params, grads)
+            used = self._total_on_device(local, groups, total_norm.groups_to_sum, total, finite, optimizer)
             if used is not None:
-                return used
-        coef = torch.where(finite, _clip_coef(total, max_norm), 1.0)
-        in_step = getattr(optimizer, "scale_grads_in_next_step", None)  # FusedAdam: the scale inside its update
-        if in_step is None or not in_step(coef, len(grads)):
-            _scale(groups, coef)
+                # NaN/inf stay NaN/inf (or become NaN) in an in-place scale: the optimizer's sanitize takes them as 0
+                _scale_for(optimizer, groups, _clip_coef(used, max_norm), len(grads))
+                optimizer.sanitize_next_step()
+                return self._pend(_Pending(params, grads, max_norm, used, None, None, optimizer, None))
+        _scale_for(optimizer, groups, torch.where(finite, _clip_coef(total, max_norm), 1.0), len(grads))
         # The flag goes to the host right behind the norm, so settle() waits for the norm, not for the optimizer's
         # kernels queued after it (a plain bool(finite) there would wait for those too)
         flag, event = finite, None
@@ -288,20 +294,25 @@ class LateFiniteClip:
             event.record()
         skip = (~finite).float()
         optimizer.skip_next_step_if(skip)
-        self._pending = _Pending(params, grads, max_norm, total, flag, event, optimizer, skip)
+        return self._pend(_Pending(params, grads, max_norm, total, flag, event, optimizer, skip))
+
+    def _pend(self, pending: _Pending) -> torch.Tensor:
+        """`pending` is the step to settle; its total returned."""
+        global _unsettled
+        self._pending = pending
         self.redo = []
         _unsettled = self
-        return total
+        return pending.total
 
-    def _clip_on_device(self, local, groups, groups_to_sum, total, finite, max_norm, optimizer, params, grads):
+    @staticmethod
+    def _total_on_device(local, groups, groups_to_sum, total, finite, optimizer) -> torch.Tensor | None:
         """COSMOS_CLIP_ON_DEVICE=1: upstream's treatment of a non-finite total without the host knowing. The norm
         after nan_to_num is summed on the device only when the total is not finite (adamw_kernel.sumsq_if_: a
-        finite step pays one launch whose programs stop at once), the coefficient taken from whichever total
-        applies, and the optimizer takes NaN/inf gradient elements as 0 (FusedAdam.sanitize_next_step). No step is
-        skipped, so nothing is redone and settle() reads nothing. A finite step is the same step bitwise; a
-        non-finite one matches upstream to the rounding of its second norm (another summation order). None when
-        this optimizer or these gradients cannot take it (the skip-and-redo path then runs)."""
-        global _unsettled
+        finite step pays one launch whose programs stop at once); the total that applies is returned, and clip()
+        has the optimizer take NaN/inf gradient elements as 0 (FusedAdam.sanitize_next_step). No step is skipped,
+        so nothing is redone and settle() reads nothing. A finite step is the same step bitwise; a non-finite one
+        matches upstream to the rounding of its second norm (another summation order). None when this optimizer or
+        these gradients cannot take it (the skip-and-redo path then runs)."""
         can = getattr(optimizer, "can_sanitize_on_device", None)
         if can is None or not can(local[0].device):
             return None
@@ -314,16 +325,7 @@ class LateFiniteClip:
                 return None
         for pg in groups_to_sum:
             torch.distributed.all_reduce(sq, group=pg)
-        used = torch.where(finite, total, sq.sqrt().to(total.dtype))  # the dtype torch's norms give (bf16 grads: bf16)
-        coef = _clip_coef(used, max_norm)
-        in_step = getattr(optimizer, "scale_grads_in_next_step", None)
-        if in_step is None or not in_step(coef, len(grads)):
-            _scale(groups, coef)  # NaN/inf stay NaN/inf (or become NaN): the optimizer's sanitize takes them as 0
-        optimizer.sanitize_next_step()
-        self._pending = _Pending(params, grads, max_norm, used, None, None, optimizer, None)
-        self.redo = []
-        _unsettled = self
-        return used
+        return torch.where(finite, total, sq.sqrt().to(total.dtype))  # the dtype torch's norms give (bf16: bf16)
 
     def settle(self) -> torch.Tensor | None:
         """After the optimizer step's launch: the step's total norm as the check before the step gives it (None when
@@ -336,7 +338,7 @@ class LateFiniteClip:
         if _unsettled is self:
             _unsettled = None
         redo, self.redo = self.redo, []
-        if pending.flag is None:  # on-device mode (_clip_on_device): treated already, nothing to read or redo
+        if pending.flag is None:  # on-device mode (_total_on_device): treated already, nothing to read or redo
             return pending.total
         if pending.event is not None:
             pending.event.synchronize()
