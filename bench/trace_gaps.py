@@ -19,6 +19,10 @@ its steps' rows too (marked trace=b) and one more line (bench=trace_compare): ea
 kernels whose device time per step differs most between the two, by name, so that extra device work and extra idle
 time can be told apart.
 
+With --host-in-gaps K, each of a step's K largest gaps also gets `host_in_gap`: the host events of any thread (aten
+ops, named ranges, runtime calls, Python frames) that overlap it, longest overlap first, with the thread: what the
+host did while the device waited, where host_at_start names nothing.
+
 Each row also has `host_ms`: per host thread (`main`, the one running the loop, and e.g. autograd's backward
 thread), the host time spent in named ranges during the step, summed by name with the block index folded
 (`FSDP::pre_forward (blocks.N)`): FSDP2's hooks, compiled regions and their backward, autograd nodes, callbacks, the
@@ -104,7 +108,26 @@ def host_ranges(events: list[dict], t0: float, t1: float, main_tid, top: int = 1
     return out
 
 
-def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> list[dict]:
+HOST_CATS = ("cpu_op", "user_annotation", "cuda_runtime", "cuda_driver", "python_function")
+
+
+def host_in_gap(events: list[dict], g0: float, g1: float, main_tid, top: int = 12) -> list[dict]:
+    """The host events overlapping [g0, g1] (trace microseconds), longest overlap first: name, thread, overlap and
+    own duration in ms. The step's own range is left out."""
+    out = []
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") not in HOST_CATS or str(e.get("name", "")).startswith("ProfilerStep#"):
+            continue
+        a, b = e["ts"], e["ts"] + e.get("dur", 0)
+        ov = min(b, g1) - max(a, g0)
+        if ov > 0:
+            out.append(dict(name=_frame_name(e)[:100], thread="main" if e.get("tid") == main_tid else str(e.get("tid")),
+                            overlap_ms=round(ov / 1000, 3), dur_ms=round((b - a) / 1000, 3)))
+    out.sort(key=lambda d: (-d["overlap_ms"], d["dur_ms"]))
+    return out[:top]
+
+
+def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15, host_gaps: int = 0) -> list[dict]:
     # the host's step ranges (the trace also holds their device-side copies, cat gpu_user_annotation)
     steps = _steps(events)
     device = [e for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
@@ -142,18 +165,24 @@ def summarize(events: list[dict], min_gap_ms: float = 0.3, top: int = 15) -> lis
                     start_ms=round((prev_end - t0) / 1000, 3), gap_ms=round((a - prev_end) / 1000, 3),
                     sync=in_sync, host_at_start=_stack_at(frames, starts, prev_end + 1) if frames else None,
                     next_kernel=(nxt or {}).get("name", "")[:90],
-                    launched_by=_stack_at(frames, starts, launch["ts"]) if (frames and launch) else None))
+                    launched_by=_stack_at(frames, starts, launch["ts"]) if (frames and launch) else None,
+                    _window=(prev_end, a)))
             prev_end = max(prev_end, b)
         if t1 - prev_end >= min_gap_ms * 1000:
             gaps.append(dict(start_ms=round((prev_end - t0) / 1000, 3), gap_ms=round((t1 - prev_end) / 1000, 3),
                              sync=None, host_at_start=_stack_at(frames, starts, prev_end + 1) if frames else None,
                              next_kernel="(end of step)", launched_by=None))
+        gaps.sort(key=lambda g: -g["gap_ms"])
+        for i, g in enumerate(gaps):
+            window = g.pop("_window", None)
+            if i < host_gaps and window is not None:
+                g["host_in_gap"] = host_in_gap(events, window[0], window[1], st.get("tid"))
         idle_us = (t1 - t0) - busy_us
         rows.append(dict(bench="trace_gaps", step=st["name"], span_ms=round((t1 - t0) / 1000, 3),
                          device_busy_ms=round(busy_us / 1000, 3), device_idle_ms=round(idle_us / 1000, 3),
                          kernels=len(dev), gaps_over_min=len(gaps),
                          gaps_over_min_ms=round(sum(g["gap_ms"] for g in gaps), 3),
-                         top_gaps=sorted(gaps, key=lambda g: -g["gap_ms"])[:top],
+                         top_gaps=gaps[:top],
                          host_ms=host_ranges(events, t0, t1, st.get("tid"), top)))
     return rows
 
@@ -212,11 +241,13 @@ def main(argv=None) -> int:
     ap.add_argument("trace")
     ap.add_argument("--min-gap-ms", type=float, default=0.3)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--host-in-gaps", type=int, default=0, metavar="K",
+                    help="for each step's K largest gaps, the host events (any thread) overlapping them")
     ap.add_argument("--compare", default=None, metavar="OTHER.json",
                     help="a second trace (e.g. the bare step's, bench_dit.py --profile-trace) to set beside TRACE")
     a = ap.parse_args(argv)
     events = _events(a.trace)
-    rows = summarize(events, a.min_gap_ms, a.top)
+    rows = summarize(events, a.min_gap_ms, a.top, a.host_in_gaps)
     if not rows:
         print(f"error: no ProfilerStep# ranges in {a.trace}; write the trace with train.sh --profile_steps=N",
               file=sys.stderr)

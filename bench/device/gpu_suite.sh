@@ -405,8 +405,9 @@ stage_t2i_work_paths() {
 # sees the same card state; then one row (bench t2i_ratio, bench/device/ratio_rows.py): each round's ratio of
 # train.sh's mean steady step (after its first 5) to the bare step's mean, and the rounds pooled (run stage
 # encode_t2i first). RATIO_RUNS (default "e2e"): train.sh runs per round, by name: e2e (the defaults), noclip
-# (GradClip's callback taken out: what its finite check's host wait costs), ondev (COSMOS_CLIP_ON_DEVICE=1: its
-# non-finite treatment on the device, no host wait), everyN (steps timed every N-th).
+# (GradClip's callback taken out: what its finite check's host wait costs), ondev (COSMOS_CLIP_ON_DEVICE=1, the
+# default since 3s: its non-finite treatment on the device, no host wait), skipredo (COSMOS_CLIP_ON_DEVICE=0: the
+# check's flag read at the next step's start, a skipped step redone), everyN (steps timed every N-th).
 stage_t2i_ratio() {
   ensure_site
   local i v
@@ -419,7 +420,8 @@ stage_t2i_ratio() {
       local every=${RATIO_EVERY:-1} extra= envs=
       case $v in e2e) ;; noclip) extra='~trainer.callbacks.grad_clip' ;; every[0-9]*) every=${v#every} ;;
         ondev) envs=COSMOS_CLIP_ON_DEVICE=1 ;;
-        *) log "error: unknown run $v (e2e|noclip|ondev|everyN)"; continue ;; esac
+        skipredo) envs=COSMOS_CLIP_ON_DEVICE=0 ;;
+        *) log "error: unknown run $v (e2e|noclip|ondev|skipredo|everyN)"; continue ;; esac
       (if [ -n "$envs" ]; then export $envs; fi
        COSMOS_STEP_TIMING_EVERY=$every train_e2e t2i_ratio_${v}_r$i 1 $T2I ${E2E_ITERS:-25} $(t2i_cache_args) $extra)
       breakdown t2i_ratio_${v}_r$i
@@ -428,6 +430,22 @@ stage_t2i_ratio() {
   python3 $REPO/bench/device/ratio_rows.py "$RES" $(for v in ${RATIO_RUNS:-e2e}; do echo --e2e-prefix t2i_ratio_${v}_r; done) \
     --bare-variant ${RATIO_VARIANT:-ours_cb} 2>&1 | tee -a "$LOG"
   grep -h '^{' "$LOG" > "$RES"
+}
+# t2i_stall_profile: train.sh (its defaults, from the latent cache) under torch.profiler for STALL_STEPS steps
+# (default 5) after STALL_WARMUP (default 9), i.e. iterations 10-14: the logging iteration, the two after it and the
+# one-time optimizer stall at iteration 12 that first runs showed (3r, 3s); then bench/trace_gaps.py on the trace: per
+# step, the device's idle gaps and what the host was doing. Run it as the call's first train.sh run.
+stage_t2i_stall_profile() {
+  ensure_site
+  local n=${STALL_STEPS:-5} w=${STALL_WARMUP:-9}
+  E2E_LOGGING_ITER=${E2E_LOGGING_ITER-} COSMOS_PROFILE_STEPS=$n COSMOS_PROFILE_WARMUP=$w \
+    train_e2e t2i_stall_prof 1 $T2I $(( w + n + 3 )) $(t2i_cache_args)
+  breakdown t2i_stall_prof
+  local tr; tr=$(find /tmp/e2e/t2i_stall_prof -name "*trace-rank0.json" | head -1)
+  [ -n "$tr" ] || { log "error: no trace (t2i_stall_profile)"; return 1; }
+  ls -la "$tr" | tee -a "$LOG"
+  runlog t2i_stall_gaps python3 $REPO/bench/trace_gaps.py "$tr" --min-gap-ms ${GAP_MS:-1} --top ${GAP_TOP:-12} \
+    --host-in-gaps ${GAP_HOST:-3}
 }
 # the environment of one t2i_work_paths run, by its name (a suffix allowed: new2, old2, ...)
 t2i_paths_env() {

@@ -380,6 +380,20 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
     assert tail["gap_ms"] == 0.1 and tail["next_kernel"] == "(end of step)"
     assert row["host_ms"] == {"main": {"FSDP::pre_forward (blocks.N)": 0.05},
                               "thread 7": {"CompiledFunctionBackward": 0.3}}
+    assert "host_in_gap" not in gap  # only with --host-in-gaps
+    # --host-in-gaps 1: what every host thread did during the largest gap (0.3-0.8 ms), longest overlap first
+    r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(trace), "--min-gap-ms", "0.05",
+                        "--host-in-gaps", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (row,) = _rows(r.stdout)
+    gap, tail = row["top_gaps"]
+    assert "host_in_gap" not in tail
+    seen = [(h["name"], h["thread"], h["overlap_ms"]) for h in gap["host_in_gap"]]
+    assert seen == [("imaginaire/trainer.py(1): train", "main", 0.5),
+                    ("cosmos_predict2/callbacks/grad_clip.py(9): on_before_optimizer_step", "main", 0.38),
+                    ("CompiledFunctionBackward", "7", 0.3), ("aten::mm", "7", 0.1),
+                    ("cosmos_predict2/portable/optim.py(5): step", "main", 0.1),
+                    ("cudaStreamSynchronize", "main", 0.01), ("cudaLaunchKernel", "main", 0.005)]
     # --compare: the same trace with one more kernel per step (an extra launch only it has) and a longer gemm
     more = ev + [{"ph": "X", "cat": "kernel", "name": "extra_copy", "ts": 950, "dur": 20, "args": {}}]
     more = [dict(e, dur=300) if e.get("name") == "gemm_a" else e for e in more]
@@ -397,3 +411,18 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
     empty.write_text(json.dumps({"traceEvents": ev[1:]}))
     r = subprocess.run([sys.executable, str(BENCH / "trace_gaps.py"), str(empty)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no ProfilerStep# ranges" in r.stderr
+
+
+def test_bench_grad_clip_host_compares_walks_and_kept_lists(applied_tree, tmp_path):
+    """bench/bench_grad_clip_host.py in a patched tree: one JSON row with both ways' host time over the Text2Image
+    2B model's module tree (net + EMA net), choosing the same parameters; outside a tree, one error line."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_grad_clip_host.py"), "--reps", "3"], cwd=applied_tree,
+                       env=_env(applied_tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = _rows(r.stdout)
+    assert row["bench"] == "grad_clip_host" and row["same_params"] is True
+    assert row["model_params"] == 2 * row["net_params"] and row["modules"] > 2000  # 28 blocks, twice
+    assert row["walks_ms"] > 0 and row["kept_ms"] > 0
+    r = subprocess.run([sys.executable, str(BENCH / "bench_grad_clip_host.py")], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1

@@ -224,9 +224,9 @@ class LateFiniteClip:
     optimizer step and the EMA update: the host prepares the next batch and the step's callbacks while those run.
     Only with an optimizer that can skip on the device (FusedAdam's fused kernel, CUDA by default); elsewhere
     `clip()` answers None and the caller keeps clip_grad_norm_local. COSMOS_CLIP_LATE_CHECK=0 turns it off.
-    COSMOS_CLIP_ON_DEVICE=1 (off by default until measured on a card; CUDA with portable/adamw_kernel.py) takes the
-    non-finite treatment itself to the device instead of skipping and redoing (`_total_on_device`): no host wait at
-    all, a non-finite step matching upstream to the rounding of its second norm."""
+    COSMOS_CLIP_ON_DEVICE (default on; CUDA with portable/adamw_kernel.py) takes the non-finite treatment itself to
+    the device instead of skipping and redoing (`_total_on_device`): no host wait at all, a non-finite step matching
+    upstream to the rounding of its second norm. COSMOS_CLIP_ON_DEVICE=0 keeps the skip-and-redo mode."""
 
     def __init__(self) -> None:
         self._pending: _Pending | None = None  # between clip() and settle()
@@ -242,10 +242,10 @@ class LateFiniteClip:
 
     @staticmethod
     def on_device() -> bool:
-        """COSMOS_CLIP_ON_DEVICE (default off until measured on a card): the non-finite treatment on the device."""
+        """COSMOS_CLIP_ON_DEVICE (default on where the optimizer can take it): the non-finite treatment on the device."""
         from . import device
 
-        return device.env_flag("COSMOS_CLIP_ON_DEVICE", default=False)
+        return device.env_flag("COSMOS_CLIP_ON_DEVICE", default=True)
 
     @staticmethod
     def settles_next_step() -> bool:
