@@ -226,6 +226,15 @@ def test_cuda_upcast_and_ema_update_take_the_multi_tensor_path(cuda_portable):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
+def _compiled_variants(kernel) -> int:
+    """How many compiled variants a jitted Triton kernel holds (Triton 3.x keeps them per device: `device_caches`,
+    whose entries start with the kernel cache dict; older releases: `cache`)."""
+    caches = getattr(kernel, "device_caches", None)
+    if caches is None:
+        return sum(len(v) for v in kernel.cache.values())
+    return sum(len(next(x for x in v if isinstance(x, dict))) for v in caches.values())
+
+
 def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
     """portable/lerp_kernel.py (the EMA update's Triton kernel): 300 fp32 tensors of sizes around the chunk size
     (tails, single elements) move toward bf16 and fp16 sources in ONE launch, with the values of the foreach path
@@ -241,6 +250,7 @@ def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
     for dtype in (torch.bfloat16, torch.float16):
         src = [torch.randn(n, device=DEV).to(dtype) for n in sizes]
         ema = [torch.randn(n, device=DEV) for n in sizes]
+        compiled = []
         for weight in (1e-4, 0.7):
             ref = [e.clone() for e in ema]
             torch._foreach_lerp_(ref, [x.float() for x in src], weight)
@@ -250,6 +260,9 @@ def test_cuda_lerp_kernel_updates_the_ema_in_one_launch(cuda_portable):
             for a, b, u in zip(ema, ref, upstream):
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
                 torch.testing.assert_close(a, u, rtol=1e-5, atol=1e-5)
+            compiled.append(_compiled_variants(lk._kernel))
+        # a weight on the other side of 0.5 (the EMA's 1 - beta crossing it early in a run) compiles nothing new
+        assert compiled[0] == compiled[1], compiled
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             up.ema_update_(ema, src, 0.999)
             torch.cuda.synchronize()

@@ -242,18 +242,18 @@ def test_lerp_kernel_that_fails_to_compile_falls_back_once(portable, monkeypatch
     device check and the tables are stubbed, the kernel is a stand-in that raises."""
     lk = portable.lerp_kernel
     calls = []
-    stub_first_launch(monkeypatch, lk, RuntimeError("ptxas not found\nmore"), calls, "LOW_WEIGHT",
+    stub_first_launch(monkeypatch, lk, RuntimeError("ptxas not found\nmore"), calls, "HAS_SKIP",
                       (None,) * 3 + (torch.zeros(3, dtype=torch.int32),) * 2)
     ema, src = [torch.zeros(8)], [torch.ones(8, dtype=torch.bfloat16)]
     with pytest.warns(RuntimeWarning, match="did not compile or launch .RuntimeError: ptxas not found."):
         assert lk.lerp_(ema, src, 1e-3) is False
-    assert "ptxas not found" in lk._unavailable and calls == [True]
-    assert lk.lerp_(ema, src, 1e-3) is False and calls == [True]  # off for the process: not tried again
+    assert "ptxas not found" in lk._unavailable and calls == [False]
+    assert lk.lerp_(ema, src, 1e-3) is False and calls == [False]  # off for the process: not tried again
     assert torch.equal(ema[0], torch.zeros(8))
     # a variant that launched before: its failure is raised
     monkeypatch.setattr(lk, "_unavailable", None)
-    monkeypatch.setattr(lk, "_launched", {(True, False)})  # (LOW_WEIGHT, HAS_SKIP)
-    monkeypatch.setattr(lk, "_kernel", FailingKernel(RuntimeError("illegal memory access"), calls, "LOW_WEIGHT"))
+    monkeypatch.setattr(lk, "_launched", {(False,)})  # (HAS_SKIP,)
+    monkeypatch.setattr(lk, "_kernel", FailingKernel(RuntimeError("illegal memory access"), calls, "HAS_SKIP"))
     with pytest.raises(RuntimeError, match="illegal memory access"):
         lk.lerp_(ema, src, 1e-3)
 
@@ -280,7 +280,7 @@ for weight in (1e-3, 0.75):
         ct, ci = lk.chunk_table(numel, C)
         flag = torch.tensor(skip if skip is not None else 0.0)
         k[(ct.numel(),)](ema[0], src[0], T(tgt_off), T(src_off), T(numel), ct, ci, weight, flag,
-                         LOW_WEIGHT=abs(weight) < 0.5, HAS_SKIP=skip is not None, CHUNK=C, BLOCK=16)
+                         HAS_SKIP=skip is not None, CHUNK=C, BLOCK=16)
         if skip is None:  # torch.lerp's values to fp32 rounding (CPU torch may contract to an FMA)
             plain = ema
             for a, e, s in zip(ema, start, src):

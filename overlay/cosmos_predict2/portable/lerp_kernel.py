@@ -40,7 +40,7 @@ _chunks: dict = {}  # (device, sizes) -> device chunk table
 STATS = {"launches": 0, "tables": 0, "offset_uploads": 0}  # for benchmarks and tests
 _kernel = None  # the jitted kernel, built at first use (importing triton is slow and CUDA-only)
 _unavailable: str | None = None  # why the kernel cannot be used in this process, once known
-_launched: set = set()  # (LOW_WEIGHT, HAS_SKIP) variants that compiled and launched
+_launched: set = set()  # (HAS_SKIP,) variants that compiled and launched
 
 
 def enabled() -> bool:
@@ -61,8 +61,13 @@ def _build_kernel():
 
     @triton.jit
     def _lerp_chunks(tgt, src, tgt_off, src_off, numel, chunk_tensor, chunk_index, weight, skip,
-                     LOW_WEIGHT: tl.constexpr, HAS_SKIP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_SKIP: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+        # torch.lerp's formula by |weight| is chosen at run time, not by a constexpr: the EMA's weight 1 - beta
+        # falls below 0.5 a few steps into a run (iteration 12 of the 2B runs), and a second variant compiled
+        # there (~200 ms on an H200, once per machine) stalled that step (BENCHMARKS 3s); the element-wise select
+        # costs nothing in this memory-bound loop
         pid = tl.program_id(0)
+        low = tl.abs(weight) < 0.5
         t = tl.load(chunk_tensor + pid)
         start = tl.load(chunk_index + pid).to(tl.int64) * CHUNK
         rem = tl.load(numel + t) - start
@@ -75,10 +80,7 @@ def _build_kernel():
             for i in range(0, CHUNK, BLOCK):
                 e = tl.load(tp + i + offs)
                 s = tl.load(sp + i + offs).to(tl.float32)
-                if LOW_WEIGHT:
-                    out = e + weight * (s - e)
-                else:
-                    out = s - (s - e) * (1.0 - weight)
+                out = tl.where(low, e + weight * (s - e), s - (s - e) * (1.0 - weight))
                 tl.store(tp + i + offs, out)
         else:  # the tensor's last chunk (the lerp written again: a @triton.jit helper must be a module global, and
             # this module imports triton only here, so CPU installs without it still import the module)
@@ -86,10 +88,7 @@ def _build_kernel():
                 m = i + offs < rem
                 e = tl.load(tp + i + offs, mask=m)
                 s = tl.load(sp + i + offs, mask=m).to(tl.float32)
-                if LOW_WEIGHT:
-                    out = e + weight * (s - e)
-                else:
-                    out = s - (s - e) * (1.0 - weight)
+                out = tl.where(low, e + weight * (s - e), s - (s - e) * (1.0 - weight))
                 tl.store(tp + i + offs, out, mask=m)
 
     _kernel = _lerp_chunks
@@ -211,14 +210,12 @@ def lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: floa
         return False
     tgt_off, src_off, numel, chunk_tensor, chunk_index = p
     weight = float(weight)
-    low = abs(weight) < 0.5
     has_skip = skip is not None
     why = guarded_launch(
         lambda: _kernel[(chunk_tensor.numel(),)](
             targets[0], sources[0], tgt_off, src_off, numel, chunk_tensor, chunk_index, weight,
-            skip if has_skip else targets[0], LOW_WEIGHT=low, HAS_SKIP=has_skip, CHUNK=CHUNK, BLOCK=BLOCK,
-            num_warps=4),
-        targets[0].device, (low, has_skip), _launched, "lerp_kernel.py", "the EMA update keeps the foreach path")
+            skip if has_skip else targets[0], HAS_SKIP=has_skip, CHUNK=CHUNK, BLOCK=BLOCK, num_warps=4),
+        targets[0].device, (has_skip,), _launched, "lerp_kernel.py", "the EMA update keeps the foreach path")
     if why is not None:
         global _unavailable
         _unavailable = why
