@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Host time of GradClip's choice of gradients per step: the two module walks upstream ran at every step against
+portable/param_sets.py's kept lists (patch grad-clip-keeps-its-parameter-walk). CPU only; it times Python, not
+kernels.
+
+Run from the root of a patched tree:
+
+    python /path/to/bench/bench_grad_clip_host.py [--reps 200]
+
+The model is the Text2Image 2B model's module tree: upstream's MiniTrainDIT with the 2B net's layout (28 blocks,
+adaLN-LoRA, RoPE 3D) as the net plus a second one as the EMA net, at 64 channels instead of 2048. The walks'
+cost depends on the number of modules and parameters, not on their sizes. Every net parameter has a gradient.
+Prints one JSON line: ms per call for the walks and for the kept lists, the module and parameter counts, and
+whether both chose the same parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=200)
+    a = ap.parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    if not os.path.isfile("cosmos_predict2/portable/param_sets.py"):
+        print("error: run bench_grad_clip_host.py from the root of a patched tree (cosmos_predict2/portable/"
+              "param_sets.py not found). Build one with `python -m installer apply --target TREE`.", file=sys.stderr)
+        return 2
+    import torch
+
+    from cosmos_predict2.models.text2image_dit import MiniTrainDIT
+    from cosmos_predict2.portable import param_sets
+
+    net_args = dict(max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16, patch_spatial=2,
+                    patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=28, num_heads=2,
+                    mlp_ratio=4.0, crossattn_emb_channels=32, pos_emb_cls="rope3d", use_adaln_lora=True,
+                    adaln_lora_dim=16, atten_backend="minimal_a2a")
+
+    class Pipe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dit = MiniTrainDIT(**net_args)
+            self.dit_ema = MiniTrainDIT(**net_args).requires_grad_(False)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pipe = Pipe()
+
+    model = Model()
+    net = model.pipe.dit
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def walks():  # upstream GradClip's choice, every step
+        params = [p for p in net.parameters() if p.grad is not None]
+        if len(params) != sum(p.grad is not None for p in model.parameters()):
+            return None
+        return params
+
+    def kept():
+        return param_sets.net_grad_params(model, net)
+
+    def per_call_ms(fn) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(a.reps):
+            fn()
+        return (time.perf_counter() - t) / a.reps * 1e3
+
+    same = [id(p) for p in walks()] == [id(p) for p in kept()]
+    row = dict(bench="grad_clip_host", cpu=platform.processor() or platform.machine(), torch=torch.__version__,
+               modules=sum(1 for _ in model.modules()), net_params=sum(1 for _ in net.parameters()),
+               model_params=sum(1 for _ in model.parameters()), reps=a.reps,
+               walks_ms=round(per_call_ms(walks), 4), kept_ms=round(per_call_ms(kept), 4), same_params=same)
+    row["saved_ms"] = round(row["walks_ms"] - row["kept_ms"], 4)
+    print(json.dumps(row))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
