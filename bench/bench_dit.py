@@ -142,7 +142,20 @@ def set_variant(variant: str):
     return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
 
 
-def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w"):
+def require_tree(script: str, marker: str = "cosmos_predict2/portable") -> bool:
+    """Whether the working directory is a patched tree (`marker` there); it goes first on sys.path. Else one error
+    line naming `script`. Shared by the bench scripts that import the tree."""
+    if not os.path.exists(marker):
+        print(f"error: run {script} from the root of a patched tree ({marker} not found). "
+              "Build one with `python -m installer apply --target TREE`.", file=sys.stderr)
+        return False
+    sys.path.insert(0, os.getcwd())
+    return True
+
+
+def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: int | None = None):
+    """Upstream's 2B net config (tiny: 64 channels, 2 blocks, 4 heads; `blocks` overrides the count), built on
+    `dev` in bf16, train mode: (net, cfg)."""
     from imaginaire.lazy_config import instantiate
 
     if net == "t2i":
@@ -158,6 +171,8 @@ def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w"):
         cfg.sac_config.mode = sac_mode
     if tiny:
         cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
+    if blocks:
+        cfg.num_blocks = blocks
     torch.manual_seed(0)
     with torch.device(dev):
         net = instantiate(cfg)
@@ -471,10 +486,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile-trace", default=None,
                     help="with --profile: write the profiled steps' Chrome trace here (bench/trace_gaps.py reads it)")
     args = ap.parse_args(argv)
-    sys.path.insert(0, os.getcwd())
-    if not os.path.isdir("cosmos_predict2/portable"):
-        print("error: run bench_dit.py from the root of a patched tree (cosmos_predict2/portable not found). "
-              "Build one with `python -m installer apply --source ... --target TREE`.", file=sys.stderr)
+    if not require_tree("bench_dit.py"):
         return 2
     from cosmos_predict2.portable import device as pdev
 

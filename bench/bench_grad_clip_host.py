@@ -28,26 +28,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args(argv)
-    sys.path.insert(0, os.getcwd())
-    if not os.path.isfile("cosmos_predict2/portable/param_sets.py"):
-        print("error: run bench_grad_clip_host.py from the root of a patched tree (cosmos_predict2/portable/"
-              "param_sets.py not found). Build one with `python -m installer apply --target TREE`.", file=sys.stderr)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_dit
+
+    if not bench_dit.require_tree("bench_grad_clip_host.py", "cosmos_predict2/portable/param_sets.py"):
         return 2
     import torch
 
-    from cosmos_predict2.models.text2image_dit import MiniTrainDIT
     from cosmos_predict2.portable import param_sets
-
-    net_args = dict(max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16, patch_spatial=2,
-                    patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=28, num_heads=2,
-                    mlp_ratio=4.0, crossattn_emb_channels=32, pos_emb_cls="rope3d", use_adaln_lora=True,
-                    adaln_lora_dim=16, atten_backend="minimal_a2a")
 
     class Pipe(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.dit = MiniTrainDIT(**net_args)
-            self.dit_ema = MiniTrainDIT(**net_args).requires_grad_(False)
+            self.dit = bench_dit.build_net("cpu", True, None, "t2i", blocks=28)[0]
+            self.dit_ema = bench_dit.build_net("cpu", True, None, "t2i", blocks=28)[0].requires_grad_(False)
 
     class Model(torch.nn.Module):
         def __init__(self):

@@ -435,26 +435,6 @@ def run_trainer(args, extra: list[str]) -> dict:
 
 
 # ---------------------------------------------------------------- bare side: bench_dit's step ----------------------
-def build_bare_net(dev, tiny: bool, blocks: int | None, sac_mode: str | None = None):
-    """bench_dit.build_net(dev, tiny, None, "t2i") with --blocks and --bare-sac applied (tiny: 64 channels, 4 heads)."""
-    import copy
-
-    from cosmos_predict2.configs.base.config_text2image import _PREDICT2_TEXT2IMAGE_NET_2B as NET
-    from imaginaire.lazy_config import instantiate
-
-    cfg = copy.deepcopy(NET)
-    if tiny:
-        cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
-    if blocks:
-        cfg.num_blocks = blocks
-    if sac_mode:
-        cfg.sac_config.mode = sac_mode
-    torch.manual_seed(0)
-    with torch.device(dev):
-        net = instantiate(cfg)
-    return net.to(device=dev, dtype=torch.bfloat16).train()
-
-
 def run_bare(args) -> dict:
     sys.path.insert(0, os.getcwd())
     sys.path.insert(0, HERE)
@@ -470,7 +450,7 @@ def run_bare(args) -> dict:
     bench_dit.set_variant("ours_cb" if block_compile.requested() and not args.count else "ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
-    net = build_bare_net(dev, tiny, args.blocks, args.bare_sac)
+    net, _ = bench_dit.build_net(dev, tiny, args.bare_sac, "t2i", args.blocks)
     x, kw, target, _S = bench_dit.inputs(dev, "t2i", tiny, "t2i")
     opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
                     betas=(0.9, 0.99), eps=1e-8, master_weights=True, capturable=True)
@@ -540,9 +520,10 @@ def main(argv=None) -> int:
                          "e.g. none (trainer side: -- model.config.pipe_config.net.sac_config.mode=none)")
     ap.add_argument("overrides", nargs="*", help="after --: extra key=value overrides for the trainer run")
     args = ap.parse_args(argv)
-    if not os.path.isdir("cosmos_predict2/portable"):
-        print("error: run trainer_overhead.py from the root of a patched tree (cosmos_predict2/portable not found). "
-              "Build one with `python -m installer apply --target TREE`.", file=sys.stderr)
+    sys.path.insert(0, HERE)
+    import bench_dit
+
+    if not bench_dit.require_tree("trainer_overhead.py"):
         return 2
     rows = []
     if args.side in ("both", "bare"):

@@ -7,9 +7,9 @@ took ~8 ms of host time per step on a 2-core CPU (bench/bench_grad_clip_host.py)
 the optimizer step, where the device has nothing queued: in an H200 trace of the Text2Image 2B step, GradClip's
 host time before its first kernel was 12.7 ms of device idle (BENCHMARKS 3s).
 
-Here the two walks' lists are kept for one (model, net) and used until a module or a parameter is registered anywhere in the
-process. torch's global registration hooks bump a counter then: `module.x = nn.Parameter(...)`, `add_module`, a
-LoRA adapter set up later. Which parameters hold a gradient is still read at every step, from the kept lists (~0.1
+Here the two walks' lists are kept for one (model, net) and used until a module or a parameter is registered
+anywhere in the process. torch's global registration hooks bump a counter then: `module.x = nn.Parameter(...)`,
+`add_module`, a LoRA adapter set up later. Which parameters hold a gradient is still read at every step, from the kept lists (~0.1
 ms), so `requires_grad` changes and gradients set to None are seen as before.
 Not seen (the cache is not dropped): a parameter put straight into `module._parameters` (FSDP2 does so to swap
 sharded and unsharded views of the same parameters, which does not change the set), and a submodule deleted without
@@ -40,12 +40,8 @@ def _ensure_hooks() -> None:
         _hooked = True
 
 
-def _dropped(_ref) -> None:
-    _cache.clear()
-
-
-def forget() -> None:
-    """Drop the kept walk: the next call walks the modules again."""
+def forget(_ref=None) -> None:
+    """Drop the kept walk: the next call walks the modules again. Also the weak references' callback (`_ref`)."""
     _cache.clear()
 
 
@@ -57,7 +53,7 @@ def net_grad_params(model: torch.nn.Module, net: torch.nn.Module) -> list[torch.
     entry = _cache.get("entry")
     if entry is None or entry[0] != _version or entry[1]() is not model or entry[2]() is not net:
         # the lists hold the parameters: dropped with the model or the net, so a deleted model's memory is freed
-        entry = (_version, weakref.ref(model, _dropped), weakref.ref(net, _dropped), list(net.parameters()),
+        entry = (_version, weakref.ref(model, forget), weakref.ref(net, forget), list(net.parameters()),
                  list(model.parameters()))
         _cache["entry"] = entry
     params = [p for p in entry[3] if p.grad is not None]
