@@ -103,5 +103,4 @@ def upstream_source(request) -> Path | None:
     for env in ("COSMOS_TEST_TREE", "COSMOS_SDIST_DIR"):
         if os.environ.get(env) and (Path(os.environ[env]) / "cosmos_predict2" / "data").is_dir():
             return Path(os.environ[env])
-    default = Path("/work/cache/cosmos_predict2-1.0.9")  # where the dev machines unpack the sdist
-    return default if (default / "cosmos_predict2" / "data").is_dir() else None
+    return None

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# a local clone of upstream with its full history, beside the checkout (COSMOS_OVERLAY_TEST_MIRROR: elsewhere); the
+# tests that need one skip without it
+MIRROR = Path(os.environ.get("COSMOS_OVERLAY_TEST_MIRROR", REPO.parent / ".mirror/nvidia-cosmos+cosmos-predict2/repo"))
 
 
 def cli(*args, env=None, cwd=REPO, timeout=120) -> subprocess.CompletedProcess:

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from inst_helpers import REPO, cli, edit_as_user, one_error_line, sdist_members, snapshot
+from inst_helpers import MIRROR, REPO, cli, edit_as_user, one_error_line, sdist_members, snapshot
 from installer import pin
 
 PIN = pin.default().commit
 
-MIRROR = Path(os.environ.get("COSMOS_OVERLAY_TEST_MIRROR", "/work/.mirror/nvidia-cosmos+cosmos-predict2/repo"))
 SAMPLE = "cosmos_predict2/models/video2world_model.py"
 SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python < 3.10.12 has no filters
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from inst_helpers import REPO, cli, one_error_line
+from inst_helpers import MIRROR, REPO, cli, one_error_line
 from installer import pin
 from installer.errors import InstallerError
 
 PORTED = "661da4774b0ca41d082a0ecbeb47550bcf07e03f"
-MIRROR = Path("/work/.mirror/nvidia-cosmos+cosmos-predict2/repo")
 
 
 def test_every_pin_file_parses_like_tomllib_and_round_trips():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from inst_helpers import REPO, cli, one_error_line
+from inst_helpers import MIRROR, REPO, cli, one_error_line
 from installer import cli as installer_cli
 from installer import digest, patch, pin, port
 from installer.errors import InstallerError
@@ -25,7 +25,6 @@ from installer.errors import InstallerError
 ENV = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "HOME": os.devnull}
 OLD_REV, NEW_REV = "1" * 40, "2" * 40
-MIRROR = Path("/work/.mirror/nvidia-cosmos+cosmos-predict2/repo")
 
 
 def g(repo, *args, stdin=None) -> str:
@@ -256,8 +255,7 @@ def test_port_errors_go_through_the_one_cli_handler(tmp_path, capsys):
         "error: interrupted (Ctrl-C) (port). Run 'python -m installer port --abort' to drop what the port left, "
         "then start it again."]
 
-PORT_COMMAND = ("python -m installer port --upstream /work/.mirror/nvidia-cosmos+cosmos-predict2/repo "
-                "--to 661da4774b0ca41d082a0ecbeb47550bcf07e03f")
+PORT_COMMAND = f"python -m installer port --upstream {MIRROR} --to 661da4774b0ca41d082a0ecbeb47550bcf07e03f"
 
 
 def test_shipped_661da47_series_is_what_the_port_makes(tmp_path):
