@@ -426,3 +426,19 @@ def test_bench_grad_clip_host_compares_walks_and_kept_lists(applied_tree, tmp_pa
     r = subprocess.run([sys.executable, str(BENCH / "bench_grad_clip_host.py")], cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_bench_adam_host_compares_looked_up_and_kept_entries(applied_tree, tmp_path):
+    """bench/bench_adam_host.py in a patched tree: one JSON row with FusedAdam.step()'s host time both ways over the
+    Text2Image 2B net's 567 parameters, the kept way looking nothing up in its timed steps and the kernel path
+    taken (one launch per step, not run); outside a tree, one error line."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_adam_host.py"), "--reps", "3"], cwd=applied_tree,
+                       env=_env(applied_tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = _rows(r.stdout)
+    assert row["bench"] == "adam_host" and row["params"] == 567 and row["launches_per_step"] == 1
+    assert row["lookups_per_step_lookup"] == 1 and row["lookups_per_step_kept"] == 0
+    assert row["lookup_ms"] > 0 and row["kept_ms"] > 0
+    r = subprocess.run([sys.executable, str(BENCH / "bench_adam_host.py")], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1

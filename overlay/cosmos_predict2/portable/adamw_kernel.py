@@ -152,7 +152,7 @@ def _device_plan(lists):
     dev = lists[0][0].device
     static = [lists[0], *lists[2:]]
     skey = (dev, *(tuple(map(torch.Tensor.data_ptr, lst)) for lst in static),
-            tuple(t.numel() for t in lists[0]), tuple(lst[0].dtype for lst in static))
+            tuple(map(torch.Tensor.numel, lists[0])), tuple(lst[0].dtype for lst in static))
     fixed = _plans.get(skey)
     if fixed is None:
         shapes = [t.shape for t in lists[0]]

@@ -33,11 +33,14 @@ This class keeps its constructor and semantics on torch's `_foreach_*` kernels (
   0-dim device flag is 1 (its `found_inf`, as AMP uses it); `redo_skipped_step()` then runs that step again, with
   the learning rate and step count it had. GradClip's finite check after the step (portable/shards.py
   LateFiniteClip) uses the pair so that the host does not wait for the backward before launching the step.
+- each parameter's local shard, moments and master are looked up once and kept while the same parameters have
+  gradients at the same storages (`_layout`): the step's host work per parameter is then the gradient alone.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from itertools import chain
 
 import torch
@@ -53,6 +56,7 @@ except ImportError:  # torch builds without distributed
     distribute_tensor = None
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+STATS = {"entry_builds": 0}  # for benchmarks and tests: how often step() looked its parameters' entries up
 
 
 def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
@@ -66,12 +70,52 @@ def _scalar(x) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
+_IS_SPARSE = operator.attrgetter("is_sparse")
+_DTYPE = operator.attrgetter("dtype")
+
+
+class _Layout:
+    """One param group's step, kept between steps (FusedAdam._layout): per parameter with a gradient its local shard,
+    moments and master (`fixed`, by index); per device the indices of its parameters and the sets that
+    portable/adamw_kernel.py takes in one launch each, with their lists (work, moments, parameters) built once."""
+
+    __slots__ = ("key", "fixed", "devices")
+
+    def __init__(self, key: tuple, fixed: list, grad_dtypes: tuple) -> None:
+        self.key, self.fixed = key, fixed
+        by_device: dict = {}
+        for i, f in enumerate(fixed):
+            by_device.setdefault(f[0].device, []).append(i)
+        self.devices = []  # (device, indices, kernel sets: (indices, work, exp_avgs, exp_avg_sqs, params or None))
+        for dev, idx in by_device.items():
+            sets: dict = {}
+            for i in idx:
+                local, _, _, master = fixed[i]
+                if master is None and local.dtype != torch.float32:
+                    continue  # low precision without a master: the transient fp32 copy of _update
+                sets.setdefault((master is not None, grad_dtypes[i], local.dtype), []).append(i)
+            kernel_sets = [
+                (ii, [fixed[i][3] if has_master else fixed[i][0] for i in ii], [fixed[i][1] for i in ii],
+                 [fixed[i][2] for i in ii], [fixed[i][0] for i in ii] if has_master else None)
+                for (has_master, _, _), ii in sets.items()
+            ]
+            self.devices.append((dev, idx, kernel_sets))
+
+    def entries(self, idx: list, grads: list) -> list:
+        """(param local, grad local, exp_avg, exp_avg_sq, master or None) for the parameters at `idx`."""
+        f = self.fixed
+        return [(f[i][0], grads[i], f[i][1], f[i][2], f[i][3]) for i in idx]
+
+
 class FusedAdam(torch.optim.Optimizer):
     # step() copies every master it updated back into its parameter (rounded once), so imaginaire's
     # LowPrecisionCallback, which reads this flag (patch low-precision-callback-skips-written-back-masters), skips
     # its master -> parameter copy after the step: rewriting the same values cost ~1,700 DTensor ops and one copy of
     # all parameters per step on the 2B net.
     masters_written_back = True
+    # step() keeps each parameter's local shard, moments and master between steps (_layout); False looks them up
+    # again at every step, as before (bench/bench_adam_host.py runs both)
+    keep_entries = True
 
     def __init__(
         self,
@@ -110,6 +154,8 @@ class FusedAdam(torch.optim.Optimizer):
         self._grad_scale: torch.Tensor | None = None  # for the next step() only (scale_grads_in_next_step)
         self._sanitize = False  # for the next step() only (sanitize_next_step)
         self._skippable: list = []  # (group, step count before, lr) of the last step() taken with a flag
+        self._kept: dict = {}  # id(group) -> _Layout: see _layout
+        self._generation = 0  # bumped when masters or state are dropped or loaded: kept entries are then rebuilt
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
 
@@ -118,6 +164,11 @@ class FusedAdam(torch.optim.Optimizer):
     def reset_master_weights(self) -> None:
         """Drop the fp32 masters; they are cloned again from the parameters at the next step."""
         self._masters.clear()
+        self._forget_entries()
+
+    def _forget_entries(self) -> None:
+        self._kept.clear()
+        self._generation += 1
 
     @property
     def param_groups_master(self) -> list[dict]:
@@ -221,20 +272,8 @@ class FusedAdam(torch.optim.Optimizer):
 
     def _step_group(self, group: dict, lr: float | None = None, found_inf: torch.Tensor | None = None,
                     grad_scale: torch.Tensor | None = None, sanitize: bool = False) -> None:
-        entries = []  # (param local, grad local, exp_avg, exp_avg_sq, master or None)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise UserRuntimeError("FusedAdam does not support sparse gradients (portable.optim).")
-            local = local_shard(p)
-            if local.dtype not in (torch.float32, *_LOW_PRECISION):
-                raise UserRuntimeError(
-                    f"FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim)."
-                )
-            m, v = self._moments(p)
-            entries.append((local, local_shard(p.grad), m, v, self._master_for(p)))
-        if not entries:
+        layout, grads = self._layout(group)
+        if layout is None:
             return
         group["step"] = int(_scalar(group.get("step", 0))) + 1
         step = group["step"]
@@ -246,20 +285,18 @@ class FusedAdam(torch.optim.Optimizer):
 
         # Per device, in buckets of upcast.BUCKET_NUMEL elements: each foreach call stays on one device and the
         # fp32 copies of bf16 grads fit the upcast buffer.
-        by_device: dict = {}
-        for e in entries:
-            by_device.setdefault(e[0].device, []).append(e)
         fused_step = step if group.get("bias_correction", True) else None  # the fused kernel always corrects
-        for dev, dev_entries in by_device.items():
+        for dev, idx, kernel_sets in layout.devices:
             scale = grad_scale.to(dev) if grad_scale is not None else None
             if found_inf is not None and not (self.uses_fused_kernel(dev) and fused_step is not None):
                 raise UserRuntimeError(f"FusedAdam: a skip flag was given for {dev.type} parameters, where the "
                                        "foreach path cannot read it (portable.optim). Check can_skip_on_device first.")
             if self.uses_fused_kernel(dev):  # one Triton launch per (master?, dtypes) set where it applies
-                dev_entries = self._kernel_update(dev_entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf,
-                                                  scale, sanitize)
-                if not dev_entries:
+                idx = self._kernel_update(idx, kernel_sets, grads, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf,
+                                          scale, sanitize)
+                if not idx:
                     continue
+            dev_entries = layout.entries(idx, grads)  # (param local, grad local, exp_avg, exp_avg_sq, master)
             if sanitize:  # the entries the kernel did not take: upstream's in-place nan_to_num, before the scale
                 for e in dev_entries:
                     torch.nan_to_num(e[1], nan=0.0, posinf=0.0, neginf=0.0, out=e[1])
@@ -274,25 +311,52 @@ class FusedAdam(torch.optim.Optimizer):
             for a, b in upcast.buckets([e[0] for e in dev_entries]):
                 self._update(dev_entries[a:b], lr, beta1, beta2, eps, wd, bc1, bc2, steps, found_inf)
 
-    def _kernel_update(self, entries, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf, grad_scale,
+    def _layout(self, group: dict):
+        """(the group's _Layout, the local shards of its gradients), or (None, None) when no parameter has one.
+        The layout is kept from the last step while the same parameters have gradients of the same dtypes, their
+        local shards are the same tensors at the same storages, and no master or state was dropped or loaded since:
+        looking each parameter up costs ~3.6 us, its grouping for the kernel as much again (5 ms per step of the 2B
+        net's 567 on a 2-core CPU, bench/bench_adam_host.py), host time between the backward and the optimizer's
+        launch (BENCHMARKS 3s). A parameter that moves to a new storage (`.data` assigned, a new shard) is looked
+        up again, its master kept if the shape and device did not change, as before; values written into the
+        parameters in place need reset_master_weights(), as before."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return None, None
+        grads = [p.grad for p in params]
+        if any(map(_IS_SPARSE, grads)):
+            raise UserRuntimeError("FusedAdam does not support sparse gradients (portable.optim).")
+        grads = list(map(local_shard, grads))
+        locals_ = list(map(local_shard, params))
+        key = (self._generation, tuple(map(id, params)), tuple(map(id, locals_)),
+               tuple(map(torch.Tensor.data_ptr, locals_)), tuple(map(_DTYPE, grads)))
+        layout = self._kept.get(id(group)) if self.keep_entries else None
+        if layout is None or layout.key != key:
+            layout = _Layout(key, [self._fixed_entry(p, local) for p, local in zip(params, locals_)], key[-1])
+            self._kept[id(group)] = layout
+            STATS["entry_builds"] += 1
+        return layout, grads
+
+    def _fixed_entry(self, p: torch.Tensor, local: torch.Tensor) -> tuple:
+        if local.dtype not in (torch.float32, *_LOW_PRECISION):
+            raise UserRuntimeError(f"FusedAdam supports fp32/bf16/fp16 parameters, got {local.dtype} (portable.optim).")
+        m, v = self._moments(p)
+        return local, m, v, self._master_for(p)
+
+    def _kernel_update(self, idx, kernel_sets, grads, lr, beta1, beta2, eps, wd, bc1, bc2, found_inf, grad_scale,
                        sanitize: bool = False) -> list:
-        """portable/adamw_kernel.py for the entries it takes (fp32 work tensors: masters, or fp32 parameters); the
-        entries left for the other paths are returned."""
-        sets: dict = {}
-        for e in entries:
-            if e[4] is None and e[0].dtype != torch.float32:
-                continue  # low precision without a master: the transient fp32 copy of _update
-            sets.setdefault((e[4] is not None, e[1].dtype, e[0].dtype), []).append(e)
-        done = set()
-        for (has_master, _, _), es in sets.items():
-            work = [e[4] if has_master else e[0] for e in es]
-            if adamw_kernel.step_(work, [e[1] for e in es], [e[2] for e in es], [e[3] for e in es],
-                                  [e[0] for e in es] if has_master else None, lr=lr, beta1=beta1, beta2=beta2,
-                                  eps=eps, weight_decay=wd, adamw=self.adam_w_mode, bias_correction1=bc1,
+        """portable/adamw_kernel.py for the sets it takes (fp32 work tensors: masters, or fp32 parameters); the
+        indices left for the other paths are returned."""
+        done: set = set()
+        for ii, work, exp_avgs, exp_avg_sqs, params in kernel_sets:
+            if adamw_kernel.step_(work, [grads[i] for i in ii], exp_avgs, exp_avg_sqs, params, lr=lr, beta1=beta1,
+                                  beta2=beta2, eps=eps, weight_decay=wd, adamw=self.adam_w_mode, bias_correction1=bc1,
                                   bias_correction2=bc2, grad_scale=grad_scale, found_inf=found_inf,
                                   sanitize=sanitize):
-                done.update(id(e) for e in es)
-        return [e for e in entries if id(e) not in done] if done else entries
+                done.update(ii)
+        if len(done) == len(idx):
+            return []
+        return [i for i in idx if i not in done] if done else idx
 
     def _update(self, bucket, lr, beta1, beta2, eps, wd, bc1, bc2, fused_step: torch.Tensor | None = None,
                 found_inf: torch.Tensor | None = None) -> None:
@@ -361,6 +425,7 @@ class FusedAdam(torch.optim.Optimizer):
             if "step" in group:
                 group["step"] = int(_scalar(group["step"]))
         self._masters.clear()  # rebuilt from the (possibly just loaded) parameters at the next step
+        self._forget_entries()  # the kept entries name the old moments
 
     @staticmethod
     def _fp32_like(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
