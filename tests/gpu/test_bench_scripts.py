@@ -442,3 +442,19 @@ def test_bench_adam_host_compares_looked_up_and_kept_entries(applied_tree, tmp_p
     r = subprocess.run([sys.executable, str(BENCH / "bench_adam_host.py")], cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_bench_sac_policy_compares_fresh_and_kept_answers(applied_tree, tmp_path):
+    """bench/bench_sac_policy.py in a patched tree: one JSON row from the ops the 28-block Text2Image net's
+    checkpointing policies asked about in one step (two attention ops per block among them), both ways giving the
+    same answers; outside a tree, one error line."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sac_policy.py"), "--reps", "2"], cwd=applied_tree,
+                       env=_env(applied_tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = _rows(r.stdout)
+    assert row["bench"] == "sac_policy" and row["same_answers"] is True and row["blocks"] == 28
+    assert row["attention_ops_per_step"] == 2 * 28 and row["ops_asked_per_step"] > 1000
+    assert row["afresh_ms"] > 0 and row["kept_ms"] > 0
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sac_policy.py")], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1

@@ -57,3 +57,32 @@ def test_sac_follows_the_backend_registry(portable):
     finally:
         del att.BACKENDS["mine"]
     assert not portable.sac.is_attention_op("myns.my_new_attention.default")
+
+
+def test_answers_are_kept_per_op_until_the_registry_changes(portable):
+    """A checkpoint policy asks about every op of every block at every step: each op is named and matched once
+    (bench/bench_sac_policy.py), and asked again after a backend is registered or removed."""
+    named = []
+
+    class Op:  # an op object as the policies receive one, hashable by identity, counting how often it is named
+        def __init__(self, name):
+            self.name = name
+
+        def __str__(self):
+            named.append(self.name)
+            return self.name
+
+    att, sac = portable.attention, portable.sac
+    mm, mine = Op("aten.mm.default"), Op("myns.my_kept_attention.default")
+    for _ in range(50):
+        assert not sac.is_attention_op(mm) and not sac.is_attention_op(mine)
+    assert sorted(named) == ["aten.mm.default", "myns.my_kept_attention.default"]
+    att.register(att.Backend("kept", ("cpu",), lambda q, k, v, p: "not for auto use", lambda q, k, v, p: q,
+                             saved_ops=("my_kept_attention",)))
+    try:
+        assert sac.is_attention_op(mine) and sac.is_attention_op(mine) and not sac.is_attention_op(mm)
+        assert named.count("myns.my_kept_attention.default") == 2
+    finally:
+        del att.BACKENDS["kept"]
+    assert not sac.is_attention_op(mine)
+    assert named.count("myns.my_kept_attention.default") == 3
