@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Host time of GradClip's choice of gradients per step: the two module walks upstream ran at every step against
-portable/param_sets.py's kept lists (patch grad-clip-keeps-its-parameter-walk). CPU only; it times Python, not
-kernels.
+"""Host time of GradClip's choice of gradients and of the EMA update's pairing per step: the module walks upstream
+ran at every step against portable/param_sets.py's kept lists (patches grad-clip-keeps-its-parameter-walk and
+ema-update-keeps-its-parameter-walk). CPU only; it times Python, not kernels.
 
 Run from the root of a patched tree:
 
@@ -10,8 +10,8 @@ Run from the root of a patched tree:
 The model is the Text2Image 2B model's module tree: upstream's MiniTrainDIT with the 2B net's layout (28 blocks,
 adaLN-LoRA, RoPE 3D) as the net plus a second one as the EMA net, at 64 channels instead of 2048. The walks'
 cost depends on the number of modules and parameters, not on their sizes. Every net parameter has a gradient.
-Prints one JSON line: ms per call for the walks and for the kept lists, the module and parameter counts, and
-whether both chose the same parameters.
+Prints one JSON line: ms per call for the walks and for the kept lists (GradClip's, then the EMA update's two
+walks: the net and the EMA net), the module and parameter counts, and whether both chose the same parameters.
 """
 
 from __future__ import annotations
@@ -69,12 +69,22 @@ def main(argv=None) -> int:
             fn()
         return (time.perf_counter() - t) / a.reps * 1e3
 
+    ema_net = model.pipe.dit_ema
+
+    def ema_walks():  # upstream's EMA update, every step: zip(ema.parameters(), net.parameters())
+        return list(ema_net.parameters()), list(net.parameters())
+
+    def ema_kept():
+        return param_sets.parameters(ema_net), param_sets.parameters(net)
+
     same = [id(p) for p in walks()] == [id(p) for p in kept()]
+    same = same and [list(map(id, x)) for x in ema_walks()] == [list(map(id, x)) for x in ema_kept()]
     row = dict(bench="grad_clip_host", cpu=platform.processor() or platform.machine(), torch=torch.__version__,
                modules=sum(1 for _ in model.modules()), net_params=sum(1 for _ in net.parameters()),
                model_params=sum(1 for _ in model.parameters()), reps=a.reps,
                walks_ms=round(per_call_ms(walks), 4), kept_ms=round(per_call_ms(kept), 4), same_params=same)
     row["saved_ms"] = round(row["walks_ms"] - row["kept_ms"], 4)
+    row.update(ema_walks_ms=round(per_call_ms(ema_walks), 4), ema_kept_ms=round(per_call_ms(ema_kept), 4))
     print(json.dumps(row))
     return 0 if same else 1
 

@@ -415,14 +415,15 @@ def test_trace_gaps_bills_idle_device_time_to_the_host(tmp_path):
 
 def test_bench_grad_clip_host_compares_walks_and_kept_lists(applied_tree, tmp_path):
     """bench/bench_grad_clip_host.py in a patched tree: one JSON row with both ways' host time over the Text2Image
-    2B model's module tree (net + EMA net), choosing the same parameters; outside a tree, one error line."""
+    2B model's module tree (net + EMA net), for GradClip and the EMA update, choosing the same parameters; outside a
+    tree, one error line."""
     r = subprocess.run([sys.executable, str(BENCH / "bench_grad_clip_host.py"), "--reps", "3"], cwd=applied_tree,
                        env=_env(applied_tree), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (row,) = _rows(r.stdout)
     assert row["bench"] == "grad_clip_host" and row["same_params"] is True
     assert row["model_params"] == 2 * row["net_params"] and row["modules"] > 2000  # 28 blocks, twice
-    assert row["walks_ms"] > 0 and row["kept_ms"] > 0
+    assert row["walks_ms"] > 0 and row["kept_ms"] > 0 and row["ema_walks_ms"] > 0 and row["ema_kept_ms"] > 0
     r = subprocess.run([sys.executable, str(BENCH / "bench_grad_clip_host.py")], cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1

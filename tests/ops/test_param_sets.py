@@ -90,3 +90,24 @@ def test_kept_lists_do_not_keep_a_deleted_model_alive(ps):
     del m
     gc.collect()
     assert w() is None and not ps._cache
+
+
+def test_module_parameters_kept_until_a_registration_and_freed_with_the_module(ps, monkeypatch):
+    """parameters(module), for the EMA update's pairing: the walk's list, kept per module until a module or
+    parameter is registered anywhere; a deleted module's parameters are not kept alive."""
+    m = _Model()
+    walks = []
+    real = torch.nn.Module.parameters
+    monkeypatch.setattr(torch.nn.Module, "parameters", lambda self, recurse=True: walks.append(self) or real(self, recurse))
+    for _ in range(5):
+        assert [id(p) for p in ps.parameters(m.net)] == [id(p) for p in real(m.net)]
+        assert [id(p) for p in ps.parameters(m.net_ema)] == [id(p) for p in real(m.net_ema)]
+    assert len(walks) == 2  # one walk per module
+    m.net_ema[1].extra = torch.nn.Parameter(torch.ones(2))  # a registration anywhere: both walked again
+    assert any(p is m.net_ema[1].extra for p in ps.parameters(m.net_ema))
+    assert [id(p) for p in ps.parameters(m.net)] == [id(p) for p in real(m.net)] and len(walks) == 4
+    w = weakref.ref(m.net[0].weight)
+    walks.clear()  # the probe's own references to the modules
+    del m
+    gc.collect()
+    assert w() is None and len(ps._module_params) == 0
