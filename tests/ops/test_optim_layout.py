@@ -133,3 +133,29 @@ def test_kernel_sets_are_kept_and_the_rest_take_the_other_path(portable, monkeyp
         assert all(torch.equal(params[i], before[i]) for i in (0, 1, 3)) and not torch.equal(params[2], before[2])
     assert len(calls) == 4
     assert calls[0][0] is calls[2][0] or calls[0][0] is calls[3][0]  # the kept lists, not rebuilt
+
+
+def test_parameters_without_a_storage_pointer_are_looked_up_every_step(portable, monkeypatch):
+    """A parameter whose data_ptr() raises (tensor subclasses, fake tensors) cannot be keyed by storage: the layout
+    is then built at every step, and the step is the same."""
+    kept_p, fresh_p = _params(), _params()
+    kept = portable.optim.FusedAdam(kept_p, lr=1e-3, master_weights=True)
+    fresh = portable.optim.FusedAdam(fresh_p, lr=1e-3, master_weights=True)
+    real = torch.Tensor.data_ptr
+
+    def no_pointer(t):
+        if any(t is p for p in kept_p):
+            raise RuntimeError("Cannot access data pointer of Tensor that doesn't have storage")
+        return real(t)
+
+    monkeypatch.setattr(torch.Tensor, "data_ptr", no_pointer)
+    before = _builds(portable)
+    for step in range(3):
+        _grads(kept_p, step)
+        kept.step()
+    assert _builds(portable) - before == 3
+    monkeypatch.setattr(torch.Tensor, "data_ptr", real)
+    for step in range(3):
+        _grads(fresh_p, step)
+        fresh.step()
+    assert all(torch.equal(a, b) for a, b in zip(kept_p, fresh_p))

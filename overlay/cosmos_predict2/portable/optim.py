@@ -328,12 +328,17 @@ class FusedAdam(torch.optim.Optimizer):
             raise UserRuntimeError("FusedAdam does not support sparse gradients (portable.optim).")
         grads = list(map(local_shard, grads))
         locals_ = list(map(local_shard, params))
-        key = (self._generation, tuple(map(id, params)), tuple(map(id, locals_)),
-               tuple(map(torch.Tensor.data_ptr, locals_)), tuple(map(_DTYPE, grads)))
-        layout = self._kept.get(id(group)) if self.keep_entries else None
+        try:
+            storages = tuple(map(torch.Tensor.data_ptr, locals_))
+        except RuntimeError:  # a tensor without storage (a subclass, a fake tensor): looked up at every step
+            storages = None
+        grad_dtypes = tuple(map(_DTYPE, grads))
+        key = (self._generation, tuple(map(id, params)), tuple(map(id, locals_)), storages, grad_dtypes)
+        layout = self._kept.get(id(group)) if self.keep_entries and storages is not None else None
         if layout is None or layout.key != key:
-            layout = _Layout(key, [self._fixed_entry(p, local) for p, local in zip(params, locals_)], key[-1])
-            self._kept[id(group)] = layout
+            layout = _Layout(key, [self._fixed_entry(p, local) for p, local in zip(params, locals_)], grad_dtypes)
+            if storages is not None:
+                self._kept[id(group)] = layout
             STATS["entry_builds"] += 1
         return layout, grads
 
