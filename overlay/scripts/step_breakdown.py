@@ -12,7 +12,6 @@ them, nothing waits) or synchronised host stamps (lines written before that fiel
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -75,8 +74,19 @@ def render(bd: dict) -> str:
     return "\n".join(lines)
 
 
+def _user_errors():
+    """scripts/user_errors.py: by this file's folder (`python scripts/step_breakdown.py`, or train_report.py, which
+    runs with it on sys.path), else as `scripts.user_errors`."""
+    try:
+        import user_errors
+    except ImportError:
+        from scripts import user_errors
+    return user_errors
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ue = _user_errors()
+    p = ue.OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("metrics")
     p.add_argument("--skip", type=int, default=0, help="warm-up steps to leave out")
     a = p.parse_args(argv)
@@ -84,17 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.metrics) as f:
             rows = [json.loads(ln) for ln in f if ln.strip()]
     except (OSError, json.JSONDecodeError) as e:
-        print(f"error: cannot read the metrics ({a.metrics}: {type(e).__name__}). Pass a metrics.jsonl file.",
-              file=sys.stderr)
-        return 2
+        err = ue.UserError(f"cannot read the metrics: {type(e).__name__}", a.metrics, "pass a metrics.jsonl file")
+        err.exit_code = 2
+        raise err from None
     bd = summarise(rows, a.skip)
     if bd is None:
-        print(f"error: no step phases in the metrics ({a.metrics}). Run through train.sh (it registers "
-              "StepTimingCallback).", file=sys.stderr)
-        return 1
+        raise ue.UserError("no step phases in the metrics", a.metrics,
+                           "run through train.sh (it registers StepTimingCallback)")
     print(render(bd))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_user_errors().run_main(main))

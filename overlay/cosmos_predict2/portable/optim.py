@@ -315,11 +315,12 @@ class FusedAdam(torch.optim.Optimizer):
         """(the group's _Layout, the local shards of its gradients), or (None, None) when no parameter has one.
         The layout is kept from the last step while the same parameters have gradients of the same dtypes, their
         local shards are the same tensors at the same storages, and no master or state was dropped or loaded since:
-        looking each parameter up costs ~3.6 us, its grouping for the kernel as much again (5 ms per step of the 2B
-        net's 567 on a 2-core CPU, bench/bench_adam_host.py), host time between the backward and the optimizer's
-        launch (BENCHMARKS 3s). A parameter that moves to a new storage (`.data` assigned, a new shard) is looked
-        up again, its master kept if the shape and device did not change, as before; values written into the
-        parameters in place need reset_master_weights(), as before."""
+        looking each parameter up and grouping it for the kernel took 4.6 ms per step of the 2B net's 567 on a
+        2-core CPU, 1.9 ms with the layout kept (bench/bench_adam_host.py), host time between the backward and the
+        optimizer's launch (BENCHMARKS 3s, 3t). A parameter that moves to a new storage (`.data` assigned, a new
+        shard) is looked up again, its master kept if the shape and device did not change, as before; values
+        written into the parameters in place need reset_master_weights(), as before. State replaced other than by
+        load_state_dict() (assigning `opt.state[p]`) is not seen."""
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return None, None
