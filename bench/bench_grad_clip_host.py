@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args(argv)
+    os.environ["COSMOS_DEVICE"] = "cpu"  # host work on the CPU, also on a GPU machine (gpu_suite.sh stage host)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_dit
 
