@@ -111,3 +111,12 @@ def test_module_parameters_kept_until_a_registration_and_freed_with_the_module(p
     del m
     gc.collect()
     assert w() is None and len(ps._module_params) == 0
+
+
+def test_module_parameters_of_an_object_that_is_not_a_module(ps):
+    """Upstream's EMA update takes anything with .parameters() (bench_dit.py passes a Namespace): walked each time."""
+    import argparse
+
+    params = [torch.nn.Parameter(torch.ones(2))]
+    duck = argparse.Namespace(parameters=lambda: iter(params))
+    assert ps.parameters(duck) == params and ps.parameters(duck) == params

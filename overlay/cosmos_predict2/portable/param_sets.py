@@ -71,7 +71,10 @@ def parameters(module: torch.nn.Module) -> list[torch.Tensor]:
     """`list(module.parameters())`, kept until a module or parameter is registered anywhere in the process. The
     caller must not change the list."""
     _ensure_hooks()
-    entry = _module_params.get(module)
+    try:
+        entry = _module_params.get(module)
+    except TypeError:  # not weak-referenceable or not hashable (an object that only has .parameters()): walked
+        return list(module.parameters())
     if entry is None or entry[0] != _version:
         entry = (_version, list(module.parameters()))
         _module_params[module] = entry
