@@ -148,8 +148,8 @@ def _device_plan(targets, sources):
     """(tgt_off, src_off, numel, chunk_tensor, chunk_index) on the device, or why not (a string). Cached twice: the
     chunk table by the tensors' sizes, the offsets by their storages (a new set re-uploads 3 small tables)."""
     dev = targets[0].device
-    key = (dev, tuple(t.data_ptr() for t in targets), tuple(s.data_ptr() for s in sources),
-           tuple(t.numel() for t in targets), sources[0].dtype)
+    key = (dev, tuple(map(torch.Tensor.data_ptr, targets)), tuple(map(torch.Tensor.data_ptr, sources)),
+           tuple(map(torch.Tensor.numel, targets)), sources[0].dtype)
     cached = _plans.get(key)
     if cached is not None:
         return cached
