@@ -21,8 +21,8 @@ def attention_op_fragments() -> tuple[str, ...]:
 
 
 # The answer per op, kept while the registry is unchanged: a checkpoint policy asks for every op a block dispatches
-# (~4,000 per step of the 28-block 2B net with eager blocks), and naming the op and matching every backend's
-# fragments cost ~20 us each, ~80 ms of host time per step on a 2-core CPU (bench/bench_sac_policy.py).
+# (4,531 per step of the 28-block 2B Text2Image net with eager blocks), and naming the op and matching every
+# backend's fragments cost ~5 us each, 25 ms of host time per step on a 2-core CPU (bench/bench_sac_policy.py).
 _answers: dict = {}
 _answers_for: dict = {}  # the attention.BACKENDS the answers were computed from (a copy)
 
