@@ -18,6 +18,11 @@ import sys
 
 import numpy as np
 
+if __package__ != "scripts":  # loaded by path: the tree root makes `scripts` a package, as under -m
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from scripts.user_errors import OneLineParser, UserError, run_main  # noqa: E402
+
 SMOKE_VIDEO_DIR = "datasets/smoke/cosmos_nemo_assets"
 SMOKE_IMAGE_DIR = "datasets/smoke/cosmos_nemo_assets_images"
 SMOKE_VAE = "checkpoints/smoke/tokenizer.pth"
@@ -103,26 +108,14 @@ def write_random_vae(root: str, seed: int) -> str:
     return path
 
 
-def _user_errors():
-    """scripts/user_errors.py: as `scripts.user_errors` under `python -m scripts.make_smoke_dataset`, by its folder
-    when this file is loaded by path."""
-    try:
-        from scripts import user_errors
-    except ImportError:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import user_errors
-    return user_errors
-
-
-def _bad_flag(ue, what: str, where: str, todo: str):
-    e = ue.UserError(what, where, todo)
+def _bad_flag(what: str, where: str, todo: str) -> UserError:
+    e = UserError(what, where, todo)
     e.exit_code = 2  # a usage error, as argparse's
     return e
 
 
 def main(argv: list[str] | None = None) -> int:
-    ue = _user_errors()
-    p = ue.OneLineParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", default=".", help="tree root to write under (default: current directory)")
     p.add_argument("--videos", type=int, default=2)
     p.add_argument("--images", type=int, default=2)
@@ -136,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     for flag, val in (("--size", a.size), ("--width", a.width if a.width is not None else a.size)):
         if val % 16 or val <= 0:
-            raise _bad_flag(ue, f"{val} is not a positive multiple of 16", flag,
+            raise _bad_flag(f"{val} is not a positive multiple of 16", flag,
                             "pass a multiple of 16 (the VAE and the patching need it)")
     if a.frames < 13:
-        raise _bad_flag(ue, f"{a.frames} frames are fewer than the smoke experiments' num_frames", "--frames",
+        raise _bad_flag(f"{a.frames} frames are fewer than the smoke experiments' num_frames", "--frames",
                         "pass --frames 13 or more")
     for flag, val in (("--videos", a.videos), ("--images", a.images)):
         if val < 1:
-            raise _bad_flag(ue, f"{val} is not a positive count", flag, "pass 1 or more")
+            raise _bad_flag(f"{val} is not a positive count", flag, "pass 1 or more")
     rng = np.random.default_rng(a.seed)
     print(write_video_dataset(a.root, a.videos, a.frames, a.size, rng, a.width))
     print(write_image_dataset(a.root, a.images, a.size, rng, a.width))
@@ -153,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_user_errors().run_main(main))
+    sys.exit(run_main(main))

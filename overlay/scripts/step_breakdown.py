@@ -74,18 +74,9 @@ def render(bd: dict) -> str:
     return "\n".join(lines)
 
 
-def _user_errors():
-    """scripts/user_errors.py: by this file's folder (`python scripts/step_breakdown.py`, or train_report.py, which
-    runs with it on sys.path), else as `scripts.user_errors`."""
-    try:
-        import user_errors
-    except ImportError:
-        from scripts import user_errors
-    return user_errors
-
-
 def main(argv: list[str] | None = None) -> int:
-    ue = _user_errors()
+    import user_errors as ue  # this folder is sys.path[0] (run as a file; train_report.py imports this module)
+
     p = ue.OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("metrics")
     p.add_argument("--skip", type=int, default=0, help="warm-up steps to leave out")
@@ -106,4 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_user_errors().run_main(main))
+    import user_errors
+
+    sys.exit(user_errors.run_main(main))

@@ -132,9 +132,10 @@ def save_tiny_pipeline(kind: str, dst: Path, t5_dir: Path | None = None) -> Path
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("text2image", "video2world"):
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import user_errors
+        if __package__ != "scripts":  # run as a file: the tree root makes `scripts` a package, as under -m
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from scripts.user_errors import UserError, die
 
-        user_errors.die(user_errors.UserError("usage: python scripts/tiny_pipelines.py text2image|video2world DIR",
-                                              "command line", "name the kind and the output folder").message, 2)
+        die(UserError("usage: python scripts/tiny_pipelines.py text2image|video2world DIR", "command line",
+                      "name the kind and the output folder").message, 2)
     print(save_tiny_pipeline(sys.argv[1], Path(os.path.abspath(sys.argv[2]))))

@@ -1,6 +1,7 @@
 """The helper scripts' bad input is one line through the shared formatter (portable/user_error.py), with the exit
 status of a usage error: make_smoke_dataset.py, step_breakdown.py and tiny_pipelines.py, run from the overlay as a
-user runs them (`python -m scripts.X` in a tree, or by path)."""
+user runs them (`python -m scripts.make_smoke_dataset` in a tree, or by path; step_breakdown.py as a file, as its
+docstring says)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_step_breakdown_unreadable_and_phaseless_metrics(tmp_path):
     rc, line = _one_line(["step_breakdown", str(tmp_path / "missing.jsonl")])
     assert rc == 2 and "cannot read the metrics: FileNotFoundError" in line and "Pass a metrics.jsonl file" in line
     (tmp_path / "m.jsonl").write_text('{"iteration": 1, "loss": 0.5}\n')
-    rc, line = _one_line(["step_breakdown", str(tmp_path / "m.jsonl")], module=True)
+    rc, line = _one_line(["step_breakdown", str(tmp_path / "m.jsonl")])
     assert rc == 1 and "no step phases in the metrics" in line and "Run through train.sh" in line
 
 
