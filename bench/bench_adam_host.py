@@ -23,18 +23,16 @@ import json
 import os
 import platform
 import sys
-import time
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=100)
     a = ap.parse_args(argv)
-    os.environ["COSMOS_DEVICE"] = "cpu"  # host work on the CPU, also on a GPU machine (gpu_suite.sh stage host)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_dit
 
-    if not bench_dit.require_tree("bench_adam_host.py", "cosmos_predict2/portable/adamw_kernel.py"):
+    if not bench_dit.require_host_tree("bench_adam_host.py", "cosmos_predict2/portable/adamw_kernel.py"):
         return 2
     import torch
 
@@ -64,10 +62,7 @@ def main(argv=None) -> int:
         step()
         builds = optim.STATS["entry_builds"]
         launched.clear()
-        t = time.perf_counter()
-        for _ in range(a.reps):
-            step()
-        ms = (time.perf_counter() - t) / a.reps * 1e3
+        ms = bench_dit.host_ms(step, a.reps, warmup=False)
         return ms, optim.STATS["entry_builds"] - builds
 
     # alternated, twice each: host timings drift with the machine's other work

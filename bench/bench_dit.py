@@ -153,6 +153,25 @@ def require_tree(script: str, marker: str = "cosmos_predict2/portable") -> bool:
     return True
 
 
+def require_host_tree(script: str, marker: str) -> bool:
+    """require_tree for the host-work benches (bench_grad_clip_host.py, bench_adam_host.py, bench_sac_policy.py):
+    they time Python on the CPU, also on a GPU machine (gpu_suite.sh stage host), so the device layer is forced to
+    the CPU before the tree is imported."""
+    os.environ["COSMOS_DEVICE"] = "cpu"
+    return require_tree(script, marker)
+
+
+def host_ms(fn, reps: int, warmup: bool = True) -> float:
+    """Milliseconds per call of `fn` over `reps` calls (after one untimed call unless warmup=False): the host-work
+    benches' timer."""
+    if warmup:
+        fn()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps * 1e3
+
+
 def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: int | None = None):
     """Upstream's 2B net config (tiny: 64 channels, 2 blocks, 4 heads; `blocks` overrides the count), built on
     `dev` in bf16, train mode: (net, cfg)."""

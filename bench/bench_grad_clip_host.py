@@ -21,18 +21,16 @@ import json
 import os
 import platform
 import sys
-import time
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=200)
     a = ap.parse_args(argv)
-    os.environ["COSMOS_DEVICE"] = "cpu"  # host work on the CPU, also on a GPU machine (gpu_suite.sh stage host)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_dit
 
-    if not bench_dit.require_tree("bench_grad_clip_host.py", "cosmos_predict2/portable/param_sets.py"):
+    if not bench_dit.require_host_tree("bench_grad_clip_host.py", "cosmos_predict2/portable/param_sets.py"):
         return 2
     import torch
 
@@ -64,11 +62,7 @@ def main(argv=None) -> int:
         return param_sets.net_grad_params(model, net)
 
     def per_call_ms(fn) -> float:
-        fn()
-        t = time.perf_counter()
-        for _ in range(a.reps):
-            fn()
-        return (time.perf_counter() - t) / a.reps * 1e3
+        return bench_dit.host_ms(fn, a.reps)
 
     ema_net = model.pipe.dit_ema
 

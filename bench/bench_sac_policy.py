@@ -19,18 +19,16 @@ import json
 import os
 import platform
 import sys
-import time
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args(argv)
-    os.environ["COSMOS_DEVICE"] = "cpu"  # host work on the CPU, also on a GPU machine (gpu_suite.sh stage host)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_dit
 
-    if not bench_dit.require_tree("bench_sac_policy.py", "cosmos_predict2/portable/sac.py"):
+    if not bench_dit.require_host_tree("bench_sac_policy.py", "cosmos_predict2/portable/sac.py"):
         return 2
     import torch
 
@@ -62,11 +60,7 @@ def main(argv=None) -> int:
         return [sac.is_attention_op(f) for f in asked]
 
     def per_step_ms(fn) -> float:
-        fn()
-        t0 = time.perf_counter()
-        for _ in range(a.reps):
-            fn()
-        return (time.perf_counter() - t0) / a.reps * 1e3
+        return bench_dit.host_ms(fn, a.reps)
 
     same = afresh() == kept()
     row = dict(bench="sac_policy", cpu=platform.processor() or platform.machine(), torch=torch.__version__,
