@@ -154,8 +154,7 @@ class FusedAdam(torch.optim.Optimizer):
         self._grad_scale: torch.Tensor | None = None  # for the next step() only (scale_grads_in_next_step)
         self._sanitize = False  # for the next step() only (sanitize_next_step)
         self._skippable: list = []  # (group, step count before, lr) of the last step() taken with a flag
-        self._kept: dict = {}  # id(group) -> _Layout: see _layout
-        self._generation = 0  # bumped when masters or state are dropped or loaded: kept entries are then rebuilt
+        self._kept: dict = {}  # id(group) -> _Layout: see _layout; cleared when masters or state are dropped or loaded
         for group in self.param_groups:
             group["lr"] = _scalar(group["lr"])
 
@@ -168,7 +167,6 @@ class FusedAdam(torch.optim.Optimizer):
 
     def _forget_entries(self) -> None:
         self._kept.clear()
-        self._generation += 1
 
     @property
     def param_groups_master(self) -> list[dict]:
@@ -334,7 +332,7 @@ class FusedAdam(torch.optim.Optimizer):
         except RuntimeError:  # a tensor without storage (a subclass, a fake tensor): looked up at every step
             storages = None
         grad_dtypes = tuple(map(_DTYPE, grads))
-        key = (self._generation, tuple(map(id, params)), tuple(map(id, locals_)), storages, grad_dtypes)
+        key = (tuple(map(id, params)), tuple(map(id, locals_)), storages, grad_dtypes)
         layout = self._kept.get(id(group)) if self.keep_entries and storages is not None else None
         if layout is None or layout.key != key:
             layout = _Layout(key, [self._fixed_entry(p, local) for p, local in zip(params, locals_)], grad_dtypes)
