@@ -172,9 +172,10 @@ def host_ms(fn, reps: int, warmup: bool = True) -> float:
     return (time.perf_counter() - t) / reps * 1e3
 
 
-def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: int | None = None):
+def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: int | None = None,
+              dtype: torch.dtype = torch.bfloat16):
     """Upstream's 2B net config (tiny: 64 channels, 2 blocks, 4 heads; `blocks` overrides the count), built on
-    `dev` in bf16, train mode: (net, cfg)."""
+    `dev` in `dtype` (bf16 unless a CPU caller passes the compute-dtype policy's), train mode: (net, cfg)."""
     from imaginaire.lazy_config import instantiate
 
     if net == "t2i":
@@ -195,14 +196,14 @@ def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: i
     torch.manual_seed(0)
     with torch.device(dev):
         net = instantiate(cfg)
-    return net.to(device=dev, dtype=torch.bfloat16).train(), cfg
+    return net.to(device=dev, dtype=dtype).train(), cfg
 
 
-def inputs(dev, res: str, tiny: bool, net: str = "v2w"):
+def inputs(dev, res: str, tiny: bool, net: str = "v2w", dtype: torch.dtype = torch.bfloat16):
     h, w = (4, 8) if tiny else (T2I_LATENT if net == "t2i" else RES[res])
     t = 1 if net == "t2i" else (4 if tiny else LATENT_T)
     g = torch.Generator(device="cpu").manual_seed(1)
-    bf = dict(dtype=torch.bfloat16)
+    bf = dict(dtype=dtype)
     x = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)
     kw = dict(
         timesteps_B_T=torch.rand(1, 1, generator=g).to(dev, **bf),

@@ -7,8 +7,10 @@ Run from the root of a patched tree (`python -m installer apply ... --target TRE
     python /path/to/bench/trainer_overhead.py --full                # GPU: the real 2B Text2Image experiment + 2B bare step
     python /path/to/bench/trainer_overhead.py --side trainer -- trainer.logging_iter=1   # extra trainer overrides
 
-Both sides run the same net (Text2Image DiT; tiny = 2 blocks, 64 channels) in bf16 under one counting
-TorchDispatchMode, with torch.compile off (COSMOS_DISABLE_COMPILE=1: eager op counts, an upper bound of the kernel
+Both sides run the same net (Text2Image DiT; tiny = 2 blocks, 64 channels) in the same dtype: bf16 when counting
+(the ops of the bf16 path a device runs: fp32 masters, LowPrecisionCallback), with --time the compute-dtype policy's
+(fp32 on CPUs without native bf16, where bf16 is 100-200x slower; COSMOS_CPU_DTYPE overrides both). Counting runs
+under one TorchDispatchMode, with torch.compile off (COSMOS_DISABLE_COMPILE=1: eager op counts, an upper bound of the kernel
 launches the compiled run makes; the compiled regions are the same on both sides). With --time compiled code
 runs as configured, and COSMOS_COMPILE_BLOCKS=1 compiles the DiT blocks on both sides (CUDA).
 
@@ -403,8 +405,6 @@ def run_trainer(args, extra: list[str]) -> dict:
         env.update({ENV_OUT: out, ENV_COUNT: "1" if args.count else "0", "IMAGINAIRE_OUTPUT_ROOT": os.path.join(tmp, "run"),
                     "COSMOS_TRAIN_METRICS": os.path.join(tmp, "metrics.jsonl"),
                     "PYTHONPATH": os.pathsep.join([os.getcwd(), HERE, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
-        if not args.full:
-            env.setdefault("COSMOS_CPU_DTYPE", "bf16")  # the bare step's dtype
         if "1" in (env.get(ENV_KEEP), env.get(ENV_ONE_UNIT)):
             env["COSMOS_FSDP_ONE_DEVICE"] = "1"  # both are FSDP2 experiments: one process is plain otherwise
         overrides = [f"trainer.max_iter={args.iters}", "checkpoint.save_iter=100000"]
@@ -431,7 +431,15 @@ def run_trainer(args, extra: list[str]) -> dict:
         mpath = os.path.join(tmp, "metrics.jsonl")
         rows = [json.loads(line) for line in open(mpath)] if os.path.exists(mpath) else []
     return _steady(steps, "trainer", args, exp=exp, overrides=extra, losses=[r.get("loss") for r in rows],
-                   timed_steps=[r["iteration"] for r in rows if r.get("phases_s_per_rank")])
+                   timed_steps=[r["iteration"] for r in rows if r.get("phases_s_per_rank")], dtype=_dtype_name())
+
+
+def _dtype_name() -> str:
+    """The compute dtype both sides run in: the policy's under this process's environment, which the trainer inherits."""
+    sys.path.insert(0, os.getcwd())
+    from cosmos_predict2.portable.precision import compute_dtype
+
+    return str(compute_dtype()).removeprefix("torch.")
 
 
 # ---------------------------------------------------------------- bare side: bench_dit's step ----------------------
@@ -450,8 +458,9 @@ def run_bare(args) -> dict:
     bench_dit.set_variant("ours_cb" if block_compile.requested() and not args.count else "ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
-    net, _ = bench_dit.build_net(dev, tiny, args.bare_sac, "t2i", args.blocks)
-    x, kw, target, _S = bench_dit.inputs(dev, "t2i", tiny, "t2i")
+    dtype = getattr(torch, _dtype_name())  # the trainer side's too: the same policy under the same environment
+    net, _ = bench_dit.build_net(dev, tiny, args.bare_sac, "t2i", args.blocks, dtype=dtype)
+    x, kw, target, _S = bench_dit.inputs(dev, "t2i", tiny, "t2i", dtype=dtype)
     opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
                     betas=(0.9, 0.99), eps=1e-8, master_weights=True, capturable=True)
     counter = Counter(os.getcwd())
@@ -485,7 +494,8 @@ def run_bare(args) -> dict:
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
     del net, opt, x, kw, target
     pdev.empty_cache()  # the trainer run that follows is another process on the same device
-    return _steady(steps, "bare", args, sac_mode=args.bare_sac or "mm_only (the experiment's)")
+    return _steady(steps, "bare", args, sac_mode=args.bare_sac or "mm_only (the experiment's)",
+                   dtype=str(dtype).removeprefix("torch."))
 
 
 def table(rows: list[dict]) -> None:
@@ -525,6 +535,8 @@ def main(argv=None) -> int:
 
     if not bench_dit.require_tree("trainer_overhead.py"):
         return 2
+    if args.count and not args.full:
+        os.environ.setdefault("COSMOS_CPU_DTYPE", "bf16")  # counts of the bf16 path; the trainer run inherits it
     rows = []
     if args.side in ("both", "bare"):
         rows.append(run_bare(args))

@@ -173,3 +173,20 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], cwd=smoke_tree, env=cpu_env(smoke_tree), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_timing_runs_both_sides_in_the_policy_dtype(smoke_tree):
+    """--time follows the compute-dtype policy on both sides (fp32 on CPUs without native bf16, where a forced bf16
+    made a 28-block timing run take 9.5 minutes); counting keeps bf16, the path a device runs."""
+    env = cpu_env(smoke_tree)
+    env.pop("COSMOS_CPU_DTYPE", None)
+    want = subprocess.run(
+        [sys.executable, "-c", "from cosmos_predict2.portable import precision; print(precision.decide('cpu').dtype)"],
+        cwd=smoke_tree, env=env, capture_output=True, text=True, timeout=120).stdout.strip().removeprefix("torch.")
+    assert want in ("float32", "bfloat16"), want
+    proc = subprocess.run([sys.executable, str(PROBE), "--time", "--iters", "2", "--port", str(free_port())],
+                          cwd=smoke_tree, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(r["side"], r["dtype"]) for r in rows] == [("bare", want), ("trainer", want)], rows
+    assert all(loss == loss for loss in rows[1]["losses"]) and len(rows[1]["losses"]) == 2, rows[1]
