@@ -182,8 +182,10 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
 stage_host() {
   ensure_site
   (cd $TREE && runlog host_walks python3 $REPO/bench/bench_grad_clip_host.py \
-    && runlog host_adam python3 $REPO/bench/bench_adam_host.py && runlog host_sac python3 $REPO/bench/bench_sac_policy.py)
+    && runlog host_adam python3 $REPO/bench/bench_adam_host.py && runlog host_sac python3 $REPO/bench/bench_sac_policy.py \
+    && runlog host_monitor python3 $REPO/bench/bench_device_monitor.py)
 }
+stage_monitor() { ensure_site; (cd $TREE && runlog host_monitor python3 $REPO/bench/bench_device_monitor.py); }
 stage_cudatests() { COSMOS_TEST_TREE=$TREE runlog cudatests python3 tests/ops/test_cuda.py ${CUDA_TESTS:-}; }  # CUDA_TESTS: name parts
 # FlashAttention-4 (optional flash_cute attention backend). Its CuTe DSL's cu13 libraries (92 MB as a wheel, 61 MiB
 # as .fa4a/cu13.tar.xz) fill a device call's carry alone, so they travel in a call of their own (carry [".fa4a"],
@@ -453,6 +455,14 @@ stage_t2i_stall_profile() {
   ls -la "$tr" | tee -a "$LOG"
   runlog t2i_stall_gaps python3 $REPO/bench/trace_gaps.py "$tr" --min-gap-ms ${GAP_MS:-1} --top ${GAP_TOP:-12} \
     --host-in-gaps ${GAP_HOST:-3}
+}
+stage_t2i_syncs() {  # where train.sh's steps make the host wait for the device (bench/device/sync_probe.py)
+  ensure_site
+  mkdir -p /tmp/e2e
+  SYNC_PROBE_OUT=/tmp/e2e/t2i_syncs.json SYNC_PROBE_FROM=${SYNC_FROM:-6} PYTHONPATH=$REPO/bench/device:$PYTHONPATH \
+    train_e2e t2i_syncs 1 $T2I ${SYNC_ITERS:-24} $(t2i_cache_args) '++trainer.callbacks.sync_probe={_target_:sync_probe.SyncProbe}'
+  cp /tmp/e2e/t2i_syncs.json "$OUT/" 2>/dev/null
+  runlog t2i_syncs_sites python3 $REPO/bench/device/sync_probe.py /tmp/e2e/t2i_syncs.json
 }
 # the environment of one t2i_work_paths run, by its name (a suffix allowed: new2, old2, ...)
 t2i_paths_env() {

@@ -459,3 +459,32 @@ def test_bench_sac_policy_compares_fresh_and_kept_answers(applied_tree, tmp_path
     r = subprocess.run([sys.executable, str(BENCH / "bench_sac_policy.py")], cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_bench_device_monitor_times_the_sample_pieces(applied_tree, tmp_path):
+    """bench/bench_device_monitor.py in a patched tree on CPU: one JSON row with the host memory and table timings
+    (the device fields are timed on a GPU only); outside a tree, one error line."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_device_monitor.py"), "--reps", "3"], cwd=applied_tree,
+                       env=_env(applied_tree), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (row,) = _rows(r.stdout)
+    assert row["bench"] == "device_monitor" and row["device"] == "cpu" and "torch_readers_ms" not in row
+    assert row["psutil_ms"] > 0 and row["table_ms"] > 0
+    r = subprocess.run([sys.executable, str(BENCH / "bench_device_monitor.py")], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_sync_probe_summary_lists_sites_by_the_steps_they_synchronize(tmp_path):
+    """bench/device/sync_probe.py's summary of a probe file (the trainer side runs on a GPU only): one row per site,
+    the sites that synchronize in most steps first."""
+    data = {"from": 6, "iterations": {"6": [["a.py:1:f", 3], ["b.py:2:g", 1]], "7": [["a.py:1:f", 3]],
+                                      "11": [["c.py:9:h", 2]]}}
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(data))
+    r = subprocess.run([sys.executable, str(BENCH / "device" / "sync_probe.py"), str(path)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    assert rows[0] == {"bench": "sync_probe", "site": "a.py:1:f", "iterations": [6, 7], "per_step": [3, 3]}
+    assert {tuple(x["iterations"]) for x in rows[1:]} == {(6,), (11,)}

@@ -735,6 +735,35 @@ def test_cuda_flash_cute_forward_config_at_odd_shapes(cuda_portable):
         assert (ours.float() - own.float()).abs().max().item() <= 2e-2, (b, sq, sk, h)
 
 
+def test_cuda_host_values_move_without_a_stream_sync(cuda_portable):
+    """portable.device.host_to_device (the conditioner's dropout masks, patch conditioner-dropout-mask-without-sync)
+    and portable.late_read.LateRead (IterSpeed, LossLog, TrainMetricsCallback) do not synchronize the stream: under
+    torch's sync debug mode "error" they run, while the pageable `.type_as` they replace raises there."""
+    import importlib
+
+    dev, late_read = cuda_portable.device, importlib.import_module(cuda_portable.__name__ + ".late_read")
+    x = torch.randn(4, 8, device=DEV, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    mask = torch.bernoulli(0.8 * torch.ones(4))
+    busy = torch.randn(4096, 4096, device=DEV)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            busy = busy @ busy / 64  # queued device work the copies must not wait for
+        moved = dev.host_to_device(mask, x.device, x.dtype)
+        flag = dev.host_to_device(mask[:1].bool(), x.device)
+        late = late_read.LateRead(x.float().sum(), busy[0, :3])
+        with pytest.raises(RuntimeError):
+            mask.type_as(x)  # upstream's pageable copy: a stream sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert moved.dtype == x.dtype and moved.device == x.device and torch.equal(moved.cpu(), mask.to(x.dtype))
+    assert flag.dtype == torch.bool and flag.item() == bool(mask[0])
+    total, row = late.values()
+    assert total.device.type == "cpu" and total.item() == x.float().sum().item()
+    assert torch.equal(row, busy[0, :3].cpu())
+
+
 if __name__ == "__main__":
     from portable_loader import load_with_device
 

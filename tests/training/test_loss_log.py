@@ -1,4 +1,5 @@
-"""LossLog without a host read per step (patches loss-log-no-host-read-per-step, loss-log-reads-one-step-late),
+"""LossLog without a host read per step (patches loss-log-no-host-read-per-step, loss-log-reads-one-step-late,
+loss-log-reads-without-wait),
 driven through upstream's own CallBackGroup in the patched tree, one gloo process: non-finite losses are left out of
 the average exactly as upstream's skip did, each is reported (upstream's message) at the step after the next logging
 iteration or at the end of training, no step reads anything on the host before its backward, and only the step
@@ -27,8 +28,13 @@ messages = []
 log.critical = lambda msg, rank0_only=True: messages.append(msg)
 stats = []
 import cosmos_predict2.callbacks.loss_log as ll
-get_stat = ll._LossRecord.get_stat
-ll._LossRecord.get_stat = lambda self: stats.append(get_stat(self)) or stats[-1]
+log_due = ll.LossLog._log_due
+def recording_log_due(self):  # the figures a log read, when it read them
+    got = log_due(self)
+    if got is not None:
+        stats.append(list(got))
+    return got
+ll.LossLog._log_due = recording_log_due
 
 class Reads(TorchDispatchMode):  # host reads of tensor values, per step
     n = 0

@@ -253,6 +253,24 @@ def synchronize() -> None:
         _accel().synchronize()
 
 
+def host_to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`t.to(device, dtype)` for a small host tensor made during a step, without waiting for the device.
+
+    A copy from pageable host memory makes the host wait until everything queued on the stream has run, so a
+    per-step `.to(device)` of a host tensor keeps the host from ever running ahead of the device. Staged in pinned
+    memory and copied non-blocking it waits for nothing (the caching host allocator keeps the buffer until the copy
+    is done). Same values; where pinning fails the plain copy (which waits)."""
+    if dtype is not None:
+        t = t.to(dtype=dtype)
+    if torch.device(device).type == "cpu" or t.device.type != "cpu":
+        return t.to(device)
+    try:
+        staged = t.pin_memory()
+    except RuntimeError:  # no pinned memory for this accelerator
+        return t.to(device)
+    return staged.to(device, non_blocking=True)
+
+
 def new_stream():
     """A new side stream, or None on CPU (where all work is synchronous anyway)."""
     if DEVICE_TYPE == "cpu":

@@ -38,6 +38,11 @@ try:  # the device layer (same package); guarded so the callback still logs on t
 except ImportError:  # pragma: no cover - only on trees without the portable device layer
     _device = None
 
+try:  # host reads of device values without a wait (same package)
+    from cosmos_predict2.portable.late_read import LateRead
+except ImportError:  # pragma: no cover - only on trees without the portable layer: the loss is read at once
+    LateRead = None
+
 try:  # per-rank step phases (StepTimingCallback, registered by train.sh); absent fields if it is not registered
     from cosmos_predict2.portable.step_timing import take_fields as _step_phases
 except ImportError:  # pragma: no cover
@@ -194,34 +199,19 @@ def _parallel_sizes(config) -> tuple[int, int, int]:
 class _Pending:
     """What a metrics line needs, taken at the step's end without waiting for the device; written one step later."""
 
-    def __init__(self, iteration: int, loss, done, fields: dict) -> None:
-        self.iteration, self.loss, self.done, self.fields = iteration, loss, done, fields
+    def __init__(self, iteration: int, loss, fields: dict) -> None:
+        self.iteration, self.loss, self.fields = iteration, loss, fields
 
     def loss_value(self) -> float:
-        if self.done is not None:
-            self.done.synchronize()  # the host copy below was queued before this event
-        return float(self.loss.item()) if isinstance(self.loss, torch.Tensor) else float(self.loss)
+        return float(self.loss) if isinstance(self.loss, float) else float(self.loss.values()[0])
 
 
 def _host_copy(loss):
-    """(host tensor, event or None): the loss on the host once the event is reached. On a device the copy is queued
-    behind the step into pinned memory; reading it after the event is a host read, not a device synchronization."""
-    if not isinstance(loss, torch.Tensor):
-        return float(loss), None
-    src = loss.detach().reshape(()).to(torch.float64)
-    if src.device.type == "cpu":
-        return src.clone(), None
-    try:
-        buf = torch.empty((), dtype=torch.float64, pin_memory=True)
-    except RuntimeError:  # no pinned memory for this device: a plain copy, which waits for the step
-        return src.cpu(), None
-    buf.copy_(src, non_blocking=True)
-    done = _event()
-    if done is None:  # no events: wait here (the old behaviour)
-        _sync()
-    else:
-        done.record()
-    return buf, done
+    """The loss as a float, or a LateRead of it: on a device the copy is queued behind the step into pinned memory,
+    and reading it a step later is a host read, not a device synchronization."""
+    if not isinstance(loss, torch.Tensor) or LateRead is None:
+        return float(loss)
+    return LateRead(loss.detach().reshape(()).to(torch.float64))
 
 
 class TrainMetricsCallback(Callback):
@@ -279,7 +269,7 @@ class TrainMetricsCallback(Callback):
     def on_training_step_end(self, model, data_batch, output_batch, loss, iteration: int = 0) -> None:
         if iteration % self.every_n:
             return
-        host_loss, done = _host_copy(loss)
+        host_loss = _host_copy(loss)
         step_clock.mark(iteration)
         world, dp, cp = _parallel_sizes(self.config)
         local_bs = _local_batch(self.config, data_batch)
@@ -296,7 +286,7 @@ class TrainMetricsCallback(Callback):
             "rss": _max_rss_bytes(),
             "phases": _step_phases(),  # StepTimingCallback's fields of this step (its marks, read when the line is written)
         }
-        self._pending.append(_Pending(int(iteration), host_loss, done, fields))
+        self._pending.append(_Pending(int(iteration), host_loss, fields))
         while len(self._pending) > 1:
             self._write(self._pending.pop(0))
 
