@@ -84,3 +84,35 @@ def test_loss_log_keeps_nonfinite_losses_out_without_a_read_per_step(smoke_tree,
     assert "reported at iteration 4" in unstable[0]
     assert unstable[1].startswith("Unstable loss inf at iteration 5"), unstable  # at the end of training
     assert "reported at iteration 6" in unstable[1]
+
+
+LONG = r"""
+import json, sys
+import torch, torch.distributed as dist
+from types import SimpleNamespace as NS
+from imaginaire.lazy_config import LazyCall as L
+from imaginaire.utils.callback import CallBackGroup
+import cosmos_predict2.callbacks.loss_log as ll
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+stats = []
+log_due = ll.LossLog._log_due
+ll.LossLog._log_due = lambda self: (lambda got: stats.append(list(got)) if got else None)(log_due(self))
+cfg = NS(trainer=NS(callbacks={"loss_log": L(ll.LossLog)()}, logging_iter=1000))
+group = CallBackGroup(cfg, trainer=None)
+model = NS(is_image_batch=lambda batch: False)
+for it in range(1, 1002):
+    loss = torch.tensor(2.0)
+    group.on_training_step_end(model, {}, {"loss": torch.tensor([2.0])}, loss, iteration=it)
+group.on_train_end(model, iteration=1001)
+print(json.dumps(stats))
+"""
+
+
+def test_logging_iteration_right_after_the_1000_step_report(smoke_tree, tmp_path):
+    """LossLog reports unstable losses every 1000 steps of a long logging interval; a logging iteration on that very
+    step finds no checks left and still logs the interval's average (1000 finite steps)."""
+    r = subprocess.run([sys.executable, "-c", LONG, str(tmp_path / "pg")], cwd=smoke_tree, env=cpu_env(smoke_tree),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [[2.0, 1000]]
