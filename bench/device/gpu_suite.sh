@@ -179,13 +179,13 @@ stage_e2e_cp2() {  # two GPUs; falls back to per-block recompute if upstream's S
 }
 # the machine's host speed on the step's Python (BENCHMARKS 3t): GradClip's and the EMA update's module walks, FusedAdam's
 # per-parameter host work, the checkpointing policy's answers, each before and after, on this host's CPU (seconds)
+stage_monitor() { ensure_site; (cd $TREE && runlog host_monitor python3 $REPO/bench/bench_device_monitor.py); }
 stage_host() {
   ensure_site
   (cd $TREE && runlog host_walks python3 $REPO/bench/bench_grad_clip_host.py \
-    && runlog host_adam python3 $REPO/bench/bench_adam_host.py && runlog host_sac python3 $REPO/bench/bench_sac_policy.py \
-    && runlog host_monitor python3 $REPO/bench/bench_device_monitor.py)
+    && runlog host_adam python3 $REPO/bench/bench_adam_host.py && runlog host_sac python3 $REPO/bench/bench_sac_policy.py) \
+    && stage_monitor
 }
-stage_monitor() { ensure_site; (cd $TREE && runlog host_monitor python3 $REPO/bench/bench_device_monitor.py); }
 stage_cudatests() { COSMOS_TEST_TREE=$TREE runlog cudatests python3 tests/ops/test_cuda.py ${CUDA_TESTS:-}; }  # CUDA_TESTS: name parts
 # FlashAttention-4 (optional flash_cute attention backend). Its CuTe DSL's cu13 libraries (92 MB as a wheel, 61 MiB
 # as .fa4a/cu13.tar.xz) fill a device call's carry alone, so they travel in a call of their own (carry [".fa4a"],

@@ -37,10 +37,6 @@ class LateRead:
         else:
             self._done.record()
 
-    def ready(self) -> bool:
-        """True once the values can be read without waiting."""
-        return self._done is None or self._done.query()
-
     def values(self) -> list[torch.Tensor]:
         """The host copies (waits only for the copies themselves, if they are not done yet)."""
         if self._done is not None:
