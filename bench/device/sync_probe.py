@@ -30,6 +30,12 @@ except ImportError:  # the summary side runs outside the tree
 MARK = "synchronizing CUDA operation"
 
 
+def _on_cuda() -> bool:
+    from cosmos_predict2.portable import device  # the one place that decides the device
+
+    return device.is_cuda()
+
+
 def _site(stack, root: str) -> str:
     """The innermost frames of the tree (or torch's optimizer / utils) that led to the warning, innermost last."""
     keep = []
@@ -61,7 +67,7 @@ class SyncProbe(_Callback):
         import torch
 
         self.iteration = iteration + 1  # the number it ends with (metrics' numbering); data loading before this
-        if self.iteration == self.start and torch.cuda.is_available():  # hook is billed to the step that ended
+        if self.iteration == self.start and _on_cuda():  # hook is billed to the step that ended
             self._show = warnings.showwarning
             warnings.showwarning = self._showwarning
             warnings.filterwarnings("always", message=".*" + MARK)
@@ -76,7 +82,7 @@ class SyncProbe(_Callback):
     def on_train_end(self, model, iteration: int = 0) -> None:
         import torch
 
-        if torch.cuda.is_available():
+        if _on_cuda():
             torch.cuda.set_sync_debug_mode("default")
 
 
