@@ -21,22 +21,6 @@ import os
 import sys
 
 
-def torch_readers_sample() -> dict:
-    """The NVML fields and the driver's memory, as portable/monitor.py reads them for DeviceMonitor."""
-    import torch
-
-    out = {}
-    for key, fn in (("temp", torch.cuda.temperature), ("power", torch.cuda.power_draw),
-                    ("util", torch.cuda.utilization), ("clock", torch.cuda.clock_rate)):
-        try:
-            out[key] = fn()
-        except Exception:
-            out[key] = 0
-    free, total = torch.cuda.mem_get_info()
-    out["nvml_used_gpu_mem_gb"], out["nvml_free_gpu_mem_gb"] = (total - free) / 2**30, free / 2**30
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=50)
@@ -63,7 +47,7 @@ def main(argv=None) -> int:
                reps=a.reps)
     if device.device_type() == "cuda":
         keep = torch.empty(1 << 28, device="cuda")  # a live context with memory in use, as in training
-        row["torch_readers_ms"] = round(bench_dit.host_ms(torch_readers_sample, a.reps), 3)
+        row["torch_readers_ms"] = round(bench_dit.host_ms(monitor._cuda_nvml_fields, a.reps), 3)
         row["device_sample_ms"] = round(bench_dit.host_ms(monitor.device_sample, a.reps), 3)
         del keep
     proc = psutil.Process(os.getpid())

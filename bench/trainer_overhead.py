@@ -458,7 +458,8 @@ def run_bare(args) -> dict:
     bench_dit.set_variant("ours_cb" if block_compile.requested() and not args.count else "ours")
     if args.count:
         os.environ["COSMOS_DISABLE_COMPILE"] = "1"  # set_variant turns it on for the non-anchor variants
-    dtype = getattr(torch, _dtype_name())  # the trainer side's too: the same policy under the same environment
+    dtype_name = _dtype_name()  # the trainer side's too: the same policy under the same environment
+    dtype = getattr(torch, dtype_name)
     net, _ = bench_dit.build_net(dev, tiny, args.bare_sac, "t2i", args.blocks, dtype=dtype)
     x, kw, target, _S = bench_dit.inputs(dev, "t2i", tiny, "t2i", dtype=dtype)
     opt = FusedAdam([p for p in net.parameters() if p.requires_grad], lr=2**-15, weight_decay=0.1,
@@ -494,8 +495,7 @@ def run_bare(args) -> dict:
     steps = {str(s): counter.summary(s) for s in sorted(counter.steps)}
     del net, opt, x, kw, target
     pdev.empty_cache()  # the trainer run that follows is another process on the same device
-    return _steady(steps, "bare", args, sac_mode=args.bare_sac or "mm_only (the experiment's)",
-                   dtype=str(dtype).removeprefix("torch."))
+    return _steady(steps, "bare", args, sac_mode=args.bare_sac or "mm_only (the experiment's)", dtype=dtype_name)
 
 
 def table(rows: list[dict]) -> None:
