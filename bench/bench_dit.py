@@ -28,6 +28,8 @@ Variants (each rebuilds the net from the same seed):
 - ours_nosac: our ops, no activation checkpointing (memory permitting).
 - ours_linsa: our ops, upstream's "linear_selfattn" SAC mode (saves every matmul and the attention: less
   recomputation than predict2_2b_720, more memory).
+- ours_lean: our ops, the "attention_only" SAC mode (patch sac-attention-only-mode: saves the self-attention output
+  only and recomputes every matmul: the least memory, 16 D^2 more FLOPs per token and block than ours).
 - <variant>_cb (e.g. ours_cb, ours_nosac_cb): that variant with every DiT block compiled whole (one torch.compile
   graph per block forward and backward, SAC traced with it; portable/block_compile.py, COSMOS_COMPILE_BLOCKS=1).
   The row adds dynamo's counts (graphs, graph breaks, recompiles): a variant that fell back to eager says so.
@@ -139,7 +141,7 @@ def set_variant(variant: str):
     adaln.ENABLED = variant not in ("anchor", "ours_unfused")
     _DEFAULT_MIN.setdefault("numel", adaln.FUSE_MIN_NUMEL)
     adaln.FUSE_MIN_NUMEL = 0 if variant == "ours_fuseall" else _DEFAULT_MIN["numel"]
-    return {"ours_nosac": "none", "ours_linsa": "linear_selfattn"}.get(variant)
+    return {"ours_nosac": "none", "ours_linsa": "linear_selfattn", "ours_lean": "attention_only"}.get(variant)
 
 
 def require_tree(script: str, marker: str = "cosmos_predict2/portable") -> bool:

@@ -148,6 +148,13 @@ stage_e2e_cache() {  # the same from the latent cache (run stage encode first)
     +dataloader_train.dataset.latent_cache_dir=$LATENTS +dataloader_train.sampler.dataset.latent_cache_dir=$LATENTS
   breakdown v2w_720_cache
 }
+stage_e2e_lean() {  # the latent-cache run with checkpointing mode attention_only (patch 0062): peak memory and step
+  ensure_site
+  train_e2e v2w_720_lean 1 $V2W ${E2E_ITERS:-20} model_parallel.context_parallel_size=1 \
+    model.config.pipe_config.net.sac_config.mode=attention_only \
+    +dataloader_train.dataset.latent_cache_dir=$LATENTS +dataloader_train.sampler.dataset.latent_cache_dir=$LATENTS
+  breakdown v2w_720_lean
+}
 stage_e2e_t2i() { ensure_site; train_e2e t2i_2b 1 predict2_text2image_training_2b_cosmos_nemo_assets ${E2E_ITERS:-20} ${E2E_T2I_EXTRA:-}; breakdown t2i_2b; }
 T2I=predict2_text2image_training_2b_cosmos_nemo_assets
 T2I_LATENTS=datasets/cosmos_nemo_assets_images/latents_1x768x1360

@@ -27,6 +27,11 @@ Calibration (one H200, torch 2.11; BENCHMARKS.md sections 2, 3, 3b; bench/result
   measured 131.8 GiB (estimate error +0.4 %).
 - c for mm_only: fitted to the train.sh 2B Text2Image 768x1360 run, 39.9 GiB peak allocated (error 0 % by
   construction).
+- c for attention_only (patch sac-attention-only-mode; saves the self-attention output only): predict2's fitted
+  10.89 less the 8.0 D values per token and block it no longer keeps, plus 8.0 / 28 for the block being
+  recomputed in the backward, which makes them again; both measured on the CPU by bench/bench_sac_modes.py
+  (predict2_2b_720 keeps 10.02, attention_only 2.02; the backward holds 31.3 and 39.3 more; the same net config at
+  256 channels, exact byte counts). Derived, NOT measured on a card.
 - Checkpointing modes not in ACT_D count as "none". block_wise is not offered: upstream's SACConfig returns no
   context_fn for it, and torch's checkpoint wrapper then fails (TypeError: 'NoneType' object is not callable).
 - NOT measured: any 14B training run, any CP > 1 peak (the CP=2 run's peak was lost to a metrics bug, BENCHMARKS.md
@@ -65,9 +70,18 @@ ACT_D = {
     "mm_only": 13.4,
     "predict2_2b_720": 10.89,
     "predict2_14b_720": 10.89,
+    "attention_only": 10.89 - 8.0 + 8.0 / 28,
 }
-# the working mode that saves the least (the predict2 policy; the same code for 2B and 14B)
-FRUGAL_MODE = {"2B": "predict2_2b_720", "14B": "predict2_14b_720"}
+# the working mode that saves the least: suggested when a run does not fit, and named when it is tight
+FRUGAL_MODE = {"2B": "attention_only", "14B": "attention_only"}
+
+
+def frugal_extra_flops(size: str, tokens: int) -> float:
+    """Fraction of a step's FLOPs that attention_only adds over predict2_*_720, per token and block: it recomputes
+    16 D^2 more matmul FLOPs (bench/bench_sac_modes.py) on a step of 3 x (28 D^2 matmul + 4 S D self-attention)
+    plus predict2's own 12 D^2 of recomputation (the cross-attention's 512 text tokens left out)."""
+    d = NETS[("video2world", size)][1]
+    return 16 * d * d / (3 * (28 * d * d + 4 * tokens * d) + 12 * d * d)
 DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
 
 
@@ -144,6 +158,12 @@ def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, w
     if e.gib <= limit:
         if e.gib > WARN_FRACTION * card_gib:
             line += " - tight, within the estimate's error of the card"
+            frugal = FRUGAL_MODE[size]
+            if mode != frugal:
+                lean = estimate(task, size, cp=cp, world=world, mode=frugal, **{**kw, "every_n_blocks": 1})
+                extra = frugal_extra_flops(size, tokens_per_sample(task, frames, h, w))
+                line += (f"; -- {K_MODE}={frugal} would need ~{lean.gib:.0f} GiB for ~{extra:.0%} more FLOPs (it "
+                         f"recomputes every matmul)")
         return line, None
     heads = NETS[(task, size)][3]
     lat = (frames - 1) // 4 + 1 if task == "video2world" and frames else 1

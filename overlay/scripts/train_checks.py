@@ -106,6 +106,28 @@ def check_parallel(exp_name: str, exp: Experiment, world: int, ov: dict[str, str
     return cp
 
 
+def _memory_estimate():
+    spec = importlib.util.spec_from_file_location("_cosmos_mem", os.path.join(os.path.dirname(__file__),
+                                                                              "memory_estimate.py"))
+    mem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mem)
+    return mem
+
+
+def check_checkpointing_mode(exp_name: str, ov: dict[str, str]) -> None:
+    """A checkpointing mode given after `--` must be one the net knows and that works; upstream raises only when the
+    net is built (ValueError "Invalid mode"), or for block_wise later still (TypeError in torch's wrapper)."""
+    mem = _memory_estimate()
+    if mem.K_MODE not in ov:
+        return
+    mode, modes = _ov_str(ov, mem.K_MODE, ""), tuple(mem.ACT_D)
+    if mode not in modes:
+        why = (": upstream's SACConfig gives block_wise no checkpoint function and the trainer fails on it"
+               if mode == "block_wise" else "")
+        raise _fail(f"checkpointing mode {mode!r} is not one of {', '.join(modes)}{why}", f"{exp_name}, {mem.K_MODE}",
+                    f"Pass one of them; {mem.FRUGAL_MODE['2B']} keeps the least activation memory")
+
+
 def _nonempty(pattern_dir: str, pattern: str) -> bool:
     return bool(glob.glob(os.path.join(pattern_dir, pattern)))
 
@@ -233,10 +255,7 @@ def memory_check(a: argparse.Namespace, exp: Experiment, kind: str, world: int, 
                  environ: dict[str, str], tree: str | None = None) -> str:
     """The notes line of scripts/memory_estimate.py; raises its one-line error unless --skip_memory_check. The card's
     size: --device_memory_gib, else $COSMOS_DEVICE_MEMORY_GIB, else the device layer of `tree` (not in --dry-run)."""
-    spec = importlib.util.spec_from_file_location("_cosmos_mem", os.path.join(os.path.dirname(__file__),
-                                                                              "memory_estimate.py"))
-    mem = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mem)
+    mem = _memory_estimate()
     raw = a.device_memory_gib if a.device_memory_gib is not None else environ.get(mem.ENV_MEMORY)
     try:
         card = float(raw) if raw not in (None, "") else None

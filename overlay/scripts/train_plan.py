@@ -14,9 +14,9 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpoints, check_data, check_job,
-                          check_output_root, check_parallel, check_switches, detect_device, dtype_note, free_port, memory_check,
-                          defaults_env, npu_env, parse_overrides, port_in_use, usable_cpus)
+from train_checks import (OneLineParser, _fail, _int, _ov_int, check_checkpointing_mode, check_checkpoints, check_data,
+                          check_job, check_output_root, check_parallel, check_switches, detect_device, dtype_note,
+                          free_port, memory_check, defaults_env, npu_env, parse_overrides, port_in_use, usable_cpus)
 from train_experiments import (CONFIG_FILE, CUDA_ENV_DEFAULTS, ENV_RESUME, EXPERIMENTS, K_DATASET, K_JOB, K_MAX_ITER,
                                GC_CALLBACK, K_SAMPLER_DATASET, METRICS_CALLBACK, NPU_ENV_DEFAULTS, STEP_TIMING_CALLBACK)
 def _parser() -> argparse.ArgumentParser:
@@ -234,6 +234,7 @@ def build_plan(argv: list[str], environ: dict[str, str] | None = None) -> Plan:
     ov = parse_overrides(overrides)
     world = nproc * nnodes
     cp = check_parallel(a.EXP, exp, world, ov)
+    check_checkpointing_mode(a.EXP, ov)
     check_data(a.EXP, exp, tree, ov)
     check_checkpoints(a.EXP, exp, tree, ov)
 

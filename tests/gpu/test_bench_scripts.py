@@ -488,3 +488,30 @@ def test_sync_probe_summary_lists_sites_by_the_steps_they_synchronize(tmp_path):
     rows = _rows(r.stdout)
     assert rows[0] == {"bench": "sync_probe", "site": "a.py:1:f", "iterations": [6, 7], "per_step": [3, 3]}
     assert {tuple(x["iterations"]) for x in rows[1:]} == {(6,), (11,)}
+
+
+def test_bench_sac_modes_counts_what_each_mode_keeps(applied_tree, tmp_path):
+    """bench/bench_sac_modes.py in a patched tree (upstream's Video2World net config at 128 channels): predict2_2b_720
+    keeps 10 D-wide values per token and block at the forward's end (7 of 16 matmul outputs, 8 D, + the attention and
+    the block input), attention_only 2; attention_only recomputes 16 D^2 more matmul FLOPs, and its backward makes
+    those 8 values again for the block it recomputes; both give the same gradients bit for bit, and the preflight's
+    estimate for the real 2B 720p run falls by more than half. An unknown mode or a bad width: one error line."""
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sac_modes.py"), "--channels", "128",
+                        "--modes", "predict2_2b_720,attention_only"], cwd=applied_tree, env=_env(applied_tree),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    upstream, lean = _rows(r.stdout)
+    assert (upstream["mode"], lean["mode"]) == ("predict2_2b_720", "attention_only")
+    assert abs(upstream["saved_d"] - 10) < 0.1 and abs(lean["saved_d"] - 2) < 0.1, (upstream, lean)
+    assert lean["matmul_flops_d2"] - upstream["matmul_flops_d2"] == pytest.approx(16, abs=0.05)
+    assert lean["backward_extra_d"] - upstream["backward_extra_d"] == pytest.approx(8, abs=0.1)
+    assert upstream["grads_equal"] and lean["grads_equal"] and lean["grads_equal_to"] == "predict2_2b_720"
+    assert lean["real_2b_720p_extra_matmul_tflop"] == pytest.approx(158.7, abs=0.1)
+    assert lean["train_sh_estimate_gib"] < 0.5 * upstream["train_sh_estimate_gib"]
+    for args in (["--modes", "predict2_2b_720,frugal"], ["--channels", "100"]):
+        r = subprocess.run([sys.executable, str(BENCH / "bench_sac_modes.py"), *args], cwd=applied_tree,
+                           env=_env(applied_tree), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sac_modes.py")], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1

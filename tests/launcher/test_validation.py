@@ -115,6 +115,15 @@ def test_smoke_latent_frames(skeleton_tree):
     assert "4 attention heads" in line
 
 
+@pytest.mark.parametrize("mode,why", [("atention_only", "is not one of none, linear_selfattn, mm_only"),
+                                      ("block_wise", "gives block_wise no checkpoint function")])
+def test_unknown_checkpointing_mode_is_refused_before_torchrun(skeleton_tree, mode, why):
+    """Upstream would fail only once the net is built (ValueError "Invalid mode"; block_wise later, a TypeError)."""
+    line = refused(skeleton_tree, [f"--EXP={SMOKE['v2w_2b']}", "--",
+                                   f"model.config.pipe_config.net.sac_config.mode={mode}"])
+    assert f"checkpointing mode '{mode}' " in line and why in line and "attention_only keeps the least" in line, line
+
+
 def test_text2image_cannot_use_cp(skeleton_tree):
     line = refused(skeleton_tree, [f"--EXP={SMOKE['t2i_2b']}", "--nproc_per_node=2", "--",
                                    "model_parallel.context_parallel_size=2"])

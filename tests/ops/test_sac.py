@@ -86,3 +86,30 @@ def test_answers_are_kept_per_op_until_the_registry_changes(portable):
         del att.BACKENDS["kept"]
     assert not sac.is_attention_op(mine)
     assert named.count("myns.my_kept_attention.default") == 3
+
+
+def test_attention_only_saves_the_first_attention_of_each_pair_and_no_matmul(portable, monkeypatch):
+    """Checkpointing mode attention_only (patch sac-attention-only-mode): of a block's self- then cross-attention the
+    first is saved, in the forward and again in the recomputation; every matmul is recomputed. Asked through the
+    policy that portable.sac hands to torch, with the ops a block dispatches."""
+    import torch.utils.checkpoint as tc
+
+    policies = []
+    real = tc.create_selective_checkpoint_contexts
+    monkeypatch.setattr(tc, "create_selective_checkpoint_contexts", lambda fn: (policies.append(fn), real(fn))[1])
+    portable.sac.attention_only_context_fn()  # one block's call: a fresh count
+    (policy,) = policies
+
+    class Ctx:
+        def __init__(self, is_recompute):
+            self.is_recompute = is_recompute
+
+    aten = torch.ops.aten
+    sdpa = aten._scaled_dot_product_flash_attention_for_cpu.default
+    block = [aten.mm.default, aten.mm.default, sdpa, aten.mm.default, aten.addmm.default, sdpa, aten.mm.default,
+             aten.gelu.default, aten.mm.default]
+    save = CheckpointPolicy.MUST_SAVE
+    for recompute in (False, True):
+        got = [policy(Ctx(recompute), op) for op in block]
+        assert [i for i, g in enumerate(got) if g == save] == [2], (recompute, got)
+        assert all(g == CheckpointPolicy.PREFER_RECOMPUTE for i, g in enumerate(got) if i != 2)

@@ -4,9 +4,14 @@ Upstream's policies save ops whose name contains "flash_attn" only, so with torc
 torch_npu.npu_fusion_attention the attention (the costliest op of a block) would be recomputed in backward.
 `is_attention_op(func)` recognises upstream's flash-attn ops and every op a registered attention backend declares
 in its `saved_ops` (portable/attention.py): a backend registered there is saved here without editing this file.
+
+`attention_only_context_fn` is the checkpointing mode "attention_only" (patch sac-attention-only-mode): it saves
+each block's self-attention output and recomputes everything else, every matmul included.
 """
 
 from __future__ import annotations
+
+import collections
 
 from . import attention
 
@@ -48,4 +53,28 @@ def is_attention_op(func) -> bool:
         return _is_attention_name(str(func))
 
 
-__all__ = ["attention_op_fragments", "is_attention_op"]
+def attention_only_context_fn():
+    """Checkpoint contexts that save the self-attention forward of each block and recompute everything else.
+
+    Upstream's predict2_2b_720 policy also saves 7 of the block's 16 matmul outputs (8 D values per token, the MLP's
+    4D-wide first layer among them): 10 D values per token and block in all against 2 here (bench/bench_sac_modes.py
+    measures both). Recomputing those matmuls costs 16 D^2 multiply-adds per token and block, about 2 % of a 720p
+    Video2World step, where attention is 86 % of the FLOPs. Which attention is the self one follows upstream's
+    predict2 policies: a block runs self- then cross-attention, and the first of each pair is saved (cross-attention
+    over the 512 text tokens is cheap to recompute)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    seen = collections.Counter()  # attention ops per pass (forward / recompute), mod 2
+
+    def policy_fn(ctx, func, *args, **kwargs):
+        if is_attention_op(func):
+            phase = "recompute" if ctx.is_recompute else "forward"
+            seen[phase] = (seen[phase] + 1) % 2
+            if seen[phase]:
+                return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy_fn)
+
+
+__all__ = ["attention_only_context_fn", "attention_op_fragments", "is_attention_op"]
