@@ -122,8 +122,8 @@ def run_once(mode: str, channels: int, blocks: int, width: int, dtype):
     def step():
         (net(x, **kw).float() - target.float()).square().mean().backward()
 
-    # two passes: under FlopCounterMode's module tracking the backward held about 21 more D-wide values per token and
-    # block at 28 blocks (tensors of the recomputation kept alive), so bytes are counted without it
+    # two passes: under FlopCounterMode (its module tracking) the counted backward peak grew with every block, tensors
+    # kept alive that a plain run frees, so the bytes are counted in a run without it
     live = live_bytes_mode()
     with live:
         out = net(x, **kw)

@@ -28,6 +28,7 @@ class PreflightError(UserError):
 
 
 _fail = PreflightError  # _fail(what, where, todo): the name the checks below raise it by
+K_SAC_MODE = "model.config.pipe_config.net.sac_config.mode"  # = memory_estimate.K_MODE
 
 
 def _relay(line: str) -> PreflightError:
@@ -117,14 +118,14 @@ def _memory_estimate():
 def check_checkpointing_mode(exp_name: str, ov: dict[str, str]) -> None:
     """A checkpointing mode given after `--` must be one the net knows and that works; upstream raises only when the
     net is built (ValueError "Invalid mode"), or for block_wise later still (TypeError in torch's wrapper)."""
-    mem = _memory_estimate()
-    if mem.K_MODE not in ov:
+    if K_SAC_MODE not in ov:
         return
-    mode, modes = _ov_str(ov, mem.K_MODE, ""), tuple(mem.ACT_D)
+    mem = _memory_estimate()
+    mode, modes = _ov_str(ov, K_SAC_MODE, ""), tuple(mem.ACT_D)
     if mode not in modes:
         why = (": upstream's SACConfig gives block_wise no checkpoint function and the trainer fails on it"
                if mode == "block_wise" else "")
-        raise _fail(f"checkpointing mode {mode!r} is not one of {', '.join(modes)}{why}", f"{exp_name}, {mem.K_MODE}",
+        raise _fail(f"checkpointing mode {mode!r} is not one of {', '.join(modes)}{why}", f"{exp_name}, {K_SAC_MODE}",
                     f"Pass one of them; {mem.FRUGAL_MODE['2B']} keeps the least activation memory")
 
 

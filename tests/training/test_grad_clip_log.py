@@ -10,19 +10,12 @@ import subprocess
 import sys
 import textwrap
 
-from .trainer_runs import cpu_env
+from .trainer_runs import cpu_env, with_reads_mode
 
-PROBE = textwrap.dedent('''
+PROBE = with_reads_mode(textwrap.dedent('''
     import json, sys, types, torch
-    from torch.utils._python_dispatch import TorchDispatchMode
     from cosmos_predict2.callbacks import grad_clip as gc
-
-    class Reads(TorchDispatchMode):  # host reads of tensor values
-        n = 0
-        def __torch_dispatch__(self, func, types_, args=(), kwargs=None):
-            if func.__name__.startswith("_local_scalar_dense"):
-                Reads.n += 1
-            return func(*args, **(kwargs or {}))
+    #READS_MODE#
 
     logged = []
     if sys.argv[1] == "wandb":  # a stand-in for an active wandb run
@@ -39,7 +32,7 @@ PROBE = textwrap.dedent('''
             cb._log(it)
         reads.append(Reads.n)
     print(json.dumps(dict(reads=reads, logged=logged, left=[cb.img_mag_log.iter_count, cb.img_mag_log.state])))
-''')
+'''))
 
 
 def _probe(tree, mode):

@@ -9,13 +9,12 @@ import json
 import subprocess
 import sys
 
-from .trainer_runs import cpu_env
+from .trainer_runs import cpu_env, with_reads_mode
 
-DRIVE = r"""
+DRIVE = with_reads_mode(r"""
 import json, sys
 import torch, torch.distributed as dist
 from types import SimpleNamespace as NS
-from torch.utils._python_dispatch import TorchDispatchMode
 from imaginaire.lazy_config import LazyCall as L
 from imaginaire.utils import log
 from imaginaire.utils.callback import CallBackGroup
@@ -25,12 +24,7 @@ dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, wor
 lines = []
 log.info = lambda msg, *a, **k: lines.append(msg)
 
-class Reads(TorchDispatchMode):  # host reads of tensor values
-    n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.startswith("_local_scalar_dense"):
-            Reads.n += 1
-        return func(*args, **(kwargs or {}))
+#READS_MODE#
 
 cfg = NS(trainer=NS(callbacks={"iter_speed": L(IterSpeed)(every_n=4, hit_thres=0)}, logging_iter=4))
 group = CallBackGroup(cfg, trainer=None)
@@ -46,7 +40,7 @@ for it in range(1, 13):
     written.append(len(lines))
 group.on_train_end(model, iteration=12)
 print(json.dumps(dict(lines=lines, reads=reads, written=written)))
-"""
+""")
 
 
 def test_iter_speed_logs_the_logging_step_one_step_late_without_a_read(smoke_tree, tmp_path):

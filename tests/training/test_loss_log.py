@@ -11,13 +11,12 @@ import json
 import subprocess
 import sys
 
-from .trainer_runs import cpu_env
+from .trainer_runs import cpu_env, with_reads_mode
 
-DRIVE = r"""
+DRIVE = with_reads_mode(r"""
 import json, math, sys
 import torch, torch.distributed as dist
 from types import SimpleNamespace as NS
-from torch.utils._python_dispatch import TorchDispatchMode
 from imaginaire.lazy_config import LazyCall as L
 from imaginaire.utils import log
 from imaginaire.utils.callback import CallBackGroup
@@ -36,12 +35,7 @@ def recording_log_due(self):  # the figures a log read, when it read them
     return got
 ll.LossLog._log_due = recording_log_due
 
-class Reads(TorchDispatchMode):  # host reads of tensor values, per step
-    n = 0
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.startswith("_local_scalar_dense"):
-            Reads.n += 1
-        return func(*args, **(kwargs or {}))
+#READS_MODE#
 
 cfg = NS(trainer=NS(callbacks={"loss_log": L(LossLog)()}, logging_iter=4))
 group = CallBackGroup(cfg, trainer=None)
@@ -62,7 +56,7 @@ for it, v in enumerate(losses, 1):
 group.on_train_end(model, iteration=len(losses))
 print(json.dumps(dict(messages=messages, stats=stats, reads=reads, reads_before_backward=reads_before_backward,
                       logged=logged)))
-"""
+""")
 
 
 def test_loss_log_keeps_nonfinite_losses_out_without_a_read_per_step(smoke_tree, tmp_path):

@@ -15,6 +15,27 @@ CONFIG = "cosmos_predict2/configs/base/config.py"
 METRICS = "++trainer.callbacks.train_metrics={_target_:cosmos_predict2.portable.metrics.TrainMetricsCallback}"
 
 
+# A dispatch mode counting host reads of tensor values (`.item()`, `float(t)`, `bool(t)`: aten's _local_scalar_dense),
+# for the callback probes that run in the patched tree as `python -c` source: pasted where their source says
+# #READS_MODE#. Use `Reads.n = 0`, `with Reads(): ...`, then read `Reads.n`.
+READS_MODE = """
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class Reads(TorchDispatchMode):  # host reads of tensor values
+    n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.startswith("_local_scalar_dense"):
+            Reads.n += 1
+        return func(*args, **(kwargs or {}))
+"""
+
+
+def with_reads_mode(source: str) -> str:
+    """`source` with READS_MODE in place of its #READS_MODE# line."""
+    assert source.count("#READS_MODE#\n") == 1, "the probe source has no (or several) #READS_MODE# lines"
+    return source.replace("#READS_MODE#\n", READS_MODE.lstrip("\n"))
+
+
 def per_iteration_seed(seed: int = 0, fixed: bool = False) -> str:
     return (
         "++trainer.callbacks.per_iteration_seed={_target_:cosmos_predict2.portable.determinism.PerIterationSeed,"
