@@ -175,9 +175,10 @@ def host_ms(fn, reps: int, warmup: bool = True) -> float:
 
 
 def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: int | None = None,
-              dtype: torch.dtype = torch.bfloat16):
-    """Upstream's 2B net config (tiny: 64 channels, 2 blocks, 4 heads; `blocks` overrides the count), built on
-    `dev` in `dtype` (bf16 unless a CPU caller passes the compute-dtype policy's), train mode: (net, cfg)."""
+              dtype: torch.dtype = torch.bfloat16, channels: int | None = None):
+    """Upstream's 2B net config (tiny: 64 channels, 2 blocks, 4 heads; `blocks` overrides the count, `channels` the
+    width at the 2B's head size of 128), built on `dev` in `dtype` (bf16 unless a CPU caller passes the compute-dtype
+    policy's), train mode: (net, cfg)."""
     from imaginaire.lazy_config import instantiate
 
     if net == "t2i":
@@ -195,15 +196,22 @@ def build_net(dev, tiny: bool, sac_mode: str | None, net: str = "v2w", blocks: i
         cfg.model_channels, cfg.num_blocks, cfg.num_heads = 64, 2, 4
     if blocks:
         cfg.num_blocks = blocks
+    if channels:
+        cfg.model_channels, cfg.num_heads = channels, max(1, channels // 128)
     torch.manual_seed(0)
     with torch.device(dev):
         net = instantiate(cfg)
     return net.to(device=dev, dtype=dtype).train(), cfg
 
 
-def inputs(dev, res: str, tiny: bool, net: str = "v2w", dtype: torch.dtype = torch.bfloat16):
-    h, w = (4, 8) if tiny else (T2I_LATENT if net == "t2i" else RES[res])
-    t = 1 if net == "t2i" else (4 if tiny else LATENT_T)
+def inputs(dev, res: str, tiny: bool, net: str = "v2w", dtype: torch.dtype = torch.bfloat16,
+           latent: tuple[int, int, int] | None = None):
+    """(x, the net's keyword inputs, target, tokens); `latent` = (T, H, W) overrides the latent size."""
+    if latent:
+        t, h, w = latent
+    else:
+        h, w = (4, 8) if tiny else (T2I_LATENT if net == "t2i" else RES[res])
+        t = 1 if net == "t2i" else (4 if tiny else LATENT_T)
     g = torch.Generator(device="cpu").manual_seed(1)
     bf = dict(dtype=dtype)
     x = torch.randn(1, 16, t, h, w, generator=g).to(dev, **bf)

@@ -31,7 +31,6 @@ one JSON line per mode, then a table.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -100,24 +99,10 @@ def run_once(mode: str, channels: int, blocks: int, width: int, dtype):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cosmos_predict2.configs.base.config_video2world import _PREDICT2_VIDEO2WORLD_NET_2B as NET
-    from imaginaire.lazy_config import instantiate
+    import bench_dit
 
-    cfg = copy.deepcopy(NET)
-    cfg.sac_config.mode = mode
-    cfg.model_channels, cfg.num_blocks, cfg.num_heads = channels, blocks, max(1, channels // 128)
-    torch.manual_seed(0)
-    net = instantiate(cfg).to(dtype).train()
-    t, h = 4, 16
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 16, t, h, width, generator=g).to(dtype)
-    cond = torch.zeros(1, 1, t, h, width, dtype=dtype)
-    cond[:, :, :1] = 1
-    kw = dict(timesteps_B_T=torch.rand(1, 1, generator=g).to(dtype),
-              crossattn_emb=torch.randn(1, 512, 1024, generator=g).to(dtype), fps=torch.tensor([16.0]),
-              padding_mask=torch.zeros(1, 1, h * 8, width * 8, dtype=dtype),
-              condition_video_input_mask_B_C_T_H_W=cond)
-    target = torch.randn(x.shape, generator=g).to(dtype)
+    net, _ = bench_dit.build_net("cpu", False, mode, blocks=blocks, dtype=dtype, channels=channels)
+    x, kw, target, tokens = bench_dit.inputs("cpu", "720", False, dtype=dtype, latent=(4, 16, width))
 
     def step():
         (net(x, **kw).float() - target.float()).square().mean().backward()
@@ -138,7 +123,7 @@ def run_once(mode: str, channels: int, blocks: int, width: int, dtype):
     flops = FlopCounterMode(display=False)
     with flops:
         step()
-    return after_forward, peak, flops.get_total_flops(), t * (h // 2) * (width // 2), grads
+    return after_forward, peak, flops.get_total_flops(), tokens, grads
 
 
 def measure(mode: str, channels: int, dtype, full_depth: int = 0) -> dict:

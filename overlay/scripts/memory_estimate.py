@@ -82,6 +82,8 @@ def frugal_extra_flops(size: str, tokens: int) -> float:
     plus predict2's own 12 D^2 of recomputation (the cross-attention's 512 text tokens left out)."""
     d = NETS[("video2world", size)][1]
     return 16 * d * d / (3 * (28 * d * d + 4 * tokens * d) + 12 * d * d)
+
+
 DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
 
 
@@ -150,6 +152,8 @@ def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, w
     kw = dict(frames=frames, height=h, width=w, batch_size=batch_size, fsdp_shard_size=fsdp_shard_size,
               every_n_blocks=every)
     e = estimate(task, size, cp=cp, world=world, mode=mode, **kw)
+    frugal, kw_every1 = FRUGAL_MODE[size], {**kw, "every_n_blocks": 1}
+    lean = estimate(task, size, cp=cp, world=world, mode=frugal, **kw_every1)  # the tight note's and the fixes'
     if card_gib is None:
         return (f"memory estimate: ~{e.gib:.0f} GiB per device (card memory unknown: pass --device_memory_gib=M "
                 f"or set {ENV_MEMORY}=M to check it)"), None
@@ -158,9 +162,7 @@ def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, w
     if e.gib <= limit:
         if e.gib > WARN_FRACTION * card_gib:
             line += " - tight, within the estimate's error of the card"
-            frugal = FRUGAL_MODE[size]
             if mode != frugal:
-                lean = estimate(task, size, cp=cp, world=world, mode=frugal, **{**kw, "every_n_blocks": 1})
                 extra = frugal_extra_flops(size, tokens_per_sample(task, frames, h, w))
                 line += (f"; -- {K_MODE}={frugal} would need ~{lean.gib:.0f} GiB for ~{extra:.0%} more FLOPs (it "
                          f"recomputes every matmul)")
@@ -184,10 +186,7 @@ def check(exp_name: str, task: str, size: str, *, frames: int | None, cp: int, w
                            " (FSDP shards the optimizer state over them)")
                 fixes.append(f"{ww} devices in all (--nproc_per_node x --nnodes = {ww}){cp_part}")
                 break
-    frugal = FRUGAL_MODE[size]
-    kw_every1 = {**kw, "every_n_blocks": 1}
-    if ((mode, every) != (frugal, 1)
-            and estimate(task, size, cp=cp, world=world, mode=frugal, **kw_every1).gib <= limit):
+    if (mode, every) != (frugal, 1) and lean.gib <= limit:
         fixes.append(f"the checkpointing mode that saves least (-- {K_MODE}={frugal}"
                      + (f" {K_EVERY}=1" if every != 1 else "") + ")")
     todo = (" or ".join(f"use {f}" for f in fixes) if fixes else "use more devices with context parallel")

@@ -58,8 +58,8 @@ def attention_only_context_fn():
 
     Upstream's predict2_2b_720 policy also saves 7 of the block's 16 matmul outputs (8 D values per token, the MLP's
     4D-wide first layer among them): 10 D values per token and block in all against 2 here (bench/bench_sac_modes.py
-    measures both). Recomputing those matmuls costs 16 D^2 multiply-adds per token and block, about 2 % of a 720p
-    Video2World step, where attention is 86 % of the FLOPs. Which attention is the self one follows upstream's
+    measures both). Recomputing those matmuls costs 16 D^2 more FLOPs per token and block, about 3 % of a 720p
+    Video2World step's FLOPs, where attention is 86 % of them. Which attention is the self one follows upstream's
     predict2 policies: a block runs self- then cross-attention, and the first of each pair is saved (cross-attention
     over the 512 text tokens is cheap to recompute)."""
     from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
