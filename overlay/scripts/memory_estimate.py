@@ -17,7 +17,7 @@
   `model.config.pipe_config.net.sac_config.mode` (video2world default predict2_2b_720 / predict2_14b_720, the
   same policy in code; text2image default mm_only).
 
-Calibration (one H200, torch 2.11; BENCHMARKS.md sections 2, 3, 3b; bench/results/):
+Calibration (one H200 unless said otherwise, torch 2.11; BENCHMARKS.md sections 2, 3, 3b, 3w; bench/results/):
 - c for predict2_*_720 (with our attention-saving policy), linear_selfattn and none: the bare DiT step of
   `bench/bench_dit.py` (2B, bf16, no optimizer state) at 480p (S=37440) and 720p (S=84480): ours 47.4 / 102.1 GiB,
   ours_linsa 59.0 / 128.3 GiB, ours_nosac 121.1 GiB (480p). A linear fit gives an intercept of 3.86 GiB (the bf16
@@ -27,11 +27,12 @@ Calibration (one H200, torch 2.11; BENCHMARKS.md sections 2, 3, 3b; bench/result
   measured 131.8 GiB (estimate error +0.4 %).
 - c for mm_only: fitted to the train.sh 2B Text2Image 768x1360 run, 39.9 GiB peak allocated (error 0 % by
   construction).
-- c for attention_only (patch sac-attention-only-mode; saves the self-attention output only): predict2's fitted
-  10.89 less the 8.0 D values per token and block it no longer keeps, plus 8.0 / 28 for the block being
-  recomputed in the backward, which makes them again; both measured on the CPU by bench/bench_sac_modes.py
-  (predict2_2b_720 keeps 10.02, attention_only 2.02; the backward holds 31.3 and 39.3 more; the same net config at
-  256 channels, exact byte counts). Derived, NOT measured on a card.
+- c for attention_only (patch sac-attention-only-mode; saves the self-attention output only): fitted as above, on
+  one H100 (2026-12-05, BENCHMARKS.md 3w): bench_dit's ours_lean at 480p / 720p, 16.0 / 31.5 GiB, gives c = 3.07
+  (intercept 3.75 GiB). The train.sh 2B Video2World 720p CP=1 runs with it peaked at 61.0 GiB (latent cache) and
+  61.5 GiB (VAE on the fly): estimate 61.7 GiB, +0.4 % against the second. The CPU derivation before the card
+  (predict2's 10.89 less the 8.0 values it no longer keeps plus 8.0 / 28 for the recomputed block, from
+  bench/bench_sac_modes.py's exact byte counts) gave 3.18, 3.5 % high.
 - Checkpointing modes not in ACT_D count as "none". block_wise is not offered: upstream's SACConfig returns no
   context_fn for it, and torch's checkpoint wrapper then fails (TypeError: 'NoneType' object is not callable).
 - NOT measured: any 14B training run, any CP > 1 peak (the CP=2 run's peak was lost to a metrics bug, BENCHMARKS.md
@@ -70,7 +71,7 @@ ACT_D = {
     "mm_only": 13.4,
     "predict2_2b_720": 10.89,
     "predict2_14b_720": 10.89,
-    "attention_only": 10.89 - 8.0 + 8.0 / 28,
+    "attention_only": 3.07,
 }
 # the working mode that saves the least: suggested when a run does not fit, and named when it is tight
 FRUGAL_MODE = {"2B": "attention_only", "14B": "attention_only"}

@@ -25,12 +25,16 @@ V2W_14B = "predict2_video2world_training_14b_cosmos_nemo_assets"
 GIB = 1024 ** 3
 
 
-# (what, estimate kwargs, measured GiB, allowed relative error) - BENCHMARKS.md sections 3 and 3b
+# (what, estimate kwargs, measured GiB, allowed relative error) - BENCHMARKS.md sections 3, 3b and 3w (H100)
 TRAINER_POINTS = [
     ("2B Video2World 720p/93 CP=1 train.sh, VAE on the fly", dict(task="video2world", size="2B"), 142054987264 / GIB,
      0.02),
     ("2B Video2World 720p/93 CP=1 train.sh, latent cache", dict(task="video2world", size="2B"), 131.8, 0.02),
     ("2B Text2Image 768x1360 train.sh", dict(task="text2image", size="2B"), 42802377216 / GIB, 0.02),
+    ("2B Video2World 720p/93 CP=1 train.sh, attention_only, VAE on the fly",
+     dict(task="video2world", size="2B", mode="attention_only"), 66024915968 / GIB, 0.02),
+    ("2B Video2World 720p/93 CP=1 train.sh, attention_only, latent cache",
+     dict(task="video2world", size="2B", mode="attention_only"), 65532905472 / GIB, 0.02),
 ]
 
 
@@ -42,7 +46,8 @@ def test_trainer_calibration_points(what, kw, measured, tol):
 
 # the bare DiT step (bench/bench_dit.py, section 2): bf16 params (2 B/param, no optimizer state) + activations
 BARE_POINTS = [(480, 832, "predict2_2b_720", 47.4), (704, 1280, "predict2_2b_720", 102.1),
-               (480, 832, "linear_selfattn", 59.0), (704, 1280, "linear_selfattn", 128.3), (480, 832, "none", 121.1)]
+               (480, 832, "linear_selfattn", 59.0), (704, 1280, "linear_selfattn", 128.3), (480, 832, "none", 121.1),
+               (480, 832, "attention_only", 16.03), (704, 1280, "attention_only", 31.47)]  # the last two: an H100
 
 
 @pytest.mark.parametrize("h,w,mode,measured", BARE_POINTS)
@@ -122,22 +127,18 @@ def test_2b_720p_cp1_on_an_h200_starts_with_a_tight_note(real_tree):
     assert r.returncode == 0, r.stderr
     assert "memory estimate: ~132 GiB per device (of 140 GiB on cuda) - tight" in r.stdout
     # and names the mode that would leave room (bench/bench_sac_modes.py: 16 D^2 more FLOPs per token and block)
-    assert f"-- {mem.K_MODE}=attention_only would need ~63 GiB for ~3% more FLOPs" in r.stdout, r.stdout
+    assert f"-- {mem.K_MODE}=attention_only would need ~62 GiB for ~3% more FLOPs" in r.stdout, r.stdout
 
 
 def test_2b_720p_cp1_fits_an_80_gib_card_with_attention_only(real_tree):
-    """The lean checkpointing mode's estimate (predict2's fit less the 8 D values per token and block it does not
-    keep, plus their recomputation in one block) lets the 720p run start on one 80 GiB card, which the default
-    mode would refuse, naming this mode among the fixes."""
+    """The lean checkpointing mode's estimate (fitted on an H100, where the run peaked at 61.5 GiB) lets the 720p
+    run start on one 80 GiB card, which the default mode would refuse, naming this mode among the fixes."""
     base = [f"--EXP={V2W_2B}", "--device_memory_gib=80", "--", "model_parallel.context_parallel_size=1"]
     refused = _run(real_tree, base)
     assert refused.returncode != 0 and f"{mem.K_MODE}=attention_only" in refused.stderr, refused.stderr
     r = _run(real_tree, base + [f"{mem.K_MODE}=attention_only"])
     assert r.returncode == 0, r.stderr
-    assert "memory estimate: ~63 GiB per device (of 80 GiB on cuda)" in r.stdout and "tight" not in r.stdout
-    e = mem.estimate("video2world", "2B", mode="attention_only")
-    assert e.activations_gib == pytest.approx(
-        mem.estimate("video2world", "2B").activations_gib * (10.89 - 8 + 8 / 28) / 10.89)
+    assert "memory estimate: ~62 GiB per device (of 80 GiB on cuda)" in r.stdout and "tight" not in r.stdout
 
 
 def test_unknown_card_memory_only_prints_the_estimate(real_tree):
