@@ -20,7 +20,7 @@ that can be checked against the wheel):
 - npu_rotary_mul: 4-D input, r1/r2 4-D and broadcastable, D even and < 896, modes 'half' / 'interleave'.
 - npu_rms_norm(self, gamma, epsilon=1e-06) -> (out, rstd); gamma must have self's dtype.
 Every call is recorded in CALLS (op name + the arguments that matter) so tests can check what was passed.
-The `npu` namespace stands in for `torch.npu` (device queries and streams): one available device whose name is
+The `npu` namespace stands in for `torch.npu` (device queries, streams and timing events): one available device whose name is
 DEVICE_NAME (an Atlas A2 SoC name by default; tests set e.g. "Ascend910A" to imitate an older part).
 """
 
@@ -30,6 +30,7 @@ import contextlib
 import inspect
 import math
 import re
+import time
 from types import SimpleNamespace
 
 import torch
@@ -332,14 +333,41 @@ class _Stream:
         CALLS.append(dict(op="wait_stream"))
 
 
+class _Event:
+    """torch.npu.Event (torch_npu/npu/streams.py: Event(enable_timing=False, blocking=False, interprocess=False);
+    record, query, synchronize, elapsed_time in milliseconds). The double's "device" work runs on the host when it
+    is called, so the device reaches an event when the host records it: its time is the host clock then."""
+
+    def __init__(self, enable_timing=False, blocking=False, interprocess=False):
+        self.enable_timing, self._t = enable_timing, None
+
+    def record(self, stream=None):
+        self._t = time.perf_counter()
+        CALLS.append(dict(op="event_record"))
+
+    def query(self):
+        return True
+
+    def synchronize(self):
+        CALLS.append(dict(op="event_synchronize"))
+
+    def elapsed_time(self, end_event):
+        if not (self.enable_timing and end_event.enable_timing):
+            raise RuntimeError("fake torch_npu: elapsed_time needs two events created with enable_timing=True")
+        if self._t is None or end_event._t is None:
+            raise RuntimeError("fake torch_npu: elapsed_time of an event that was not recorded")
+        return (end_event._t - self._t) * 1e3
+
+
 _current = _Stream()
 npu = SimpleNamespace(
     is_available=lambda: True,
     device_count=lambda: 1,
     current_device=lambda: 0,
     set_device=lambda i: CALLS.append(dict(op="set_device", index=i)),
-    synchronize=lambda *a: None,
+    synchronize=lambda *a: CALLS.append(dict(op="synchronize")),
     Stream=_Stream,
+    Event=_Event,
     stream=lambda s: contextlib.nullcontext(),
     current_stream=lambda *a: _current,
     memory_allocated=lambda *a: 11,

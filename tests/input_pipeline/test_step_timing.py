@@ -190,3 +190,42 @@ def test_step_phases_synchronised_mode_and_every_n(data_tree):
     assert all(r["syncs"] == 0 for r in rows)
     # the timed step after an untimed one starts at that step's end (iteration 1's end mark)
     assert abs(rows[2]["phases"]["step"] - (rows[2]["phases"]["data"] + 0.6)) < 1e-9
+
+
+# The step clock of the tree's metrics (portable/metrics.py StepClock) with the device layer on the torch_npu TEST
+# DOUBLE (tests/doubles/fake_torch_npu.py: torch.npu.Event records the host clock, since the double's device work
+# runs when called; torch.npu.synchronize is counted). On NPU a step's end must be an event, not a synchronize: a
+# per-step synchronize is one of the defects of the earlier Ascend adaptation (reference NPU_AND_ANCHOR.md).
+NPU_CLOCK_PROBE = r'''
+import importlib.util, json, os, sys, time
+import torch
+spec = importlib.util.spec_from_file_location("fake_torch_npu", sys.argv[1])
+fake = importlib.util.module_from_spec(spec); spec.loader.exec_module(fake)
+sys.modules["torch_npu"] = fake
+torch.npu = fake.npu
+from cosmos_predict2.portable import device
+from cosmos_predict2.portable.metrics import StepClock
+clock = StepClock()
+clock.start(0)
+n0 = len(fake.CALLS)
+for it in (1, 2, 3):
+    time.sleep(0.03 * it)  # the step's work
+    clock.mark(it)
+ops = [c["op"] for c in fake.CALLS[n0:]]
+times = [clock.step_time(it) for it in (1, 2, 3)]
+print(json.dumps(dict(device=device.DEVICE_TYPE, ops=ops, times=times,
+                      reads=[c["op"] for c in fake.CALLS[n0 + len(ops):]])))
+'''
+
+
+def test_step_clock_on_npu_marks_step_ends_with_events(data_tree):
+    r = subprocess.run([sys.executable, "-c", NPU_CLOCK_PROBE, os.path.join(REPO, "tests", "doubles", "fake_torch_npu.py")],
+                       cwd=data_tree, env=tree_env(data_tree, COSMOS_DEVICE="npu"), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["device"] == "npu"
+    assert out["ops"] == ["event_record"] * 3  # the steps' ends: three events, no synchronize
+    assert "synchronize" not in out["reads"] and out["reads"].count("event_synchronize") == 3  # read: each event
+    for want, got in zip((0.03, 0.06, 0.09), out["times"]):
+        assert want <= got < want + 0.05, out["times"]

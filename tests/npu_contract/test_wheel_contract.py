@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import re
 from pathlib import Path
 
@@ -187,6 +188,19 @@ def test_torch_npu_functions_the_overlay_uses_exist(npu_wheel):
     assert used <= real, f"not in torch_npu.npu.__all__: {sorted(used - real)}"
     doubled = set(vars(fake.npu))
     assert doubled <= real, f"the double's torch.npu has names the real one lacks: {sorted(doubled - real)}"
+
+
+def test_the_doubles_event_has_the_wheels_signature(npu_wheel):
+    """torch.npu.Event (the step clock's marks on NPU, portable.device.timing_event): the double's constructor takes
+    the wheel's arguments, and the methods the overlay calls exist there."""
+    src = npu_wheel.text("torch_npu/npu/streams.py")
+    body = src[src.index("class Event("):src.index("class ExternalEvent(")]
+    assert "def __new__(cls, enable_timing=False, blocking=False, interprocess=False):" in body
+    for method in ("record", "synchronize", "elapsed_time", "query"):
+        assert f"def {method}(" in body, method
+    sig = inspect.signature(fake.npu.Event)
+    assert [(p.name, p.default) for p in sig.parameters.values()] == [
+        ("enable_timing", False), ("blocking", False), ("interprocess", False)]
 
 
 def test_sdpa_is_overridden_on_npu(npu_wheel):
