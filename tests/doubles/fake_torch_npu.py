@@ -20,8 +20,8 @@ that can be checked against the wheel):
 - npu_rotary_mul: 4-D input, r1/r2 4-D and broadcastable, D even and < 896, modes 'half' / 'interleave'.
 - npu_rms_norm(self, gamma, epsilon=1e-06) -> (out, rstd); gamma must have self's dtype.
 Every call is recorded in CALLS (op name + the arguments that matter) so tests can check what was passed.
-The `npu` namespace stands in for `torch.npu` (device queries, streams and timing events): one available device whose name is
-DEVICE_NAME (an Atlas A2 SoC name by default; tests set e.g. "Ascend910A" to imitate an older part).
+The `npu` namespace stands in for `torch.npu` (device queries, streams and timing events): one available device
+whose name is DEVICE_NAME (an Atlas A2 SoC name by default; tests set e.g. "Ascend910A" to imitate an older part).
 """
 
 from __future__ import annotations

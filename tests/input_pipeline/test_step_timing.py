@@ -197,7 +197,7 @@ def test_step_phases_synchronised_mode_and_every_n(data_tree):
 # runs when called; torch.npu.synchronize is counted). On NPU a step's end must be an event, not a synchronize: a
 # per-step synchronize is one of the defects of the earlier Ascend adaptation (reference NPU_AND_ANCHOR.md).
 NPU_CLOCK_PROBE = r'''
-import importlib.util, json, os, sys, time
+import importlib.util, json, sys, time
 import torch
 spec = importlib.util.spec_from_file_location("fake_torch_npu", sys.argv[1])
 fake = importlib.util.module_from_spec(spec); spec.loader.exec_module(fake)
@@ -219,9 +219,9 @@ print(json.dumps(dict(device=device.DEVICE_TYPE, ops=ops, times=times,
 
 
 def test_step_clock_on_npu_marks_step_ends_with_events(data_tree):
-    r = subprocess.run([sys.executable, "-c", NPU_CLOCK_PROBE, os.path.join(REPO, "tests", "doubles", "fake_torch_npu.py")],
-                       cwd=data_tree, env=tree_env(data_tree, COSMOS_DEVICE="npu"), capture_output=True, text=True,
-                       timeout=300)
+    double = os.path.join(REPO, "tests", "doubles", "fake_torch_npu.py")  # the torch_npu TEST DOUBLE
+    r = subprocess.run([sys.executable, "-c", NPU_CLOCK_PROBE, double], cwd=data_tree,
+                       env=tree_env(data_tree, COSMOS_DEVICE="npu"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["device"] == "npu"
